@@ -1,0 +1,149 @@
+//! Turning one event into one NDJSON line: the `activity_id` and `ts` an event lacks are
+//! filled in, and the checks every event passes (a non-empty string `activity`, the size cap).
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+
+use crate::ids::{next_ulid, now_ms, TsFormatter};
+
+#[derive(Debug, PartialEq)]
+pub enum EventError {
+    /// Not an event (no `activity`, a bad `activity_id`, too large): Python's ValueError.
+    Invalid(String),
+    /// A value JSON cannot carry: Python's TypeError.
+    Unencodable(String),
+}
+
+/// Starts a line: `{` plus `"activity_id":"…","ts":"…",` for whichever of the two the event
+/// lacks. Returns the activity id (the given one, or a new ULID).
+pub fn open_line(
+    buf: &mut Vec<u8>,
+    given_id: Option<&str>,
+    has_ts: bool,
+    ts: &mut TsFormatter,
+) -> String {
+    buf.push(b'{');
+    let (id, ms) = match given_id {
+        Some(id) => (id.to_owned(), None),
+        None => {
+            let u = next_ulid();
+            let id = u.to_string();
+            buf.extend_from_slice(b"\"activity_id\":\"");
+            buf.extend_from_slice(id.as_bytes());
+            buf.extend_from_slice(b"\",");
+            (id, Some(u.timestamp_ms()))
+        }
+    };
+    if !has_ts {
+        buf.extend_from_slice(b"\"ts\":\"");
+        buf.extend_from_slice(ts.format(ms.unwrap_or_else(now_ms)).as_bytes());
+        buf.extend_from_slice(b"\",");
+    }
+    id
+}
+
+pub fn check_activity(activity: Option<&str>) -> Result<(), EventError> {
+    match activity {
+        Some(a) if !a.trim().is_empty() => Ok(()),
+        _ => Err(EventError::Invalid("event needs a non-empty string 'activity'".into())),
+    }
+}
+
+pub fn check_id(id: Option<&str>) -> Result<(), EventError> {
+    match id {
+        Some(s) if s.trim().is_empty() || s.len() > 128 => Err(EventError::Invalid(
+            "'activity_id' must be a non-empty string of at most 128 characters".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub fn check_size(line_len: usize, max: usize) -> Result<(), EventError> {
+    if line_len > max {
+        return Err(EventError::Invalid(format!(
+            "event is {line_len} bytes as JSON, over the {max}-byte cap"
+        )));
+    }
+    Ok(())
+}
+
+/// Appends the line for an event given as JSON bytes (one object) to `buf`, newline
+/// included; returns its activity id. `buf` is left as it was on error.
+pub fn encode_json_bytes(
+    raw: &[u8],
+    buf: &mut Vec<u8>,
+    ts: &mut TsFormatter,
+    max_bytes: usize,
+) -> Result<String, EventError> {
+    let fields: HashMap<String, &RawValue> = serde_json::from_slice(raw)
+        .map_err(|e| EventError::Invalid(format!("event bytes are not one JSON object: {e}")))?;
+    let text_of = |key: &str| -> Result<Option<String>, EventError> {
+        fields
+            .get(key)
+            .map(|v| {
+                serde_json::from_str::<String>(v.get())
+                    .map_err(|_| EventError::Invalid(format!("'{key}' must be a string")))
+            })
+            .transpose()
+    };
+    let activity = text_of("activity")?;
+    check_activity(activity.as_deref())?;
+    let given_id = text_of("activity_id")?;
+    check_id(given_id.as_deref())?;
+    let start = buf.len();
+    // The object's members after its `{` (serde_json accepted it, so it is `{…}`).
+    let members = raw.trim_ascii()[1..].trim_ascii_start();
+    let id = open_line(buf, given_id.as_deref(), fields.contains_key("ts"), ts);
+    buf.extend(members.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    buf.push(b'\n');
+    if let Err(e) = check_size(buf.len() - start, max_bytes) {
+        buf.truncate(start);
+        return Err(e);
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(raw: &str) -> Result<(String, String), EventError> {
+        let mut buf = Vec::new();
+        let id = encode_json_bytes(raw.as_bytes(), &mut buf, &mut TsFormatter::default(), 1 << 20)?;
+        Ok((id, String::from_utf8(buf).unwrap()))
+    }
+
+    #[test]
+    fn fills_id_and_ts() {
+        let (id, line) = encode("{\"activity\": \"x\",\n \"n\": 1}").unwrap();
+        assert_eq!(id.len(), 26);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["activity_id"], id.as_str());
+        assert_eq!(v["ts"].as_str().unwrap().len(), 24);
+        assert_eq!(v["n"], 1);
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+    }
+
+    #[test]
+    fn keeps_given_id_and_ts() {
+        let raw = r#"{"activity":"x","activity_id":"abc","ts":"2020-01-01T00:00:00.000Z"}"#;
+        let (id, line) = encode(raw).unwrap();
+        assert_eq!(id, "abc");
+        assert_eq!(line, format!("{raw}\n"));
+    }
+
+    #[test]
+    fn refuses_bad_events() {
+        assert!(matches!(encode("[1]"), Err(EventError::Invalid(_))));
+        assert!(matches!(encode("{\"activity\":\"\"}"), Err(EventError::Invalid(_))));
+        assert!(matches!(encode("{\"activity\":3}"), Err(EventError::Invalid(_))));
+        assert!(matches!(encode("{\"a\":1}"), Err(EventError::Invalid(_))));
+        assert!(matches!(encode("{\"activity\":\"x\"} trailing"), Err(EventError::Invalid(_))));
+        let mut buf = b"kept".to_vec();
+        let big = format!("{{\"activity\":\"x\",\"p\":\"{}\"}}", "y".repeat(100));
+        let r = encode_json_bytes(big.as_bytes(), &mut buf, &mut TsFormatter::default(), 64);
+        assert!(matches!(r, Err(EventError::Invalid(_))));
+        assert_eq!(buf, b"kept");
+    }
+}

@@ -1,0 +1,364 @@
+//! `activitybi._core`: the durable queue, ULIDs and the LRU cache, as Python sees them.
+//! Each concept lives in its own module as plain Rust; this file is only the bindings.
+
+pub mod counters;
+pub mod event;
+pub mod ids;
+pub mod lru;
+pub mod pyjson;
+pub mod queue;
+pub mod reader;
+pub mod segment;
+
+use std::cell::RefCell;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::counters::LocalCounters;
+use crate::event::EventError;
+use crate::ids::TsFormatter;
+use crate::queue::{AppendError, Config, QueueCore};
+use crate::reader::ReaderCore;
+use crate::segment::Checkpoint;
+
+create_exception!(
+    _core,
+    QueueFull,
+    PyException,
+    "The queue directory holds max_pending unacknowledged events."
+);
+
+thread_local! {
+    static SCRATCH: RefCell<(Vec<u8>, TsFormatter)> = RefCell::new((Vec::with_capacity(4096), TsFormatter::default()));
+}
+
+fn event_err(e: EventError) -> PyErr {
+    match e {
+        EventError::Invalid(m) => PyValueError::new_err(m),
+        EventError::Unencodable(m) => PyTypeError::new_err(m),
+    }
+}
+
+fn append_err(e: AppendError) -> PyErr {
+    match e {
+        AppendError::Full { pending, max } => QueueFull::new_err(format!(
+            "queue full: {pending} events are pending (max_pending={max}); \
+             nothing was written, retry once the uploader has caught up"
+        )),
+        AppendError::Closed => PyValueError::new_err("the queue is closed"),
+        AppendError::Io(e) => e.into(),
+    }
+}
+
+/// Appends one event's line to `buf`, returning its activity id.
+fn encode_event(ev: &Bound<'_, PyAny>, buf: &mut Vec<u8>, ts: &mut TsFormatter, max: usize) -> PyResult<String> {
+    let r = if let Ok(d) = ev.cast::<PyDict>() {
+        pyjson::encode_dict(d, buf, ts, max)
+    } else if let Ok(b) = ev.cast::<PyBytes>() {
+        event::encode_json_bytes(b.as_bytes(), buf, ts, max)
+    } else {
+        let ty = ev.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+        return Err(PyTypeError::new_err(format!("an event is a dict or JSON bytes, not {ty}")));
+    };
+    r.map_err(event_err)
+}
+
+#[pyclass(frozen, module = "activitybi._core")]
+struct Queue {
+    core: Arc<QueueCore>,
+    #[pyo3(get)]
+    path: String,
+}
+
+impl Queue {
+    /// Writes encoded lines: without releasing the GIL when the segment has room and
+    /// the lock is free (a memcpy), otherwise with it released.
+    fn write(&self, py: Python<'_>, bytes: &[u8], lines: u64, durable: bool) -> PyResult<()> {
+        let core = &self.core;
+        let rejected = |e: AppendError| {
+            LocalCounters::add(&core.local.rejected, lines);
+            append_err(e)
+        };
+        core.reserve(lines).map_err(rejected)?;
+        let written = match core.try_append(bytes, lines) {
+            Some(r) => r,
+            None => py.detach(|| core.append(bytes, lines)),
+        };
+        let pos = written.map_err(|e| {
+            core.unreserve(lines);
+            rejected(e)
+        })?;
+        if durable {
+            py.detach(|| core.sync_to(pos))?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Queue {
+    #[new]
+    #[pyo3(signature = (path, *, rotate_bytes=16*1024*1024, rotate_secs=60.0, max_pending=100_000, fsync_interval_ms=50, max_event_bytes=1024*1024))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        rotate_bytes: u64,
+        rotate_secs: f64,
+        max_pending: u64,
+        fsync_interval_ms: u64,
+        max_event_bytes: usize,
+    ) -> PyResult<Self> {
+        if rotate_bytes == 0 || max_pending == 0 || fsync_interval_ms == 0 || max_event_bytes == 0 {
+            return Err(PyValueError::new_err(
+                "rotate_bytes, max_pending, fsync_interval_ms and max_event_bytes must be positive",
+            ));
+        }
+        if !(rotate_secs.is_finite() && rotate_secs > 0.0) {
+            return Err(PyValueError::new_err("rotate_secs must be a positive number"));
+        }
+        let cfg = Config {
+            rotate_bytes,
+            rotate_secs,
+            max_pending,
+            fsync_interval: Duration::from_millis(fsync_interval_ms),
+            max_event_bytes,
+        };
+        let core = py.detach(|| QueueCore::open(&path, cfg))?;
+        Ok(Self { core, path: path.to_string_lossy().into_owned() })
+    }
+
+    #[pyo3(signature = (event, *, durable=false))]
+    fn append(&self, py: Python<'_>, event: &Bound<'_, PyAny>, durable: bool) -> PyResult<String> {
+        SCRATCH.with_borrow_mut(|(buf, ts)| {
+            buf.clear();
+            let id = encode_event(event, buf, ts, self.core.config().max_event_bytes).inspect_err(|_| {
+                LocalCounters::add(&self.core.local.rejected, 1);
+            })?;
+            self.write(py, buf, 1, durable)?;
+            Ok(id)
+        })
+    }
+
+    #[pyo3(signature = (events, *, durable=false))]
+    fn append_many(&self, py: Python<'_>, events: &Bound<'_, PyAny>, durable: bool) -> PyResult<Vec<String>> {
+        let max = self.core.config().max_event_bytes;
+        let mut buf = Vec::with_capacity(64 * 1024);
+        let mut ids = Vec::new();
+        let encoded = SCRATCH.with_borrow_mut(|(_, ts)| -> PyResult<()> {
+            for ev in events.try_iter()? {
+                ids.push(encode_event(&ev?, &mut buf, ts, max)?);
+            }
+            Ok(())
+        });
+        if let Err(e) = encoded {
+            LocalCounters::add(&self.core.local.rejected, ids.len() as u64 + 1);
+            return Err(e);
+        }
+        if !ids.is_empty() {
+            self.write(py, &buf, ids.len() as u64, durable)?;
+        }
+        Ok(ids)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let l = &self.core.local;
+        let d = PyDict::new(py);
+        d.set_item("appended", LocalCounters::get(&l.appended))?;
+        d.set_item("bytes", LocalCounters::get(&l.bytes))?;
+        d.set_item("rotations", LocalCounters::get(&l.rotations))?;
+        d.set_item("fsyncs", LocalCounters::get(&l.fsyncs))?;
+        d.set_item("rejected", LocalCounters::get(&l.rejected))?;
+        d.set_item("pending", self.core.shared.pending())?;
+        d.set_item("max_pending", self.core.config().max_pending)?;
+        Ok(d)
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.core.flush())?)
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.core.close())?)
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.close(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Queue({:?})", self.path)
+    }
+}
+
+#[pyclass(frozen, module = "activitybi._core")]
+struct QueueReader {
+    inner: Mutex<Option<ReaderCore>>,
+    #[pyo3(get)]
+    path: String,
+}
+
+impl QueueReader {
+    /// Runs `f` on the reader with the GIL released (the lock is taken inside, so a
+    /// thread waiting for it never holds the GIL).
+    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&ReaderCore) -> std::io::Result<T> + Send) -> PyResult<T> {
+        let out = py.detach(|| self.inner.lock().as_ref().map(f));
+        match out {
+            Some(r) => Ok(r?),
+            None => Err(PyValueError::new_err("the reader is closed")),
+        }
+    }
+}
+
+#[pymethods]
+impl QueueReader {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let core = py.detach(|| ReaderCore::open(&path))?;
+        Ok(Self { inner: Mutex::new(Some(core)), path: path.to_string_lossy().into_owned() })
+    }
+
+    fn acked(&self, py: Python<'_>) -> PyResult<Checkpoint> {
+        self.with(py, |r| r.acked())
+    }
+
+    #[pyo3(signature = (checkpoint=None, *, max_lines=10_000, max_bytes=8*1024*1024))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        checkpoint: Option<Checkpoint>,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> PyResult<(Bound<'py, PyList>, Checkpoint)> {
+        let batch = self.with(py, |r| {
+            let from = match checkpoint {
+                Some(cp) => cp,
+                None => r.acked()?,
+            };
+            r.read(&from, max_lines.max(1), max_bytes.max(1))
+        })?;
+        let lines = PyList::empty(py);
+        for &(s, e) in &batch.lines {
+            lines.append(PyBytes::new(py, &batch.data[s..e]))?;
+        }
+        Ok((lines, batch.checkpoint))
+    }
+
+    fn ack(&self, py: Python<'_>, checkpoint: Checkpoint) -> PyResult<u64> {
+        self.with(py, |r| r.ack(&checkpoint))
+    }
+
+    fn pending(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |r| Ok(r.pending()))
+    }
+
+    fn close(&self) {
+        self.inner.lock().take();
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) {
+        self.close();
+    }
+
+    fn __repr__(&self) -> String {
+        format!("QueueReader({:?})", self.path)
+    }
+}
+
+#[pyclass(frozen, module = "activitybi._core")]
+struct LruCache {
+    cache: lru::TtlLru<String, Arc<Py<PyAny>>>,
+}
+
+#[pymethods]
+impl LruCache {
+    #[new]
+    #[pyo3(signature = (capacity, ttl_seconds=None))]
+    fn new(capacity: usize, ttl_seconds: Option<f64>) -> PyResult<Self> {
+        let cap = NonZeroUsize::new(capacity).ok_or_else(|| PyValueError::new_err("capacity must be positive"))?;
+        let ttl = match ttl_seconds {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+            Some(_) => return Err(PyValueError::new_err("ttl_seconds must be a positive number or None")),
+        };
+        Ok(Self { cache: lru::TtlLru::new(cap, ttl) })
+    }
+
+    #[pyo3(signature = (key, default=None))]
+    fn get(&self, py: Python<'_>, key: &str, default: Option<Py<PyAny>>) -> Option<Py<PyAny>> {
+        match self.cache.get(&key.to_owned()) {
+            Some(v) => Some(v.clone_ref(py)),
+            None => default,
+        }
+    }
+
+    fn put(&self, key: String, value: Py<PyAny>) {
+        self.cache.put(key, Arc::new(value));
+    }
+
+    fn delete(&self, key: &str) -> bool {
+        self.cache.delete(&key.to_owned()).is_some()
+    }
+
+    fn clear(&self) {
+        self.cache.clear();
+    }
+
+    fn __len__(&self) -> usize {
+        self.cache.len()
+    }
+
+    fn __contains__(&self, key: &str) -> bool {
+        self.cache.contains(&key.to_owned())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.cache.stats();
+        let d = PyDict::new(py);
+        d.set_item("hits", s.hits)?;
+        d.set_item("misses", s.misses)?;
+        d.set_item("evictions", s.evictions)?;
+        d.set_item("expirations", s.expirations)?;
+        d.set_item("size", self.cache.len())?;
+        d.set_item("capacity", self.cache.capacity())?;
+        Ok(d)
+    }
+}
+
+/// A new ULID, monotonic within this process.
+#[pyfunction]
+fn ulid() -> String {
+    ids::next_ulid().to_string()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("QueueFull", m.py().get_type::<QueueFull>())?;
+    m.add_class::<Queue>()?;
+    m.add_class::<QueueReader>()?;
+    m.add_class::<LruCache>()?;
+    m.add_function(wrap_pyfunction!(self::ulid, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Segment files on disk: naming, locks, sealing, and recovery of a dead writer's file.
+//!
+//! A segment is `<ULID>.open` while a live writer holds an exclusive `flock` on it, and
+//! `<ULID>.ndjson` once sealed (fdatasync, truncate to its data, atomic rename, directory
+//! fsync). Open segments are preallocated and filled through a memory map, so their data
+//! ends at the last newline before the first zero byte; JSON lines never contain a zero.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub const OPEN_SUFFIX: &str = "open";
+pub const SEALED_SUFFIX: &str = "ndjson";
+pub const QUARANTINE_DIR: &str = "quarantine";
+const ACK_FILE: &str = "ack.json";
+const DIR_LOCK: &str = "queue.lock";
+
+/// Consumed byte offset per segment stem.
+pub type Checkpoint = BTreeMap<String, u64>;
+
+#[derive(Debug, Clone)]
+pub struct Segment {
+    pub stem: String,
+    pub path: PathBuf,
+    pub sealed: bool,
+}
+
+/// Every segment in `dir`, ordered by stem (ULIDs sort by creation time).
+pub fn list(dir: &Path) -> io::Result<Vec<Segment>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else { continue };
+        let sealed = match ext.to_str() {
+            Some(SEALED_SUFFIX) => true,
+            Some(OPEN_SUFFIX) => false,
+            _ => continue,
+        };
+        out.push(Segment { stem: stem.to_string_lossy().into_owned(), path, sealed });
+    }
+    out.sort_by(|a, b| a.stem.cmp(&b.stem));
+    Ok(out)
+}
+
+pub fn open_path(dir: &Path, stem: &str) -> PathBuf {
+    dir.join(format!("{stem}.{OPEN_SUFFIX}"))
+}
+
+pub fn sealed_path(dir: &Path, stem: &str) -> PathBuf {
+    dir.join(format!("{stem}.{SEALED_SUFFIX}"))
+}
+
+fn flock(file: &File, op: libc::c_int) -> io::Result<bool> {
+    // SAFETY: flock on a valid descriptor owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+pub fn try_lock_exclusive(file: &File) -> io::Result<bool> {
+    flock(file, libc::LOCK_EX)
+}
+
+/// Opens (creating) the directory's lock file. Every handle holds it shared; a handle
+/// that gets it exclusively is alone and may recount `pending`.
+pub fn dir_lock(dir: &Path) -> io::Result<(File, bool)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dir.join(DIR_LOCK))?;
+    let alone = flock(&file, libc::LOCK_EX)?;
+    Ok((file, alone))
+}
+
+/// Downgrades (or takes) the shared hold on the directory lock.
+pub fn hold_shared(file: &File) -> io::Result<()> {
+    // SAFETY: as in `flock`; blocking is fine, exclusive holders only recount and leave.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// True when `file` is still the inode at `path` (it was not sealed or removed meanwhile).
+pub fn still_at(file: &File, path: &Path) -> io::Result<bool> {
+    let a = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(b) => Ok(a.dev() == b.dev() && a.ino() == b.ino()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Where an open segment's complete lines end: just after the last newline that comes
+/// before the first zero byte.
+pub fn complete_end(data: &[u8]) -> usize {
+    let live = memchr::memchr(0, data).unwrap_or(data.len());
+    memchr::memrchr(b'\n', &data[..live]).map_or(0, |i| i + 1)
+}
+
+/// Seals an open segment: fdatasync, cut to `len`, rename to `.ndjson`, fsync the
+/// directory. An empty segment is removed instead.
+pub fn seal(dir: &Path, stem: &str, file: &File, len: u64) -> io::Result<()> {
+    let open = open_path(dir, stem);
+    if len == 0 {
+        fs::remove_file(&open)?;
+    } else {
+        file.set_len(len)?;
+        file.sync_data()?;
+        fs::rename(&open, sealed_path(dir, stem))?;
+    }
+    fsync_dir(dir)
+}
+
+/// Seals `seg` if its writer is gone (its lock is free), quarantining a torn last line.
+/// Returns whether it did.
+pub fn recover_if_dead(dir: &Path, seg: &Segment) -> io::Result<bool> {
+    if seg.sealed {
+        return Ok(false);
+    }
+    let mut file = match OpenOptions::new().read(true).write(true).open(&seg.path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !try_lock_exclusive(&file)? || !still_at(&file, &seg.path)? {
+        return Ok(false);
+    }
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let end = complete_end(&data);
+    let last = data.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    if last > end {
+        quarantine(dir, &format!("{}.{}.torn", seg.stem, end), &data[end..last])?;
+    }
+    seal(dir, &seg.stem, &file, end as u64)?;
+    Ok(true)
+}
+
+/// Writes bytes that must never be uploaded to `quarantine/NAME`, durably.
+pub fn quarantine(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let qdir = dir.join(QUARANTINE_DIR);
+    fs::create_dir_all(&qdir)?;
+    let mut f = File::create(qdir.join(name))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fsync_dir(&qdir)
+}
+
+pub fn read_ack(dir: &Path) -> io::Result<Checkpoint> {
+    match fs::read(dir.join(ACK_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{ACK_FILE}: {e}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Checkpoint::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the acknowledged checkpoint atomically and durably.
+pub fn write_ack(dir: &Path, cp: &Checkpoint) -> io::Result<()> {
+    let tmp = dir.join(format!("{ACK_FILE}.tmp"));
+    let mut f = File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec(cp).map_err(io::Error::other)?)?;
+    f.sync_data()?;
+    fs::rename(&tmp, dir.join(ACK_FILE))?;
+    fsync_dir(dir)
+}
+
+/// Reads `file` from `start`, stopping at EOF, at `limit` bytes (or the first whole
+/// line past it), or (for an open segment) at the first zero byte; returns only whole lines.
+pub fn read_lines_from(file: &File, start: u64, sealed: bool, limit: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 256 * 1024;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = start;
+    loop {
+        let old = buf.len();
+        let want = CHUNK.min(limit.saturating_sub(old).max(1));
+        buf.resize(old + want, 0);
+        let n = file.read_at(&mut buf[old..], pos)?;
+        buf.truncate(old + n);
+        pos += n as u64;
+        let zero = if sealed { None } else { memchr::memchr(0, &buf[old..]).map(|i| old + i) };
+        if let Some(z) = zero {
+            buf.truncate(z);
+            break;
+        }
+        // Past the limit, go on only until the buffer holds one whole line.
+        if n == 0 || (buf.len() >= limit && memchr::memchr(b'\n', &buf).is_some()) {
+            break;
+        }
+    }
+    let end = memchr::memrchr(b'\n', &buf).map_or(0, |i| i + 1);
+    buf.truncate(end);
+    Ok(buf)
+}
+
+/// Lines (newlines) in `file` between two offsets.
+pub fn count_lines(file: &File, from: u64, to: u64) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (to.saturating_sub(from)) as usize];
+    file.read_exact_at(&mut buf, from)?;
+    Ok(memchr::memchr_iter(b'\n', &buf).count() as u64)
+}
+
+/// Events in the directory after the acknowledged checkpoint, sealed or open.
+pub fn count_pending(dir: &Path) -> io::Result<u64> {
+    let ack = read_ack(dir)?;
+    let mut total = 0;
+    for seg in list(dir)? {
+        let file = match File::open(&seg.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let start = ack.get(&seg.stem).copied().unwrap_or(0);
+        let data = read_lines_from(&file, start, seg.sealed, usize::MAX)?;
+        total += memchr::memchr_iter(b'\n', &data).count() as u64;
+    }
+    Ok(total)
+}
