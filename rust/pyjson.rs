@@ -42,7 +42,7 @@ impl Serialize for PyValue<'_, '_> {
         if let Ok(v) = obj.cast::<PyFloat>() {
             let f = v.value();
             if !f.is_finite() {
-                return Err(S::Error::custom(format!("the float {f}, which JSON has no form for")));
+                return Err(S::Error::custom(format!("the float {f}")));
             }
             return s.serialize_f64(f);
         }

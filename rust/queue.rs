@@ -82,7 +82,8 @@ pub struct QueueCore {
     ticker: Mutex<Option<JoinHandle<()>>>,
     pub shared: SharedCounters,
     pub local: LocalCounters,
-    _dir_lock: File,
+    /// Held shared while open; released by `close`.
+    dir_lock: Mutex<Option<File>>,
 }
 
 impl QueueCore {
@@ -110,7 +111,7 @@ impl QueueCore {
             ticker: Mutex::new(None),
             shared,
             local: LocalCounters::default(),
-            _dir_lock: dir_lock,
+            dir_lock: Mutex::new(Some(dir_lock)),
         });
         let weak = Arc::downgrade(&core);
         let period = core.tick_period();
@@ -261,6 +262,7 @@ impl QueueCore {
             st.closed = true;
             self.seal_active(&mut st)
         };
+        self.dir_lock.lock().take();
         *self.stop.lock() = true;
         self.stop_cv.notify_all();
         if let Some(h) = self.ticker.lock().take() {

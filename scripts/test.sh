@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh machine, then runs every test: Rust first,
+# then Python against the installed package. The README's test command; CI runs it too.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v strace >/dev/null || need+=(strace)
+if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --upgrade pip >/dev/null
+python3 -m pip install -q ".[test]"
+cargo test --locked
+python3 -m pytest "$@"
