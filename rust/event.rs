@@ -1,8 +1,9 @@
 //! Turning one event into one NDJSON line: the `activity_id` and `ts` an event lacks are
 //! filled in, and the checks every event passes (a non-empty string `activity`, the size cap).
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::ids::{next_ulid, now_ms, TsFormatter};
@@ -68,6 +69,27 @@ pub fn check_size(line_len: usize, max: usize) -> Result<(), EventError> {
     Ok(())
 }
 
+/// The members of an event object that the queue looks at; parsing into it validates the
+/// whole object and skips the rest without building it.
+/// Each field is `None` when absent and `Some(None)` when given as JSON null.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    activity: Option<Option<Cow<'a, str>>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    activity_id: Option<Option<Cow<'a, str>>>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ts: Option<Option<&'a RawValue>>,
+}
+
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// Appends the line for an event given as JSON bytes (one object) to `buf`, newline
 /// included; returns its activity id. `buf` is left as it was on error.
 pub fn encode_json_bytes(
@@ -76,25 +98,19 @@ pub fn encode_json_bytes(
     ts: &mut TsFormatter,
     max_bytes: usize,
 ) -> Result<String, EventError> {
-    let fields: HashMap<String, &RawValue> = serde_json::from_slice(raw)
-        .map_err(|e| EventError::Invalid(format!("event bytes are not one JSON object: {e}")))?;
-    let text_of = |key: &str| -> Result<Option<String>, EventError> {
-        fields
-            .get(key)
-            .map(|v| {
-                serde_json::from_str::<String>(v.get())
-                    .map_err(|_| EventError::Invalid(format!("'{key}' must be a string")))
-            })
-            .transpose()
+    let probe: Probe<'_> = serde_json::from_slice(raw)
+        .map_err(|e| EventError::Invalid(format!("event bytes are not one JSON event object: {e}")))?;
+    check_activity(probe.activity.flatten().as_deref())?;
+    let given_id = match probe.activity_id {
+        Some(None) => return Err(EventError::Invalid("'activity_id' must be a string".into())),
+        Some(Some(id)) => Some(id),
+        None => None,
     };
-    let activity = text_of("activity")?;
-    check_activity(activity.as_deref())?;
-    let given_id = text_of("activity_id")?;
     check_id(given_id.as_deref())?;
     let start = buf.len();
     // The object's members after its `{` (serde_json accepted it, so it is `{…}`).
     let members = raw.trim_ascii()[1..].trim_ascii_start();
-    let id = open_line(buf, given_id.as_deref(), fields.contains_key("ts"), ts);
+    let id = open_line(buf, given_id.as_deref(), probe.ts.is_some(), ts);
     buf.extend(members.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
     buf.push(b'\n');
     if let Err(e) = check_size(buf.len() - start, max_bytes) {
@@ -140,6 +156,8 @@ mod tests {
         assert!(matches!(encode("{\"activity\":3}"), Err(EventError::Invalid(_))));
         assert!(matches!(encode("{\"a\":1}"), Err(EventError::Invalid(_))));
         assert!(matches!(encode("{\"activity\":\"x\"} trailing"), Err(EventError::Invalid(_))));
+        assert!(matches!(encode("{\"activity\":\"x\",\"activity_id\":null}"), Err(EventError::Invalid(_))));
+        assert!(matches!(encode("{\"activity\":null}"), Err(EventError::Invalid(_))));
         let mut buf = b"kept".to_vec();
         let big = format!("{{\"activity\":\"x\",\"p\":\"{}\"}}", "y".repeat(100));
         let r = encode_json_bytes(big.as_bytes(), &mut buf, &mut TsFormatter::default(), 64);

@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde::ser::{Error, SerializeMap, SerializeSeq, Serializer};
@@ -22,7 +23,7 @@ impl Serialize for PyValue<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let obj = self.obj;
         if let Ok(v) = obj.cast::<PyString>() {
-            return s.serialize_str(&v.to_str().map_err(S::Error::custom)?);
+            return s.serialize_str(v.to_str().map_err(S::Error::custom)?);
         }
         if obj.is_none() {
             return s.serialize_unit();
@@ -54,7 +55,7 @@ impl Serialize for PyValue<'_, '_> {
         let out = if let Ok(d) = obj.cast::<PyDict>() {
             let mut map = s.serialize_map(Some(d.len()))?;
             for (k, v) in d.iter() {
-                map.serialize_entry(&key_str::<S::Error>(&k)?, &PyValue { obj: &v, depth: self.depth })?;
+                map.serialize_entry(key_str::<S::Error>(&k)?, &PyValue { obj: &v, depth: self.depth })?;
             }
             map.end()
         } else if let Ok(l) = obj.cast::<PyList>() {
@@ -78,9 +79,9 @@ impl Serialize for PyValue<'_, '_> {
     }
 }
 
-fn key_str<E: Error>(k: &Bound<'_, PyAny>) -> Result<String, E> {
+fn key_str<'a, E: Error>(k: &'a Bound<'_, PyAny>) -> Result<&'a str, E> {
     match k.cast::<PyString>() {
-        Ok(s) => s.to_str().map(str::to_owned).map_err(E::custom),
+        Ok(s) => s.to_str().map_err(E::custom),
         Err(_) => Err(E::custom("a dict key that is not a string")),
     }
 }
@@ -89,7 +90,10 @@ fn unencodable(e: serde_json::Error) -> EventError {
     EventError::Unencodable(format!("event holds {e}, which JSON cannot carry"))
 }
 
-fn optional_str<'py>(d: &Bound<'py, PyDict>, key: &str) -> Result<Option<String>, EventError> {
+fn optional_str<'py>(
+    d: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyString>,
+) -> Result<Option<String>, EventError> {
     match d.get_item(key).ok().flatten() {
         None => Ok(None),
         Some(v) => match v.cast::<PyString>() {
@@ -107,10 +111,11 @@ pub fn encode_dict(
     ts: &mut TsFormatter,
     max_bytes: usize,
 ) -> Result<String, EventError> {
-    check_activity(optional_str(d, "activity")?.as_deref())?;
-    let given_id = optional_str(d, "activity_id")?;
+    let py = d.py();
+    check_activity(optional_str(d, intern!(py, "activity"))?.as_deref())?;
+    let given_id = optional_str(d, intern!(py, "activity_id"))?;
     check_id(given_id.as_deref())?;
-    let has_ts = d.contains("ts").unwrap_or(false);
+    let has_ts = d.contains(intern!(py, "ts")).unwrap_or(false);
     let start = buf.len();
     let id = open_line(buf, given_id.as_deref(), has_ts, ts);
     let depth = Cell::new(1);
@@ -121,8 +126,7 @@ pub fn encode_dict(
                 buf.push(b',');
             }
             first = false;
-            let key: String = key_str(&k).map_err(unencodable)?;
-            serde_json::to_writer(&mut *buf, &key).map_err(unencodable)?;
+            serde_json::to_writer(&mut *buf, key_str(&k).map_err(unencodable)?).map_err(unencodable)?;
             buf.push(b':');
             serde_json::to_writer(&mut *buf, &PyValue { obj: &v, depth: &depth }).map_err(unencodable)?;
         }

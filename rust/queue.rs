@@ -67,8 +67,13 @@ struct WriterState {
 }
 
 struct SyncState {
+    /// Every byte this handle wrote before this position is on stable storage.
     synced: u64,
     in_progress: bool,
+    /// Callers waiting for the running sync, and how many a sync is expected to serve:
+    /// it grows with what syncs served and shrinks when a leader waits for it in vain.
+    waiting: u32,
+    gather_goal: u32,
 }
 
 pub struct QueueCore {
@@ -77,6 +82,7 @@ pub struct QueueCore {
     state: Mutex<WriterState>,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
+    arrived_cv: Condvar,
     stop: Mutex<bool>,
     stop_cv: Condvar,
     ticker: Mutex<Option<JoinHandle<()>>>,
@@ -104,7 +110,8 @@ impl QueueCore {
             dir: dir.to_path_buf(),
             cfg,
             state: Mutex::new(WriterState { active: None, written: 0, closed: false }),
-            sync: Mutex::new(SyncState { synced: 0, in_progress: false }),
+            sync: Mutex::new(SyncState { synced: 0, in_progress: false, waiting: 0, gather_goal: 1 }),
+            arrived_cv: Condvar::new(),
             synced_cv: Condvar::new(),
             stop: Mutex::new(false),
             stop_cv: Condvar::new(),
@@ -216,18 +223,31 @@ impl QueueCore {
     }
 
     /// Returns once an fdatasync covers position `pos`. Concurrent callers share one
-    /// fdatasync: whoever finds none running runs it for everything written so far.
+    /// fdatasync: whoever finds none running leads the next one. Before it starts, the
+    /// leader waits (at most `GATHER`) for as many callers as syncs have lately served,
+    /// so that callers appending in a loop ride the same sync instead of the one after.
     pub fn sync_to(&self, pos: u64) -> io::Result<()> {
+        const GATHER: Duration = Duration::from_micros(200);
         let mut s = self.sync.lock();
         loop {
             if s.synced >= pos {
                 return Ok(());
             }
             if s.in_progress {
+                s.waiting += 1;
+                self.arrived_cv.notify_one();
                 self.synced_cv.wait(&mut s);
+                s.waiting -= 1;
                 continue;
             }
             s.in_progress = true;
+            let until = Instant::now() + GATHER;
+            while s.waiting + 1 < s.gather_goal {
+                if self.arrived_cv.wait_until(&mut s, until).timed_out() {
+                    s.gather_goal = s.waiting + 1; // fewer callers now: stop waiting for them
+                    break;
+                }
+            }
             drop(s);
             let (target, file) = {
                 let st = self.state.lock();
@@ -239,6 +259,7 @@ impl QueueCore {
             };
             s = self.sync.lock();
             s.in_progress = false;
+            s.gather_goal = s.gather_goal.max(s.waiting + 1);
             if result.is_ok() {
                 s.synced = s.synced.max(target);
             }

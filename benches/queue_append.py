@@ -1,0 +1,167 @@
+"""Queue figures for docs/benchmarks.md, each against a baseline measured in this run.
+
+1. ``Queue.append(dict)`` against plain Python ``os.write(fd, orjson.dumps(e) + b"\\n")``
+   on the same events (the baseline also fills activity_id and ts, as append does).
+2. ``append_many`` of 1,000-event batches: events/s.
+3. A durable append's p95 with 4 threads appending at once, against one bare
+   ``os.fdatasync`` after a small write, both on the same filesystem.
+
+Run: python benches/queue_append.py [--events N] [--dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from activitybi import Queue, ulid
+
+
+def make_events(n: int) -> list[dict[str, object]]:
+    return [
+        {
+            "activity": "called_tool",
+            "customer": "ana@example.com",
+            "feature_json": {"tool": "get_context", "latency_ms": 0.08, "outcome": "ok", "n": i},
+            "_session_id": "s-42",
+        }
+        for i in range(n)
+    ]
+
+
+def best_of(runs: int, fn: object) -> float:
+    return min(fn() for _ in range(runs))  # type: ignore[operator]
+
+
+def bench_append(root: Path, events: list[dict[str, object]]) -> tuple[float, float]:
+    n = len(events)
+
+    def ours() -> float:
+        d = root / f"q-{ulid()}"
+        with Queue(str(d), max_pending=10 * n) as q:
+            append = q.append
+            t = time.perf_counter()
+            for e in events:
+                append(e)
+            el = time.perf_counter() - t
+        shutil.rmtree(d)
+        return el
+
+    def plain() -> float:
+        path = root / f"plain-{ulid()}.ndjson"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        dumps, write, now = orjson.dumps, os.write, dt.datetime.now
+        t = time.perf_counter()
+        for e in events:
+            line = {"activity_id": ulid(), "ts": now(dt.UTC).isoformat(timespec="milliseconds"), **e}
+            write(fd, dumps(line) + b"\n")
+        el = time.perf_counter() - t
+        os.close(fd)
+        path.unlink()
+        return el
+
+    def plain_bare() -> float:
+        path = root / f"bare-{ulid()}.ndjson"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        dumps, write = orjson.dumps, os.write
+        t = time.perf_counter()
+        for e in events:
+            write(fd, dumps(e) + b"\n")
+        el = time.perf_counter() - t
+        os.close(fd)
+        path.unlink()
+        return el
+
+    o, p, b = best_of(5, ours), best_of(5, plain), best_of(5, plain_bare)
+    print(f"append(dict)            : {n / o:12,.0f} events/s  ({o / n * 1e6:.2f} µs/event)")
+    print(f"orjson + os.write (+ids): {n / p:12,.0f} events/s  ({p / n * 1e6:.2f} µs/event)"
+          f"  -> append is {p / o:.2f}x faster")
+    print(f"orjson + os.write (bare): {n / b:12,.0f} events/s  ({b / n * 1e6:.2f} µs/event)"
+          f"  -> append is {b / o:.2f}x faster")
+    return p / o, b / o
+
+
+def bench_append_many(root: Path, events: list[dict[str, object]]) -> float:
+    batches = [events[i : i + 1000] for i in range(0, len(events), 1000)]
+
+    def run() -> float:
+        d = root / f"m-{ulid()}"
+        with Queue(str(d), max_pending=10 * len(events)) as q:
+            t = time.perf_counter()
+            for b in batches:
+                q.append_many(b)
+            el = time.perf_counter() - t
+        shutil.rmtree(d)
+        return el
+
+    el = best_of(5, run)
+    rate = len(events) / el
+    print(f"append_many(1000)       : {rate:12,.0f} events/s")
+    return rate
+
+
+def pct(xs: list[float], p: float) -> float:
+    return statistics.quantiles(xs, n=100, method="inclusive")[p - 1] if len(xs) > 1 else xs[0]
+
+
+def bench_durable(root: Path, per_thread: int = 200) -> float:
+    path = root / "bare.dat"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    bare = []
+    for _ in range(per_thread):
+        os.write(fd, b'{"activity":"x"}\n')
+        t = time.perf_counter()
+        os.fdatasync(fd)
+        bare.append(time.perf_counter() - t)
+    os.close(fd)
+    d = root / f"d-{ulid()}"
+    lat: list[float] = []
+    with Queue(str(d), max_pending=1_000_000, fsync_interval_ms=1000) as q:
+
+        def worker() -> None:
+            mine = []
+            for _ in range(per_thread):
+                t = time.perf_counter()
+                q.append({"activity": "durable"}, durable=True)
+                mine.append(time.perf_counter() - t)
+            lat.extend(mine)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        fsyncs = q.stats()["fsyncs"]
+    b95, d95 = pct(bare, 95), pct(lat, 95)
+    print(f"bare fdatasync          : p50 {pct(bare, 50) * 1e3:.3f} ms  p95 {b95 * 1e3:.3f} ms")
+    print(f"durable append, 4 thr.  : p50 {pct(lat, 50) * 1e3:.3f} ms  p95 {d95 * 1e3:.3f} ms"
+          f"  -> {d95 / b95:.2f}x bare p95; {4 * per_thread} appends shared {fsyncs} fdatasyncs")
+    return d95 / b95
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--dir", type=Path, default=None, help="filesystem to measure on")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="abi-bench-", dir=args.dir))
+    try:
+        events = make_events(args.events)
+        bench_append(root, events)
+        bench_append_many(root, events)
+        bench_durable(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
