@@ -1,0 +1,161 @@
+"""One queue line to one ActivitySchema v2.0 stream row, and the schema-drift rule.
+
+The rule (documented in the README): the spec's columns and our `_`-prefixed
+implementation columns are taken as they are; a value of a near type is coerced when no
+information is lost (a number where a string belongs becomes its text, a numeric string in
+`revenue_impact` becomes the number) and reported as drift; any other top-level key is
+moved into `feature_json` under its own name (under `feature_json._extra` when that name is
+taken) and reported as drift. What cannot be coerced is rejected with a reason and goes to
+quarantine; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+SPEC_COLUMNS = (
+    "activity_id",
+    "ts",
+    "customer",
+    "activity",
+    "anonymous_customer_id",
+    "feature_json",
+    "revenue_impact",
+    "link",
+)
+IMPLEMENTATION_COLUMNS = ("_session_id", "_source")
+STRING_COLUMNS = ("customer", "anonymous_customer_id", "link", "_session_id", "_source")
+INSIGHT_ACTIVITY = "learned_insight"
+"""Insight atoms travel as stream events of this activity and are also loaded into
+`insight_atoms` (atom_id = activity_id)."""
+
+
+class Rejected(ValueError):
+    """A line that can never load; its reason goes to quarantine with it."""
+
+
+@dataclass(slots=True)
+class StreamRow:
+    activity_id: str
+    ts: dt.datetime  # UTC, naive
+    activity: str
+    customer: str | None = None
+    anonymous_customer_id: str | None = None
+    feature_json: dict[str, Any] | None = None
+    revenue_impact: float | None = None
+    link: str | None = None
+    _session_id: str | None = None
+    _source: str | None = None
+    drift: list[str] = field(default_factory=list)
+
+    def insight(self) -> dict[str, Any] | None:
+        """The insight atom this row carries, if it is one."""
+        if self.activity != INSIGHT_ACTIVITY or not self.feature_json:
+            return None
+        f = self.feature_json
+        return {
+            "atom_id": self.activity_id,
+            "customer_id": self.customer or self.anonymous_customer_id,
+            "subject": f.get("subject"),
+            "metric": f.get("metric"),
+            "value": f.get("value"),
+            "provenance_query_hash": f.get("provenance_query_hash"),
+            "ts": self.ts,
+        }
+
+
+def parse_ts(value: object) -> dt.datetime:
+    """ISO-8601 text (any offset, or none meaning UTC) or epoch seconds, to naive UTC."""
+    if isinstance(value, bool):
+        raise Rejected("'ts' must be an ISO-8601 timestamp")
+    if isinstance(value, int | float):
+        return dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
+    if not isinstance(value, str):
+        raise Rejected("'ts' must be an ISO-8601 timestamp")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(f"'ts' is not an ISO-8601 timestamp: {value[:64]!r}") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(dt.UTC).replace(tzinfo=None)
+    return parsed
+
+
+def _text(name: str, value: object, drift: list[str]) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        drift.append(f"{name}: number coerced to string")
+        return str(value)
+    raise Rejected(f"'{name}' must be a string, not {type(value).__name__}")
+
+
+def _revenue(value: object, drift: list[str]) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise Rejected(f"'revenue_impact' must be a number, not {value[:32]!r}") from None
+        drift.append("revenue_impact: numeric string coerced to number")
+        return number
+    raise Rejected(f"'revenue_impact' must be a number, not {type(value).__name__}")
+
+
+def to_row(line: bytes) -> StreamRow:
+    """Parses and normalises one queue line; raises `Rejected` with the reason."""
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as e:
+        raise Rejected(f"not JSON: {e}") from None
+    if not isinstance(event, dict):
+        raise Rejected("not a JSON object")
+    return from_event(event)
+
+
+def from_event(event: Mapping[str, Any]) -> StreamRow:
+    drift: list[str] = []
+    activity_id, activity = event.get("activity_id"), event.get("activity")
+    if not isinstance(activity_id, str) or not activity_id:
+        raise Rejected("missing 'activity_id'")
+    if not isinstance(activity, str) or not activity.strip():
+        raise Rejected("missing 'activity'")
+    if "ts" not in event:
+        raise Rejected("missing 'ts'")
+    features = event.get("feature_json")
+    if isinstance(features, str | bytes):
+        try:
+            features = orjson.loads(features)
+        except orjson.JSONDecodeError:
+            raise Rejected("'feature_json' is a string that is not JSON") from None
+        drift.append("feature_json: JSON text parsed into an object")
+    if features is not None and not isinstance(features, dict):
+        raise Rejected(f"'feature_json' must be an object, not {type(features).__name__}")
+    known = set(SPEC_COLUMNS) | set(IMPLEMENTATION_COLUMNS)
+    extra = {k: v for k, v in event.items() if k not in known}
+    if extra:
+        features = dict(features or {})
+        for key, value in extra.items():
+            if key in features:
+                features.setdefault("_extra", {})[key] = value
+            else:
+                features[key] = value
+        drift.append("unknown keys moved into feature_json: " + ", ".join(sorted(extra)))
+    texts = {name: _text(name, event.get(name), drift) for name in STRING_COLUMNS}
+    return StreamRow(
+        activity_id=activity_id,
+        ts=parse_ts(event["ts"]),
+        activity=activity,
+        feature_json=features,
+        revenue_impact=_revenue(event.get("revenue_impact"), drift),
+        drift=drift,
+        **texts,
+    )

@@ -1,0 +1,76 @@
+"""The warehouse behind one small interface: DuckDB (embedded default) or Snowflake.
+
+A backend loads stream rows idempotently (an `activity_id` already present is skipped)
+and stores the uploader's queue checkpoint in the same transaction, so a crash at any
+point leaves every event loaded exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from activitybi.activity import StreamRow
+
+Checkpoint = dict[str, int]
+Params = Sequence[Any] | Mapping[str, Any]
+
+
+class TransientError(Exception):
+    """The warehouse cannot be reached or is busy right now; the same call may succeed later."""
+
+
+@dataclass(slots=True)
+class QueryResult:
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+
+
+class Warehouse(Protocol):
+    kind: str
+
+    def init(self) -> list[str]:
+        """Applies every DDL file of this backend (idempotent); returns their names."""
+
+    def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint) -> int:
+        """Inserts the rows whose activity_id is new (and the insight atoms among them)
+        and stores `checkpoint` for `queue_id`, atomically. Returns rows inserted."""
+
+    def checkpoint(self, queue_id: str) -> Checkpoint | None:
+        """The checkpoint stored by the last committed `load` of this queue."""
+
+    def execute(self, sql: str, params: Params = ()) -> QueryResult:
+        """Runs one statement with bound parameters."""
+
+    def close(self) -> None: ...
+
+
+def ddl_files(kind: str) -> list[tuple[str, str]]:
+    """(name, text) of the numbered DDL files of a backend, in order."""
+    folder = resources.files("activitybi") / "ddl" / kind
+    files = sorted(
+        (p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name
+    )
+    return [(p.name, p.read_text()) for p in files]
+
+
+def configured_kind() -> str:
+    kind = os.environ.get("ACTIVITYBI_WAREHOUSE", "duckdb").lower()
+    if kind not in ("duckdb", "snowflake"):
+        raise ValueError(f"ACTIVITYBI_WAREHOUSE must be duckdb or snowflake, not {kind!r}")
+    return kind
+
+
+def open_warehouse(kind: str | None = None) -> Warehouse:
+    """The configured warehouse (`ACTIVITYBI_WAREHOUSE`, default duckdb)."""
+    kind = kind or configured_kind()
+    if kind == "snowflake":
+        from activitybi.warehouse.snowflake import SnowflakeWarehouse
+
+        return SnowflakeWarehouse.from_env()
+    from activitybi.warehouse.duckdb import DuckDBWarehouse
+
+    return DuckDBWarehouse.open_default()
