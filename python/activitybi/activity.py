@@ -29,7 +29,7 @@ SPEC_COLUMNS = (
     "link",
 )
 IMPLEMENTATION_COLUMNS = ("_session_id", "_source")
-STRING_COLUMNS = ("customer", "anonymous_customer_id", "link", "_session_id", "_source")
+KNOWN_KEYS = frozenset(SPEC_COLUMNS + IMPLEMENTATION_COLUMNS)
 INSIGHT_ACTIVITY = "learned_insight"
 """Insight atoms travel as stream events of this activity and are also loaded into
 `insight_atoms` (atom_id = activity_id)."""
@@ -71,6 +71,11 @@ class StreamRow:
 
 def parse_ts(value: object) -> dt.datetime:
     """ISO-8601 text (any offset, or none meaning UTC) or epoch seconds, to naive UTC."""
+    if type(value) is str and len(value) == 24 and value[23] == "Z":  # the queue's own form
+        try:
+            return dt.datetime.fromisoformat(value[:23])
+        except ValueError:
+            pass
     if isinstance(value, bool):
         raise Rejected("'ts' must be an ISO-8601 timestamp")
     if isinstance(value, int | float):
@@ -139,9 +144,9 @@ def from_event(event: Mapping[str, Any]) -> StreamRow:
         drift.append("feature_json: JSON text parsed into an object")
     if features is not None and not isinstance(features, dict):
         raise Rejected(f"'feature_json' must be an object, not {type(features).__name__}")
-    known = set(SPEC_COLUMNS) | set(IMPLEMENTATION_COLUMNS)
-    extra = {k: v for k, v in event.items() if k not in known}
-    if extra:
+    extra_keys = event.keys() - KNOWN_KEYS
+    if extra_keys:
+        extra = {k: event[k] for k in extra_keys}
         features = dict(features or {})
         for key, value in extra.items():
             if key in features:
@@ -149,13 +154,16 @@ def from_event(event: Mapping[str, Any]) -> StreamRow:
             else:
                 features[key] = value
         drift.append("unknown keys moved into feature_json: " + ", ".join(sorted(extra)))
-    texts = {name: _text(name, event.get(name), drift) for name in STRING_COLUMNS}
     return StreamRow(
-        activity_id=activity_id,
-        ts=parse_ts(event["ts"]),
-        activity=activity,
-        feature_json=features,
-        revenue_impact=_revenue(event.get("revenue_impact"), drift),
-        drift=drift,
-        **texts,
+        activity_id,
+        parse_ts(event["ts"]),
+        activity,
+        _text("customer", event.get("customer"), drift),
+        _text("anonymous_customer_id", event.get("anonymous_customer_id"), drift),
+        features,
+        _revenue(event.get("revenue_impact"), drift),
+        _text("link", event.get("link"), drift),
+        _text("_session_id", event.get("_session_id"), drift),
+        _text("_source", event.get("_source"), drift),
+        drift,
     )

@@ -16,6 +16,67 @@ def main() -> None:
 
 
 @main.command()
+def init() -> None:
+    """Create or update the warehouse tables (safe to run again)."""
+    from rich.console import Console
+
+    from activitybi.warehouse import open_warehouse
+
+    wh = open_warehouse()
+    try:
+        names = wh.init()
+    finally:
+        wh.close()
+    Console().print(f"[green]{wh.kind}[/green]: applied " + ", ".join(names))
+
+
+@main.command()
+@click.option("--once", "mode", flag_value="once", default=True, help="Drain the queue, then exit.")
+@click.option("--follow", "mode", flag_value="follow", help="Keep uploading until interrupted.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def upload(mode: str, quiet: bool) -> None:
+    """Load queued events into the warehouse, exactly once."""
+    import signal
+    import threading
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from activitybi.uploader import Uploader
+    from activitybi.warehouse import open_warehouse
+
+    console = Console(stderr=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    wh = open_warehouse()
+    wh.init()
+    up = Uploader(config.queue_dir(), wh, stop=stop)
+    show = not quiet and console.is_terminal
+    try:
+        with Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=console, disable=not show,
+        ) as bar:
+            task = bar.add_task("uploading", total=up.pending())
+
+            def advance(n: int) -> None:
+                bar.update(task, advance=n, total=max(up.pending() + bar.tasks[0].completed, 1))
+
+            try:
+                stats = up.drain(advance) if mode == "once" else up.follow(on_batch=advance)
+            except KeyboardInterrupt:
+                stats = up.stats
+    finally:
+        up.close()
+        wh.close()
+    console.print(
+        f"loaded {stats.loaded:,} new events ({stats.duplicates:,} already there), "
+        f"quarantined {stats.quarantined:,}, schema drift in {stats.drifted:,}, "
+        f"{stats.retries:,} retries"
+    )
+
+
+@main.command()
 @click.option("--events", default=100_000, show_default=True, help="Events to append.")
 def demo(events: int) -> None:
     """Append events to the queue under $ACTIVITYBI_HOME and show what happened."""

@@ -25,5 +25,5 @@ CREATE TABLE IF NOT EXISTS query_audit (
     bytes       BIGINT,
     duration_ms DOUBLE,
     outcome     VARCHAR NOT NULL,
-    at          TIMESTAMP NOT NULL
+    executed_at TIMESTAMP NOT NULL
 );

@@ -1,0 +1,5 @@
+"""`python -m activitybi` is the `activitybi` command."""
+
+from activitybi.cli import main
+
+main()

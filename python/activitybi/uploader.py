@@ -1,0 +1,212 @@
+"""Queue → warehouse, exactly once.
+
+The uploader is the queue's single reader. Each batch is read from the checkpoint, parsed
+(bad lines go to quarantine with their reason), loaded idempotently together with the new
+checkpoint in one warehouse transaction, and only then acknowledged in the queue. A crash
+anywhere re-reads at most the last batch, whose rows the warehouse already skips.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from activitybi import QueueReader, ulid
+from activitybi.activity import Rejected, StreamRow, to_row
+from activitybi.warehouse import Checkpoint, TransientError, Warehouse
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def queue_id(queue_dir: Path) -> str:
+    """A stable identity for this machine's queue, so that one warehouse can take many."""
+    path = queue_dir / "queue.id"
+    if not path.exists():
+        queue_dir.mkdir(parents=True, exist_ok=True)
+        tmp = queue_dir / f".queue.id.{ulid()}"
+        tmp.write_text(ulid())
+        try:
+            os.link(tmp, path)  # atomic: the first process to get here names the queue
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    return path.read_text().strip()
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with full jitter, without a limit on the number of tries."""
+
+    base: float = 0.1
+    cap: float = 30.0
+    attempt: int = 0
+
+    def next_delay(self) -> float:
+        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempt))
+        self.attempt += 1
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+@dataclass
+class UploadStats:
+    read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    drifted: int = 0
+    retries: int = 0
+    batches: int = 0
+    drift_reasons: dict[str, int] = field(default_factory=dict)
+    last_error: str | None = None
+    last_commit: float | None = None
+
+
+def _merge(a: Checkpoint | None, b: Checkpoint | None) -> Checkpoint:
+    out = dict(a or {})
+    for k, v in (b or {}).items():
+        out[k] = max(v, out.get(k, 0))
+    return out
+
+
+class Uploader:
+    def __init__(
+        self,
+        queue_dir: Path,
+        warehouse: Warehouse,
+        *,
+        quarantine_file: Path | None = None,
+        batch_lines: int = 20_000,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.queue_dir = queue_dir
+        self.warehouse = warehouse
+        self.reader = QueueReader(str(queue_dir))
+        self.queue_id = queue_id(queue_dir)
+        self.quarantine_file = quarantine_file or queue_dir.parent / "quarantine" / "uploader.jsonl"
+        self.batch_lines = batch_lines
+        self.stop = stop or threading.Event()
+        self.stats = UploadStats()
+        self._backoff = Backoff()
+        self._checkpoint: Checkpoint | None = None
+
+    def pending(self) -> int:
+        return self.reader.pending()
+
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Runs `fn` until it succeeds, backing off on transient warehouse failures."""
+        while True:
+            try:
+                result = fn()
+            except TransientError as e:
+                self.stats.retries += 1
+                self.stats.last_error = f"{what}: {e}"
+                delay = self._backoff.next_delay()
+                log.warning("%s failed (%s); retrying in %.2fs", what, e, delay)
+                if self.stop.wait(delay):
+                    raise
+                continue
+            self._backoff.reset()
+            return result
+
+    def _start_checkpoint(self) -> Checkpoint:
+        if self._checkpoint is None:
+            stored = self._retrying("read checkpoint", lambda: self.warehouse.checkpoint(self.queue_id))
+            self._checkpoint = _merge(self.reader.acked(), stored)
+        return self._checkpoint
+
+    def _quarantine(self, bad: list[tuple[str, bytes]]) -> None:
+        self.quarantine_file.parent.mkdir(parents=True, exist_ok=True)
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+        with self.quarantine_file.open("ab") as f:
+            for reason, line in bad:
+                f.write(orjson.dumps({"at": at, "reason": reason, "line": line.decode("utf-8", "replace")}))
+                f.write(b"\n")
+            f.flush()
+        self.stats.quarantined += len(bad)
+
+    def _load(self, rows: Sequence[StreamRow], checkpoint: Checkpoint | None) -> int:
+        """Loads rows; a batch the warehouse refuses for good is split until the refused
+        rows are alone, and those go to quarantine."""
+        try:
+            return self._retrying("load", lambda: self.warehouse.load(rows, self.queue_id, checkpoint))
+        except TransientError:
+            raise
+        except Exception as e:
+            if len(rows) <= 1:
+                self._quarantine([(f"warehouse refused: {e}", orjson.dumps(_row_dict(r))) for r in rows])
+                return self._retrying("checkpoint", lambda: self.warehouse.load([], self.queue_id, checkpoint))
+            half = len(rows) // 2
+            return self._load(rows[:half], None) + self._load(rows[half:], checkpoint)
+
+    def step(self) -> int:
+        """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
+        start = self._start_checkpoint()
+        lines, checkpoint = self.reader.read(start, max_lines=self.batch_lines)
+        if not lines:
+            return 0
+        rows: list[StreamRow] = []
+        bad: list[tuple[str, bytes]] = []
+        for line in lines:
+            try:
+                row = to_row(line)
+            except Rejected as e:
+                bad.append((str(e), line))
+                continue
+            rows.append(row)
+            if row.drift:
+                self.stats.drifted += 1
+                for reason in row.drift:
+                    self.stats.drift_reasons[reason] = self.stats.drift_reasons.get(reason, 0) + 1
+        if bad:
+            self._quarantine(bad)
+        inserted = self._load(rows, checkpoint)
+        self.reader.ack(checkpoint)
+        self._checkpoint = checkpoint
+        self.stats.read += len(lines)
+        self.stats.loaded += inserted
+        self.stats.duplicates += len(rows) - inserted
+        self.stats.batches += 1
+        self.stats.last_commit = time.time()
+        return len(lines)
+
+    def drain(self, on_batch: Callable[[int], None] | None = None) -> UploadStats:
+        """Uploads everything in the queue now, then returns."""
+        while not self.stop.is_set():
+            n = self.step()
+            if on_batch:
+                on_batch(n)
+            if n == 0:
+                break
+        return self.stats
+
+    def follow(self, idle_wait: float = 0.02, on_batch: Callable[[int], None] | None = None) -> UploadStats:
+        """Keeps uploading until `stop` is set."""
+        while not self.stop.is_set():
+            n = self.step()
+            if on_batch and n:
+                on_batch(n)
+            if n == 0:
+                self.stop.wait(idle_wait)
+        return self.stats
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _row_dict(row: StreamRow) -> dict[str, object]:
+    return {k: getattr(row, k) for k in StreamRow.__slots__ if k != "drift"}  # type: ignore[attr-defined]

@@ -1,0 +1,131 @@
+"""DuckDB, the embedded default: one file under $ACTIVITYBI_HOME, no account.
+
+DuckDB lets one process open a file for writing. The process that holds the queue's
+reader lock (the uploader) owns it; another process that tries gets `TransientError`
+("lock held") and retries, or hands its work over through the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from activitybi import config
+from activitybi.activity import StreamRow
+from activitybi.warehouse import Checkpoint, Params, QueryResult, TransientError, ddl_files
+
+_STREAM_COLUMNS = (
+    "activity_id", "ts", "customer", "activity", "anonymous_customer_id", "feature_json",
+    "revenue_impact", "link", "_session_id", "_source",
+)
+_STREAM_TYPES = {"ts": pa.timestamp("us"), "revenue_impact": pa.float64()}
+_ATOM_COLUMNS = ("atom_id", "customer_id", "subject", "metric", "value", "provenance_query_hash", "ts")
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def _stream_table(rows: Sequence[StreamRow]) -> pa.Table:
+    columns: dict[str, list[Any]] = {c: [] for c in _STREAM_COLUMNS}
+    for r in rows:
+        columns["activity_id"].append(r.activity_id)
+        columns["ts"].append(r.ts)
+        columns["customer"].append(r.customer)
+        columns["activity"].append(r.activity)
+        columns["anonymous_customer_id"].append(r.anonymous_customer_id)
+        columns["feature_json"].append(_json(r.feature_json))
+        columns["revenue_impact"].append(r.revenue_impact)
+        columns["link"].append(r.link)
+        columns["_session_id"].append(r._session_id)
+        columns["_source"].append(r._source)
+    return pa.table(
+        {c: pa.array(v, type=_STREAM_TYPES.get(c, pa.string())) for c, v in columns.items()}
+    )
+
+
+def _atom_table(atoms: list[dict[str, Any]]) -> pa.Table:
+    data = {c: [a[c] for a in atoms] for c in _ATOM_COLUMNS}
+    data["value"] = [_json(v) for v in data["value"]]
+    return pa.table(
+        {c: pa.array(v, type=pa.timestamp("us") if c == "ts" else pa.string()) for c, v in data.items()}
+    )
+
+
+class DuckDBWarehouse:
+    kind = "duckdb"
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            raise TransientError(f"DuckDB file {self.path} is busy: {e}") from e
+
+    @classmethod
+    def open_default(cls) -> DuckDBWarehouse:
+        return cls(config.home() / "warehouse.duckdb")
+
+    def init(self) -> list[str]:
+        names = []
+        for name, sql in ddl_files(self.kind):
+            self.con.execute(sql)
+            names.append(name)
+        return names
+
+    def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int:
+        con = self.con
+        atoms = [a for a in (r.insight() for r in rows) if a is not None]
+        con.begin()
+        try:
+            inserted = 0
+            if rows:
+                con.register("_batch", _stream_table(rows))
+                cols = ", ".join(_STREAM_COLUMNS)
+                result = con.execute(f"INSERT OR IGNORE INTO claude_stream ({cols}) SELECT {cols} FROM _batch")
+                inserted = int(result.fetchone()[0])  # type: ignore[index]
+                con.unregister("_batch")
+            if atoms:
+                con.register("_atoms", _atom_table(atoms))
+                cols = ", ".join(_ATOM_COLUMNS)
+                con.execute(
+                    f"INSERT OR IGNORE INTO insight_atoms ({cols}) SELECT {cols} FROM _atoms "
+                    "WHERE customer_id IS NOT NULL AND subject IS NOT NULL "
+                    "AND metric IS NOT NULL AND value IS NOT NULL"
+                )
+                con.unregister("_atoms")
+            if checkpoint is not None:
+                con.execute(
+                    "INSERT OR REPLACE INTO _activitybi_checkpoints VALUES "
+                    "(?, ?, now() AT TIME ZONE 'UTC')",
+                    [queue_id, orjson.dumps(checkpoint).decode()],
+                )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        return inserted
+
+    def checkpoint(self, queue_id: str) -> Checkpoint | None:
+        row = self.con.execute(
+            "SELECT checkpoint FROM _activitybi_checkpoints WHERE queue_id = ?", [queue_id]
+        ).fetchone()
+        return None if row is None else dict(orjson.loads(row[0]))
+
+    def execute(self, sql: str, params: Params = ()) -> QueryResult:
+        cur = self.con.cursor()
+        try:
+            cur.execute(sql, params)
+            columns = [d[0] for d in cur.description or ()]
+            return QueryResult(columns, cur.fetchall() if columns else [])
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self.con.close()
