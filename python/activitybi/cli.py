@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -13,6 +14,50 @@ from activitybi import __version__, config
 @click.version_option(__version__, prog_name="activitybi")
 def main() -> None:
     """Log every MCP interaction as ActivitySchema v2.0 events, durably."""
+
+
+@main.command()
+@click.option("--http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+@click.option("--tokens", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help='HTTP: a JSON file {"<bearer token>": "<customer>"} (or ACTIVITYBI_TOKENS).')
+@click.option("--stateless", is_flag=True, help="HTTP: no sessions (any request may go anywhere).")
+@click.option("--customer", help="stdio: who this is (default ACTIVITYBI_CUSTOMER, else the user).")
+def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool,
+          customer: str | None) -> None:
+    """Run the MCP server (stdio for Claude Desktop, or --http)."""
+    handshake = None
+    if not http:  # answer `initialize` before the SDK is even imported
+        from activitybi.handshake import Handshake
+
+        handshake = Handshake()
+    import logging
+    import sys
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
+                        format="activitybi %(levelname)s %(name)s: %(message)s")
+    from activitybi import server
+    from activitybi.warehouse_owner import WarehouseOwner
+
+    rt = server.Runtime.open(
+        customer=None if http else (customer or server.stdio_customer()),
+        source="http" if http else "stdio",
+    )
+    owner = WarehouseOwner(config.queue_dir(), rt.context)
+    owner.start()
+    try:
+        if http:
+            import uvicorn
+
+            app = server.http_app(rt, server.load_tokens(tokens), stateless=stateless)
+            uvicorn.run(app, host=host, port=port, log_level="warning")
+        else:
+            server.serve_stdio(rt, handshake)
+    finally:
+        owner.stop.set()
+        owner.join(timeout=10)
+        rt.close()
 
 
 @main.command()

@@ -48,6 +48,9 @@ class Warehouse(Protocol):
     def execute(self, sql: str, params: Params = ()) -> QueryResult:
         """Runs one statement with bound parameters."""
 
+    def refresh_context(self) -> None:
+        """Rebuilds `context_cache` from the stream (a task does it on Snowflake)."""
+
     def close(self) -> None: ...
 
 

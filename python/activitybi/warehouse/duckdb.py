@@ -8,6 +8,7 @@ reader lock (the uploader) owns it; another process that tries gets `TransientEr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,10 @@ class DuckDBWarehouse:
             con.rollback()
             raise
         return inserted
+
+    def refresh_context(self) -> None:
+        folder = resources.files("activitybi") / "ddl" / self.kind
+        self.con.execute((folder / "refresh_context.sql").read_text())
 
     def checkpoint(self, queue_id: str) -> Checkpoint | None:
         row = self.con.execute(

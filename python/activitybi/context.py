@@ -1,0 +1,199 @@
+"""A customer's context: what get_context returns, from three tiers of memory.
+
+Tier 1 is the Rust `LruCache` in this process, tier 2 Redis (when `REDIS_URL` is set),
+tier 3 the warehouse's `context_cache` (refreshed every few minutes by the process that
+owns the warehouse, and mirrored into snapshot files so every process can read it). A
+cached context is valid while its version, the sizes of the customer's insight journal
+and snapshot, is unchanged: two `stat` calls decide a hit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from activitybi import LruCache
+from activitybi.memory import PREFERENCES_SUBJECT, MemoryJournal, customer_key
+
+Version = tuple[int, int]
+
+
+@dataclass(slots=True)
+class InsightSeries:
+    """One subject/metric: its latest value and simple aggregates over the window."""
+
+    subject: str
+    metric: str
+    latest: Any = None
+    latest_at: str = ""
+    count: int = 0
+    numbers: list[tuple[str, float]] = field(default_factory=list)
+
+    def add(self, value: Any, at: str) -> None:
+        self.count += 1
+        if at >= self.latest_at:
+            self.latest, self.latest_at = value, at
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            self.numbers.append((at, float(value)))
+
+    def summary(self, since: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "subject": self.subject, "metric": self.metric, "latest": self.latest,
+            "latest_at": self.latest_at, "count": self.count,
+        }
+        window = [v for at, v in self.numbers if at >= since]
+        if window:
+            out.update(min=min(window), max=max(window), avg=sum(window) / len(window),
+                       window_count=len(window))
+        return out
+
+
+@dataclass(slots=True)
+class CustomerMemory:
+    """A customer's journal folded into series and preferences, read incrementally."""
+
+    offset: int = 0
+    series: dict[tuple[str, str], InsightSeries] = field(default_factory=dict)
+    preferences: dict[str, tuple[str, Any]] = field(default_factory=dict)
+
+    def absorb(self, atoms: list[dict[str, Any]]) -> None:
+        for a in atoms:
+            subject, metric, at = a["subject"], a["metric"], a["ts"]
+            if subject == PREFERENCES_SUBJECT:
+                if at >= self.preferences.get(metric, ("", None))[0]:
+                    self.preferences[metric] = (at, a["value"])
+                continue
+            key = (subject, metric)
+            if key not in self.series:
+                self.series[key] = InsightSeries(subject, metric)
+            self.series[key].add(a["value"], at)
+
+
+@dataclass(slots=True)
+class Cached:
+    version: Version
+    payload: bytes
+    memory: CustomerMemory
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def trim(context: dict[str, Any], max_bytes: int) -> bytes:
+    """Drops whole items (oldest insights, rarest activities, preferences) until the JSON
+    fits; the result is always a complete JSON object."""
+    payload = orjson.dumps(context)
+    if len(payload) <= max_bytes:
+        return payload
+    ctx = {**context, "truncated": True, "insights": list(context.get("insights", []))}
+    activity = dict(ctx.get("activity") or {})
+    ctx["activity"] = activity
+    lists = [ctx["insights"], activity.setdefault("top_activities", []), activity.setdefault("tools", [])]
+    prefs = dict(ctx.get("preferences") or {})
+    ctx["preferences"] = prefs
+    while len(payload := orjson.dumps(ctx)) > max_bytes:
+        longest = max(lists, key=len)
+        if longest:
+            longest.pop()
+        elif prefs:
+            prefs.pop(next(reversed(prefs)))
+        else:
+            return orjson.dumps({"customer": ctx["customer"], "truncated": True})
+    return payload
+
+
+class ContextService:
+    def __init__(
+        self,
+        journal: MemoryJournal,
+        snapshot_dir: Path,
+        redis: Any | None = None,
+        *,
+        capacity: int = 10_000,
+        window_days: int = 30,
+    ) -> None:
+        self.journal = journal
+        self.snapshot_dir = snapshot_dir
+        snapshot_dir.mkdir(parents=True, exist_ok=True)
+        self.redis = redis
+        self.window = dt.timedelta(days=window_days)
+        self.cache: LruCache[Cached] = LruCache(capacity)
+        self.builds = 0
+
+    def snapshot_path(self, customer: str) -> Path:
+        return self.snapshot_dir / f"{customer_key(customer)}.json"
+
+    def version(self, customer: str) -> Version:
+        try:
+            snap = os.stat(self.snapshot_path(customer)).st_mtime_ns
+        except FileNotFoundError:
+            snap = 0
+        return (self.journal.version(customer), snap)
+
+    def get(self, customer: str, max_bytes: int | None = None) -> bytes:
+        """The context as JSON; at most `max_bytes` when given."""
+        version = self.version(customer)
+        cached = self.cache.get(customer)
+        if cached is None or cached.version != version:
+            cached = self._from_redis(customer, version) or self._build(customer, version, cached)
+        if max_bytes is not None and len(cached.payload) > max_bytes:
+            return trim(orjson.loads(cached.payload), max_bytes)
+        return cached.payload
+
+    def _from_redis(self, customer: str, version: Version) -> Cached | None:
+        if self.redis is None:
+            return None
+        got = self.redis.get(customer)
+        if got is None or got[0] != version[0] * 2**32 + version[1] % 2**32:
+            return None
+        memory = CustomerMemory()  # only rebuilt if this process later builds it itself
+        memory.offset = -1
+        cached = Cached(version, got[1], memory)
+        self.cache.put(customer, cached)
+        return cached
+
+    def _build(self, customer: str, version: Version, stale: Cached | None) -> Cached:
+        memory = stale.memory if stale is not None and stale.memory.offset >= 0 else CustomerMemory()
+        atoms, memory.offset = self.journal.read(customer, memory.offset)
+        memory.absorb(atoms)
+        now = _now()
+        since = (now - self.window).isoformat(timespec="milliseconds")
+        series = sorted(memory.series.values(), key=lambda s: s.latest_at, reverse=True)
+        context = {
+            "customer": customer,
+            "generated_at": now.isoformat(timespec="milliseconds") + "Z",
+            "activity": self._snapshot(customer),
+            "insights": [s.summary(since) for s in series],
+            "preferences": {k: v for k, (_, v) in sorted(memory.preferences.items())},
+            "truncated": False,
+        }
+        cached = Cached(version, orjson.dumps(context), memory)
+        self.cache.put(customer, cached)
+        self.builds += 1
+        if self.redis is not None:
+            self.redis.put(customer, version[0] * 2**32 + version[1] % 2**32, cached.payload)
+        return cached
+
+    def _snapshot(self, customer: str) -> dict[str, Any] | None:
+        try:
+            return dict(orjson.loads(self.snapshot_path(customer).read_bytes()))
+        except FileNotFoundError:
+            return None
+
+    def write_snapshot(self, customer: str, activity: dict[str, Any]) -> None:
+        """Tier 3's mirror: written atomically by the process that owns the warehouse."""
+        path = self.snapshot_path(customer)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(orjson.dumps(activity))
+        os.replace(tmp, path)
+
+    def warm(self, customers: list[str]) -> int:
+        for c in customers:
+            self.get(c)
+        return len(customers)

@@ -1,0 +1,146 @@
+"""The stdio server answers `initialize` before the MCP SDK is imported.
+
+Importing the SDK costs most of a second; a client spawning the server would wait for
+it. So `activitybi serve` reads the first message itself; if it is `initialize`, it
+answers exactly what the SDK would (name, version, instructions, capabilities, the
+negotiated protocol version), then loads the SDK and replays the message to it, dropping
+the SDK's own answer. `tests/test_server.py` checks that the two answers are identical.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from activitybi import __version__
+
+SERVER_NAME = "activitybi"
+
+INSTRUCTIONS = """\
+activitybi logs this conversation as ActivitySchema events and gives you memory across sessions.
+- At the start of every conversation, call get_context: it returns what is known about this \
+user (recent activity, insights learned earlier, saved preferences) as JSON.
+- Call log_event for each meaningful step, named verb_noun from the user's view \
+(asked_question, received_answer, ran_query, edited_file), with details in feature_json; \
+pass model, input_tokens, output_tokens and cost_usd when you know them.
+- Call log_insight when you learn a durable fact worth remembering (subject, metric, value); \
+use subject "preferences" for the user's preferences.
+The user's identity comes from the connection; you never pass it."""
+
+CAPABILITIES: dict[str, Any] = {
+    "prompts": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": False},
+    "tools": {"listChanged": False},
+}
+
+
+def _sdk_versions() -> tuple[tuple[str, ...], str]:
+    """The SDK's handshake protocol versions, read from its source file without importing
+    the (slow) package."""
+    spec = importlib.util.find_spec("mcp_types")
+    assert spec is not None and spec.submodule_search_locations
+    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
+    namespace: dict[str, Any] = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    return tuple(namespace["HANDSHAKE_PROTOCOL_VERSIONS"]), namespace["LATEST_HANDSHAKE_VERSION"]
+
+
+def initialize_result(requested: object) -> dict[str, Any]:
+    supported, latest = _sdk_versions()
+    version = requested if requested in supported else latest
+    return {
+        "capabilities": CAPABILITIES,
+        "instructions": INSTRUCTIONS,
+        "protocolVersion": version,
+        "serverInfo": {"name": SERVER_NAME, "version": __version__},
+    }
+
+
+class ReplayReader(io.TextIOBase):
+    """stdin for the SDK: the first message again, then the real stream."""
+
+    def __init__(self, first: str, rest: BinaryIO) -> None:
+        self._first: str | None = first
+        self._rest = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
+
+    def readable(self) -> bool:
+        return True
+
+    def readline(self, size: int | None = -1) -> str:
+        if self._first is not None:
+            line, self._first = self._first, None
+            return line
+        return self._rest.readline(-1 if size is None else size)
+
+
+class AnswerDropper(io.TextIOBase):
+    """stdout for the SDK: drops its answer to the replayed `initialize`, hands it to
+    `check`, and passes everything else through."""
+
+    def __init__(
+        self, out: BinaryIO, request_id: object, check: Callable[[dict[str, Any]], None] | None
+    ) -> None:
+        self._out = out
+        self._id = request_id
+        self._check: Callable[[dict[str, Any]], None] | None = check
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        if self._check is not None:
+            message = orjson.loads(s)
+            if message.get("id") == self._id:
+                check, self._check = self._check, None
+                check(message)
+                return len(s)
+        self._out.write(s.encode())
+        return len(s)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
+class Handshake:
+    """Claims the process's stdin/stdout (stray prints go to stderr), reads the first
+    message and answers it when it is `initialize`."""
+
+    def __init__(self) -> None:
+        self.wire_in = os.fdopen(os.dup(0), "rb", buffering=0)
+        self.wire_out = os.fdopen(os.dup(1), "wb", buffering=0)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.dup2(2, 1)
+        self.first = self.wire_in.readline().decode("utf-8", "replace")
+        self.request_id: object = None
+        self.answer: dict[str, Any] | None = None
+        self.mismatch: str | None = None
+        try:
+            message = orjson.loads(self.first) if self.first.strip() else None
+        except orjson.JSONDecodeError:
+            message = None
+        if isinstance(message, dict) and message.get("method") == "initialize" and "id" in message:
+            params = message.get("params") or {}
+            self.request_id = message["id"]
+            self.answer = {"jsonrpc": "2.0", "id": self.request_id,
+                           "result": initialize_result(params.get("protocolVersion"))}
+            self.wire_out.write(orjson.dumps(self.answer) + b"\n")
+
+    def _check(self, sdk_answer: dict[str, Any]) -> None:
+        if self.answer is not None and sdk_answer != self.answer:
+            self.mismatch = orjson.dumps(sdk_answer).decode()
+            print(f"activitybi: fast initialize answer differs from the SDK's: {self.mismatch}",
+                  file=sys.stderr)
+
+    def streams(self) -> tuple[Any, Any]:
+        """(stdin, stdout) text files for the SDK's `stdio_server`."""
+        check = None if self.answer is None else self._check
+        return ReplayReader(self.first, self.wire_in), AnswerDropper(self.wire_out, self.request_id, check)

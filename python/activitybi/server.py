@@ -1,0 +1,276 @@
+"""The MCP server: four tools and a resource over the mcp SDK, for one customer per
+connection (the stdio configuration, or the bearer token over HTTP).
+
+Tools answer from memory and the local queue only: no network on any tool's path. Every
+tool call is itself logged as a `called_tool` activity (tool, latency, outcome, session).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import ConfigDict, Field
+
+from activitybi import Queue, QueueFull, __version__, config, ulid
+from activitybi.context import ContextService
+from activitybi.handshake import INSTRUCTIONS, SERVER_NAME
+from activitybi.memory import MemoryJournal
+
+log = logging.getLogger(__name__)
+
+ACTIVITY_NAME = r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$"
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+COST_KEYS = ("model", "input_tokens", "output_tokens", "cost_usd")
+"""Where an exchange's model, token counts and cost go in feature_json (documented in the
+README), so that cost can be attributed by model and session."""
+
+
+@dataclass
+class Runtime:
+    """What the tools act on, for the life of the process."""
+
+    queue: Queue
+    context: ContextService
+    journal: MemoryJournal
+    session_id: str
+    stdio_customer: str | None
+    source: str
+
+    @classmethod
+    def open(cls, *, customer: str | None, source: str, redis: Any | None = None) -> Runtime:
+        home = config.home()
+        journal = MemoryJournal(home / "memory")
+        return cls(
+            queue=Queue(str(config.queue_dir())),
+            context=ContextService(journal, home / "context", redis),
+            journal=journal,
+            session_id=ulid(),
+            stdio_customer=customer,
+            source=source,
+        )
+
+    def customer(self) -> str:
+        """The connection's customer: the token's over HTTP, the configured one on stdio."""
+        if self.stdio_customer is not None:
+            return self.stdio_customer
+        from mcp.server.auth.middleware.auth_context import get_access_token
+
+        token = get_access_token()
+        if token is None:
+            raise ToolError("not authenticated")
+        return token.client_id
+
+    def append(self, event: dict[str, Any]) -> str:
+        try:
+            return self.queue.append(event)
+        except QueueFull as e:
+            raise ToolError(f"the event queue is full; retry shortly ({e})") from None
+        except (ValueError, TypeError) as e:
+            raise ToolError(str(e)) from None
+        except OSError as e:
+            raise ToolError(f"the event could not be written: {e.strerror or e}") from None
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+def stdio_customer() -> str:
+    """`ACTIVITYBI_CUSTOMER`, else this machine's user name."""
+    return os.environ.get("ACTIVITYBI_CUSTOMER") or getpass.getuser()
+
+
+class ToolCallLogger:
+    """Middleware that logs every tools/call, rejected arguments included."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+
+    async def __call__(self, ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        if ctx.method != "tools/call":
+            return await call_next(ctx)
+        start = time.perf_counter()
+        outcome, error = "ok", None
+        try:
+            result = await call_next(ctx)
+            if getattr(result, "is_error", False):
+                outcome = "error"
+                content = getattr(result, "content", None) or [None]
+                error = str(getattr(content[0], "text", ""))[:300]
+            return result
+        except BaseException as e:
+            outcome, error = "error", str(e)[:300]
+            raise
+        finally:
+            self._log(ctx, (time.perf_counter() - start) * 1000, outcome, error)
+
+    def _log(self, ctx: Any, latency_ms: float, outcome: str, error: str | None) -> None:
+        params = ctx.params or {}
+        request = getattr(ctx, "request", None)
+        session = request.headers.get("mcp-session-id") if request is not None else None
+        try:
+            customer = self.rt.customer()
+        except ToolError:
+            return
+        features: dict[str, Any] = {"tool": params.get("name"), "latency_ms": round(latency_ms, 3),
+                                    "outcome": outcome}
+        if error:
+            features["error"] = error
+        try:
+            self.rt.queue.append({"activity": "called_tool", "customer": customer,
+                                  "feature_json": features,
+                                  "_session_id": session or self.rt.session_id,
+                                  "_source": self.rt.source})
+        except Exception:
+            log.exception("could not log a tool call")
+
+
+def _forbid_extra_arguments(server: MCPServer) -> None:
+    """An unknown argument is an error (the SDK ignores it by default)."""
+    for tool in server._tool_manager.list_tools():
+        loose = tool.fn_metadata.arg_model
+        strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid")})
+        tool.fn_metadata.arg_model = strict
+        tool.parameters = strict.model_json_schema(by_alias=True)
+
+
+def build(rt: Runtime, **server_options: Any) -> MCPServer:
+    mcp = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__,
+                    middleware=[ToolCallLogger(rt)], **server_options)
+
+    @mcp.tool(structured_output=False)
+    async def log_event(
+        activity: Annotated[str, Field(pattern=ACTIVITY_NAME, max_length=100, description=(
+            "What happened, verb_noun from the user's view: asked_question, received_answer, "
+            "ran_query, edited_file."))],
+        feature_json: Annotated[dict[str, Any] | None, Field(description=(
+            "Details of the step as a JSON object."))] = None,
+        link: Annotated[str | None, Field(max_length=2048, description="A URL the step refers to.")] = None,
+        revenue_impact: Annotated[float | None, Field(allow_inf_nan=False, description=(
+            "Money this step made or cost, if known."))] = None,
+        anonymous_customer_id: Annotated[str | None, Field(max_length=256, description=(
+            "An identifier for an unidentified visitor."))] = None,
+        activity_id: Annotated[str | None, Field(pattern=ID_PATTERN, description=(
+            "Give the same id when retrying, so the event is stored once."))] = None,
+        model: Annotated[str | None, Field(max_length=200, description="The model of this exchange.")] = None,
+        input_tokens: Annotated[int | None, Field(ge=0, description="Input tokens of this exchange.")] = None,
+        output_tokens: Annotated[int | None, Field(ge=0, description="Output tokens of this exchange.")] = None,
+        cost_usd: Annotated[float | None, Field(ge=0, allow_inf_nan=False, description=(
+            "Cost of this exchange in US dollars."))] = None,
+    ) -> str:
+        """Record one step of the conversation; returns its activity_id at once."""
+        features = dict(feature_json or {})
+        for key, value in (("model", model), ("input_tokens", input_tokens),
+                           ("output_tokens", output_tokens), ("cost_usd", cost_usd)):
+            if value is not None:
+                features[key] = value
+        event: dict[str, Any] = {"activity": activity, "customer": rt.customer(),
+                                 "_session_id": rt.session_id, "_source": rt.source}
+        if features:
+            event["feature_json"] = features
+        for key, value in (("link", link), ("revenue_impact", revenue_impact),
+                           ("anonymous_customer_id", anonymous_customer_id),
+                           ("activity_id", activity_id)):
+            if value is not None:
+                event[key] = value
+        return rt.append(event)
+
+    @mcp.tool(structured_output=False)
+    async def log_insight(
+        subject: Annotated[str, Field(min_length=1, max_length=200, description=(
+            "What the fact is about (a project, a habit; 'preferences' for preferences)."))],
+        metric: Annotated[str, Field(min_length=1, max_length=200, description="Which property.")],
+        value: Annotated[float | int | bool | str | dict[str, Any], Field(description=(
+            "The value; numbers get min/max/avg over time in get_context."))],
+        provenance_query_hash: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{8,128}$", description=(
+            "Hash of the query the fact came from, if any."))] = None,
+    ) -> str:
+        """Remember a durable fact about this user; returns its atom_id. The next
+        get_context shows it, in this and every other session."""
+        if isinstance(value, float) and value != value:
+            raise ToolError("value must not be NaN")
+        if isinstance(value, str) and len(value) > 4096:
+            raise ToolError("value is over 4096 characters")
+        customer = rt.customer()
+        features = {"subject": subject, "metric": metric, "value": value}
+        if provenance_query_hash:
+            features["provenance_query_hash"] = provenance_query_hash
+        atom_id = ulid()
+        ts = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
+        rt.append({"activity": "learned_insight", "activity_id": atom_id, "ts": ts + "Z",
+                   "customer": customer, "feature_json": features,
+                   "_session_id": rt.session_id, "_source": rt.source})
+        rt.journal.append(customer, {"atom_id": atom_id, "customer_id": customer, "ts": ts, **features})
+        return atom_id
+
+    @mcp.tool(structured_output=False)
+    async def get_context(
+        max_bytes: Annotated[int | None, Field(ge=256, le=16 * 1024 * 1024, description=(
+            "Trim whole items until the JSON fits in this many bytes."))] = None,
+    ) -> str:
+        """What is known about this user, as JSON: recent activity, insights with their
+        latest value and min/max/avg over 30 days, preferences. Call it first."""
+        return rt.context.get(rt.customer(), max_bytes).decode()
+
+    @mcp.resource("context://me", mime_type="application/json",
+                  description="This user's context, as get_context returns it.")
+    async def context_resource() -> str:
+        return rt.context.get(rt.customer()).decode()
+
+    _forbid_extra_arguments(mcp)
+    return mcp
+
+
+def serve_stdio(rt: Runtime, handshake: Any) -> None:
+    import anyio
+    from mcp.server.stdio import stdio_server
+
+    server = build(rt)
+    stdin, stdout = handshake.streams()
+
+    async def main() -> None:
+        async with stdio_server(anyio.wrap_file(stdin), anyio.wrap_file(stdout)) as (r, w):
+            low = server._lowlevel_server
+            await low.run(r, w, low.create_initialization_options())
+
+    anyio.run(main)
+
+
+def load_tokens(path: Path | None) -> dict[str, str]:
+    """Bearer token → customer, from a JSON object file or `ACTIVITYBI_TOKENS`."""
+    raw = path.read_bytes() if path else os.environ.get("ACTIVITYBI_TOKENS", "").encode()
+    if not raw:
+        raise SystemExit("HTTP needs tokens: --tokens FILE or ACTIVITYBI_TOKENS, a JSON object "
+                         '{"<token>": "<customer>"}')
+    tokens = orjson.loads(raw)
+    if not isinstance(tokens, dict) or not all(isinstance(v, str) and v for v in tokens.values()):
+        raise SystemExit("tokens must be a JSON object of token to customer")
+    return tokens
+
+
+def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) -> Any:
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.auth.settings import AuthSettings
+
+    class TokenCustomers:
+        """Each bearer token names one customer; any other token is refused (401)."""
+
+        async def verify_token(self, token: str) -> AccessToken | None:
+            customer = tokens.get(token)
+            if customer is None:
+                return None
+            return AccessToken(token=token, client_id=customer, scopes=[], subject=customer)
+
+    server = build(rt, token_verifier=TokenCustomers(),
+                   auth=AuthSettings(issuer_url="https://auth.invalid", resource_server_url=None))
+    return server.streamable_http_app(stateless_http=stateless, json_response=True)
