@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from activitybi import claude_desktop
 from activitybi.claude_desktop import ClaudeConfigError, default_config_path, install
 
@@ -84,7 +83,7 @@ def test_install_without_path_uses_the_platform_default(
 ) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
     path, entry = install(None, "ada@example.com")
-    expected = fake_home / "Library" / "Application Support" / "Claude" / "claude_desktop_config.json"
+    expected = fake_home / "Library/Application Support/Claude/claude_desktop_config.json"
     assert path == expected
     assert json.loads(expected.read_text()) == {"mcpServers": {"activitybi": entry}}
     assert backups(expected) == []  # nothing to back up: the file did not exist
@@ -94,7 +93,7 @@ def test_install_without_path_uses_the_platform_default(
 
 
 def test_entry_shape(tmp_path: Path, _home: Path) -> None:
-    path, entry = install(tmp_path / "c.json", "  ada@example.com ")
+    _, entry = install(tmp_path / "c.json", "  ada@example.com ")
     assert entry["env"] == {
         "ACTIVITYBI_CUSTOMER": "ada@example.com",
         "ACTIVITYBI_HOME": str(_home),

@@ -8,6 +8,7 @@ cannot parse rather than risk losing what is in it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -51,8 +52,11 @@ def server_command() -> tuple[str, list[str]]:
     virtualenv.
     """
     exe_dir = Path(os.path.abspath(sys.executable)).parent
-    for candidate in (exe_dir / "activitybi", exe_dir / "activitybi.exe",
-                      exe_dir / "Scripts" / "activitybi.exe"):
+    for candidate in (
+        exe_dir / "activitybi",
+        exe_dir / "activitybi.exe",
+        exe_dir / "Scripts" / "activitybi.exe",
+    ):
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return str(candidate), ["serve"]
     found = shutil.which("activitybi")
@@ -99,7 +103,7 @@ def _load(path: Path) -> tuple[bytes | None, dict[str, Any]]:
 
 def _backup(path: Path, raw: bytes) -> Path:
     """Writes the old bytes next to the file under a new, timestamped name (never overwrites)."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")  # sorts by time
     for n in range(1000):
         suffix = f".{stamp}.bak" if n == 0 else f".{stamp}-{n}.bak"
         backup = path.with_name(path.name + suffix)
@@ -110,10 +114,8 @@ def _backup(path: Path, raw: bytes) -> Path:
                 os.fsync(f.fileno())
         except FileExistsError:
             continue
-        try:
+        with contextlib.suppress(OSError):  # best effort: the bytes are what matter
             shutil.copymode(path, backup)
-        except OSError:
-            pass
         return backup
     raise ClaudeConfigError(f"could not find a free backup name next to {path}")
 
@@ -131,10 +133,8 @@ def _atomic_write(path: Path, data: bytes) -> None:
             shutil.copymode(path, tmp)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     if os.name == "posix":
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -158,8 +158,8 @@ def install(
     """Adds or updates ``mcpServers[name]``; returns the config path and the server entry.
 
     Every other key and server is kept as it was. The old file is backed up next to it
-    (``<name>.<UTC timestamp>.bak``) before it is replaced; nothing is written when the
-    entry is already up to date, or when ``print_only`` is set. Raises
+    (``claude_desktop_config.json.<UTC timestamp>.bak``) before it is replaced; nothing
+    is written when the entry is already up to date, or when ``print_only`` is set. Raises
     ``ClaudeConfigError`` (and writes nothing) if the existing file is not a JSON object.
     """
     if not name.strip():
