@@ -1,7 +1,7 @@
 """Ingestion lag: an event appended to the queue → visible to a query on DuckDB.
 
-A producer appends at a steady rate for a fixed time while `Uploader.follow()` runs in a
-second thread of the same process (the way `activitybi serve` runs it); a checker polls
+A producer appends at a steady rate for a fixed time while the warehouse owner's loop
+(`activitybi upload --follow`: upload, and refresh the context) runs in a second thread; a checker polls
 `count(*)` on its own cursor every 5 ms. Events go in order, so event i is visible once the
 count passes i. Prints p50/p95/p99/max of the lag.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from activitybi import Queue
 from activitybi.uploader import Uploader
 from activitybi.warehouse.duckdb import DuckDBWarehouse
+from activitybi.warehouse_owner import own
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
         wh.init()
         q = Queue(str(root / "queue"), max_pending=total + 1)
         up = Uploader(root / "queue", wh)
-        uploader = threading.Thread(target=up.follow)
+        uploader = threading.Thread(target=own, args=(up, root / "context"))
         uploader.start()
         done = threading.Event()
 

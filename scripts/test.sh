@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Installs everything the tests need on a fresh machine, then runs every test: Rust first,
+# Installs everything the tests need on a fresh machine (strace and redis-server from
+# Debian's packages; the tests start their own Redis on a free loopback port), then runs every test: Rust first,
 # then Python against the installed package. The README's test command; CI runs it too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
 command -v strace >/dev/null || need+=(strace)
+command -v redis-server >/dev/null || need+=(redis-server)
 if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

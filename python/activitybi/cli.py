@@ -38,13 +38,13 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="activitybi %(levelname)s %(name)s: %(message)s")
     from activitybi import server
-    from activitybi.warehouse_owner import WarehouseOwner
+    from activitybi.warehouse_owner import OwnerSupervisor
 
     rt = server.Runtime.open(
         customer=None if http else (customer or server.stdio_customer()),
         source="http" if http else "stdio",
     )
-    owner = WarehouseOwner(config.queue_dir(), rt.context)
+    owner = OwnerSupervisor(config.queue_dir())
     owner.start()
     try:
         if http:
@@ -55,9 +55,34 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
         else:
             server.serve_stdio(rt, handshake)
     finally:
-        owner.stop.set()
-        owner.join(timeout=10)
         rt.close()
+        owner.close()
+
+
+@main.command("install-claude")
+@click.option("--customer", envvar="ACTIVITYBI_CUSTOMER",
+              help="Who this is; an email is fine (default ACTIVITYBI_CUSTOMER, else the user).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The Claude Desktop config file (default: this platform's).")
+@click.option("--name", default="activitybi", show_default=True, help="The key under mcpServers.")
+@click.option("--print", "print_only", is_flag=True, help="Show the entry as JSON; change nothing.")
+def install_claude(customer: str | None, config_path: Path | None, name: str,
+                   print_only: bool) -> None:
+    """Add (or update) this server in Claude Desktop's config, keeping every other entry."""
+    import getpass
+
+    from activitybi.claude_desktop import ClaudeConfigError, install, snippet
+
+    try:
+        path, entry = install(config_path, customer or getpass.getuser(), name, print_only)
+    except ClaudeConfigError as e:
+        raise click.ClickException(str(e)) from e
+    if print_only:
+        click.echo(snippet(entry, name), nl=False)
+        click.echo(f"(goes under mcpServers in {path})", err=True)
+        return
+    click.echo(f"{path}: mcpServers.{name} runs {entry['command']} {' '.join(entry['args'])} "
+               f"as {entry['env']['ACTIVITYBI_CUSTOMER']}; restart Claude Desktop to load it.")
 
 
 @main.command()
@@ -79,7 +104,8 @@ def init() -> None:
 @click.option("--once", "mode", flag_value="once", default=True, help="Drain the queue, then exit.")
 @click.option("--follow", "mode", flag_value="follow", help="Keep uploading until interrupted.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def upload(mode: str, quiet: bool) -> None:
+@click.option("--parent", type=int, hidden=True, help="Exit when this process does.")
+def upload(mode: str, quiet: bool, parent: int | None) -> None:
     """Load queued events into the warehouse, exactly once."""
     import signal
     import threading
@@ -89,6 +115,7 @@ def upload(mode: str, quiet: bool) -> None:
 
     from activitybi.uploader import Uploader
     from activitybi.warehouse import open_warehouse
+    from activitybi.warehouse_owner import own
 
     console = Console(stderr=True)
     stop = threading.Event()
@@ -108,7 +135,11 @@ def upload(mode: str, quiet: bool) -> None:
                 bar.update(task, advance=n, total=max(up.pending() + bar.tasks[0].completed, 1))
 
             try:
-                stats = up.drain(advance) if mode == "once" else up.follow(on_batch=advance)
+                if mode == "once":
+                    stats = up.drain(advance)
+                else:
+                    own(up, config.home() / "context", parent=parent)
+                    stats = up.stats
             except KeyboardInterrupt:
                 stats = up.stats
     finally:

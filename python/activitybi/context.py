@@ -81,6 +81,25 @@ class Cached:
     memory: CustomerMemory
 
 
+def redis_version(version: Version) -> int:
+    """One number that grows whenever either part of the version does."""
+    journal_size, snapshot_mtime_ns = version
+    return (journal_size << 64) | snapshot_mtime_ns
+
+
+def snapshot_path(snapshot_dir: Path, customer: str) -> Path:
+    return snapshot_dir / f"{customer_key(customer)}.json"
+
+
+def write_snapshot(snapshot_dir: Path, customer: str, activity: dict[str, Any]) -> None:
+    """Tier 3's mirror of a customer's activity summary, replaced atomically by the
+    process that owns the warehouse."""
+    path = snapshot_path(snapshot_dir, customer)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(activity))
+    os.replace(tmp, path)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -127,7 +146,7 @@ class ContextService:
         self.builds = 0
 
     def snapshot_path(self, customer: str) -> Path:
-        return self.snapshot_dir / f"{customer_key(customer)}.json"
+        return snapshot_path(self.snapshot_dir, customer)
 
     def version(self, customer: str) -> Version:
         try:
@@ -150,7 +169,7 @@ class ContextService:
         if self.redis is None:
             return None
         got = self.redis.get(customer)
-        if got is None or got[0] != version[0] * 2**32 + version[1] % 2**32:
+        if got is None or got[0] != redis_version(version):
             return None
         memory = CustomerMemory()  # only rebuilt if this process later builds it itself
         memory.offset = -1
@@ -177,7 +196,7 @@ class ContextService:
         self.cache.put(customer, cached)
         self.builds += 1
         if self.redis is not None:
-            self.redis.put(customer, version[0] * 2**32 + version[1] % 2**32, cached.payload)
+            self.redis.put(customer, redis_version(version), cached.payload)
         return cached
 
     def _snapshot(self, customer: str) -> dict[str, Any] | None:
@@ -185,13 +204,6 @@ class ContextService:
             return dict(orjson.loads(self.snapshot_path(customer).read_bytes()))
         except FileNotFoundError:
             return None
-
-    def write_snapshot(self, customer: str, activity: dict[str, Any]) -> None:
-        """Tier 3's mirror: written atomically by the process that owns the warehouse."""
-        path = self.snapshot_path(customer)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(activity))
-        os.replace(tmp, path)
 
     def warm(self, customers: list[str]) -> int:
         for c in customers:

@@ -48,9 +48,14 @@ class Runtime:
     source: str
 
     @classmethod
-    def open(cls, *, customer: str | None, source: str, redis: Any | None = None) -> Runtime:
+    def open(cls, *, customer: str | None, source: str) -> Runtime:
+        from activitybi.redis_tier import RedisTier
+
         home = config.home()
         journal = MemoryJournal(home / "memory")
+        redis = RedisTier.from_env()
+        if redis is not None:
+            redis.warm()
         return cls(
             queue=Queue(str(config.queue_dir())),
             context=ContextService(journal, home / "context", redis),

@@ -194,16 +194,6 @@ class Uploader:
                 break
         return self.stats
 
-    def follow(self, idle_wait: float = 0.02, on_batch: Callable[[int], None] | None = None) -> UploadStats:
-        """Keeps uploading until `stop` is set."""
-        while not self.stop.is_set():
-            n = self.step()
-            if on_batch and n:
-                on_batch(n)
-            if n == 0:
-                self.stop.wait(idle_wait)
-        return self.stats
-
     def close(self) -> None:
         self.reader.close()
 

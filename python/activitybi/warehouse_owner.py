@@ -1,13 +1,18 @@
 """The one process on a machine that writes the warehouse.
 
-Every server process runs this thread; the first to take the queue's reader lock becomes
-the owner: it uploads the queue, refreshes `context_cache` and mirrors it into the context
-snapshots. The others keep trying, so when the owner exits another takes over.
+DuckDB lets one process write a file, and uploading costs CPU that a server answering
+tools should not share its interpreter with. So the uploader runs in a process of its own
+(`activitybi upload --follow`), which also refreshes `context_cache` and mirrors it into
+the context snapshots every server reads. Each server keeps one such process alive while
+it can take the queue's reader lock; when an owner exits, another server starts one.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -15,86 +20,75 @@ from pathlib import Path
 import orjson
 
 from activitybi import QueueReader
-from activitybi.context import ContextService
+from activitybi.context import write_snapshot
 from activitybi.uploader import Uploader
-from activitybi.warehouse import TransientError, Warehouse, open_warehouse
+from activitybi.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
 
-class WarehouseOwner(threading.Thread):
-    def __init__(
-        self,
-        queue_dir: Path,
-        context: ContextService,
-        *,
-        refresh_every: float = 60.0,
-        retry_every: float = 2.0,
-    ) -> None:
+def refresh_context(warehouse: Warehouse, snapshot_dir: Path) -> int:
+    """Rebuilds context_cache and mirrors it into the snapshot files."""
+    warehouse.refresh_context()
+    rows = warehouse.execute("SELECT customer_id, context FROM context_cache").rows
+    for customer, context in rows:
+        write_snapshot(snapshot_dir, customer, orjson.loads(context))
+    return len(rows)
+
+
+def own(uploader: Uploader, snapshot_dir: Path, *, refresh_every: float = 60.0,
+        parent: int | None = None) -> None:
+    """Uploads until stopped (or until `parent` exits); refreshes the context every
+    `refresh_every` seconds when new rows came in, and at least every 5 minutes."""
+    last_refresh, fresh_rows = float("-inf"), True
+    while not uploader.stop.is_set():
+        if parent is not None and os.getppid() != parent:
+            break
+        n = uploader.step()
+        fresh_rows = fresh_rows or n > 0
+        age = time.monotonic() - last_refresh
+        if (fresh_rows and age >= refresh_every) or age >= 300:
+            refresh_context(uploader.warehouse, snapshot_dir)
+            last_refresh, fresh_rows = time.monotonic(), False
+        if n == 0:
+            uploader.stop.wait(0.02)
+
+
+class OwnerSupervisor(threading.Thread):
+    """In a server: starts `activitybi upload --follow` whenever nobody holds the queue."""
+
+    def __init__(self, queue_dir: Path, *, retry_every: float = 2.0) -> None:
         super().__init__(name="activitybi-owner", daemon=True)
         self.queue_dir = queue_dir
-        self.context = context
-        self.refresh_every = refresh_every
         self.retry_every = retry_every
         self.stop = threading.Event()
-        self.uploader: Uploader | None = None
-        self.owned = threading.Event()
+        self.child: subprocess.Popen[bytes] | None = None
 
-    def _acquire(self) -> tuple[Uploader, Warehouse] | None:
-        try:  # the reader lock first: it is local and cheap, the warehouse may be remote
+    def _free(self) -> bool:
+        try:
             QueueReader(str(self.queue_dir)).close()
         except BlockingIOError:
-            return None
-        try:
-            warehouse = open_warehouse()
-        except TransientError:
-            return None
-        try:
-            uploader = Uploader(self.queue_dir, warehouse, stop=self.stop)
-        except BlockingIOError:
-            warehouse.close()
-            return None
-        warehouse.init()
-        return uploader, warehouse
-
-    def refresh(self, warehouse: Warehouse) -> int:
-        """Rebuilds context_cache and mirrors it into the snapshot files."""
-        warehouse.refresh_context()
-        rows = warehouse.execute("SELECT customer_id, context FROM context_cache").rows
-        for customer, context in rows:
-            self.context.write_snapshot(customer, orjson.loads(context))
-        return len(rows)
+            return False
+        return True
 
     def run(self) -> None:
         while not self.stop.is_set():
-            got = self._acquire()
-            if got is None:
-                self.stop.wait(self.retry_every)
-                continue
-            self.uploader, warehouse = got
-            self.owned.set()
-            try:
-                self._own(self.uploader, warehouse)
-            except TransientError:
-                pass  # stopping while the warehouse was away
-            except Exception:
-                log.exception("warehouse owner failed; giving the warehouse up")
-                self.stop.wait(self.retry_every)
-            finally:
-                self.owned.clear()
-                self.uploader.close()
-                warehouse.close()
+            if (self.child is None or self.child.poll() is not None) and self._free():
+                self.child = subprocess.Popen(
+                    [sys.executable, "-m", "activitybi", "upload", "--follow", "--quiet",
+                     "--parent", str(os.getpid())],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                )
+            self.stop.wait(self.retry_every)
 
-    def _own(self, uploader: Uploader, warehouse: Warehouse) -> None:
-        """Uploads continuously; refreshes the context every `refresh_every` seconds when
-        new rows came in, and at least every 5 minutes."""
-        last_refresh, fresh_rows = float("-inf"), True
-        while not self.stop.is_set():
-            n = uploader.step()
-            fresh_rows = fresh_rows or n > 0
-            age = time.monotonic() - last_refresh
-            if (fresh_rows and age >= self.refresh_every) or age >= 300:
-                self.refresh(warehouse)
-                last_refresh, fresh_rows = time.monotonic(), False
-            if n == 0:
-                self.stop.wait(0.02)
+    def close(self, timeout: float = 10.0) -> None:
+        """Stops supervising and lets the owner finish its batch and exit."""
+        self.stop.set()
+        self.join(timeout)  # first, so that it cannot start a child after this looks
+        child = self.child
+        if child is not None and child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()

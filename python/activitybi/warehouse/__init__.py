@@ -58,7 +58,8 @@ def ddl_files(kind: str) -> list[tuple[str, str]]:
     """(name, text) of the numbered DDL files of a backend, in order."""
     folder = resources.files("activitybi") / "ddl" / kind
     files = sorted(
-        (p for p in folder.iterdir() if p.name.endswith(".sql")), key=lambda p: p.name
+        (p for p in folder.iterdir() if p.name[:1].isdigit() and p.name.endswith(".sql")),
+        key=lambda p: p.name,
     )
     return [(p.name, p.read_text()) for p in files]
 
