@@ -46,6 +46,9 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
     )
     owner = OwnerSupervisor(config.queue_dir())
     owner.start()
+    import threading
+
+    threading.Thread(target=rt.warm, name="activitybi-warm", daemon=True).start()
     try:
         if http:
             import uvicorn

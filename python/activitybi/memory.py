@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,11 @@ class MemoryJournal:
         return atoms, offset + end
 
     def recent_customers(self, since_seconds: float) -> list[str]:
-        """Keys of journals written lately (for warming caches on start)."""
-        import time
-
+        """Customers whose journal was written lately (to warm caches on start)."""
         cutoff = time.time() - since_seconds
-        return [p.stem for p in self.root.glob("*.ndjson") if p.stat().st_mtime >= cutoff]
+        out = []
+        for path in self.root.glob("*.ndjson"):
+            if path.stat().st_mtime >= cutoff:
+                with path.open("rb") as f:
+                    out.append(str(orjson.loads(f.readline())["customer_id"]))
+        return out
