@@ -158,16 +158,19 @@ def upload(mode: str, quiet: bool, parent: int | None) -> None:
 @main.command()
 @click.option("--events", default=100_000, show_default=True, help="Events to append.")
 def demo(events: int) -> None:
-    """Append events to the queue under $ACTIVITYBI_HOME and show what happened."""
+    """Append events to the queue, load them into DuckDB, and show what happened."""
     from rich.console import Console
     from rich.table import Table
 
-    from activitybi import Queue, QueueReader
+    from activitybi import Queue
+    from activitybi.uploader import Uploader
+    from activitybi.warehouse.duckdb import DuckDBWarehouse
 
     console = Console()
     qdir = config.queue_dir()
     batch = [
-        {"activity": "called_tool", "customer": "demo@example.com", "feature_json": {"tool": "demo"}}
+        {"activity": "called_tool", "customer": "demo@example.com",
+         "feature_json": {"tool": "demo", "latency_ms": 0.05, "outcome": "ok"}}
         for _ in range(1000)
     ]
     with Queue(str(qdir), max_pending=max(100_000, events * 2)) as q:
@@ -175,19 +178,26 @@ def demo(events: int) -> None:
         for _ in range(events // 1000):
             q.append_many(batch)
         q.append({"activity": "finished_demo", "customer": "demo@example.com"}, durable=True)
-        elapsed = time.perf_counter() - start
+        appended = time.perf_counter() - start
         stats = q.stats()
-    with QueueReader(str(qdir)) as reader:
-        lines, _ = reader.read(max_lines=1)
-    table = Table(title=f"activitybi {__version__}: queue demo")
+    wh = DuckDBWarehouse.open_default()
+    wh.init()
+    up = Uploader(qdir, wh)
+    start = time.perf_counter()
+    loaded = up.drain()
+    uploaded = time.perf_counter() - start
+    up.close()
+    rows = wh.execute(
+        "SELECT activity, count(*) FROM claude_stream GROUP BY 1 ORDER BY 2 DESC").rows
+    wh.close()
+    table = Table(title=f"activitybi {__version__}: queue → DuckDB demo")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_row("queue directory", str(qdir))
     table.add_row("events appended", f"{stats['appended']:,}")
-    table.add_row("rate (events/s)", f"{stats['appended'] / elapsed:,.0f}")
-    table.add_row("pending (not yet uploaded)", f"{stats['pending']:,}")
-    table.add_row("segments sealed", str(stats["rotations"]))
-    table.add_row("fsyncs", str(stats["fsyncs"]))
+    table.add_row("append rate (events/s)", f"{stats['appended'] / appended:,.0f}")
+    table.add_row("events loaded into DuckDB", f"{loaded.loaded:,}")
+    table.add_row("load rate (events/s)", f"{loaded.read / uploaded:,.0f}")
+    for activity, n in rows:
+        table.add_row(f"rows of {activity}", f"{n:,}")
     console.print(table)
-    if lines:
-        console.print("first pending line:", lines[0].decode())
+    console.print(f"queue: {qdir}\nwarehouse: {config.home() / 'warehouse.duckdb'}")
