@@ -38,7 +38,7 @@ def main() -> None:
         wh.init()
         q = Queue(str(root / "queue"), max_pending=total + 1)
         up = Uploader(root / "queue", wh)
-        uploader = threading.Thread(target=own, args=(up, root / "context"))
+        uploader = threading.Thread(target=own, args=(up, root))
         uploader.start()
         done = threading.Event()
 

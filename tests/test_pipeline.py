@@ -37,7 +37,7 @@ def count(wh: DuckDBWarehouse, sql: str = "SELECT count(*) FROM claude_stream") 
 def test_init_is_idempotent(wh: DuckDBWarehouse) -> None:
     assert wh.init() == ["001_stream.sql", "002_memory.sql", "003_queries.sql"]
     tables = {r[0] for r in wh.execute("SELECT table_name FROM information_schema.tables").rows}
-    assert {"claude_stream", "insight_atoms", "context_cache", "artifacts", "query_tickets",
+    assert {"claude_stream", "insight_atoms", "context_cache", "artifacts",
             "query_audit", "claude_stream_enriched"} <= tables
     cols = [r[0] for r in wh.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_name = 'claude_stream' "

@@ -44,6 +44,11 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
         customer=None if http else (customer or server.stdio_customer()),
         source="http" if http else "stdio",
     )
+    import signal
+
+    # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so
+    # that the owner process is stopped below rather than orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     owner = OwnerSupervisor(config.queue_dir())
     owner.start()
     import threading
@@ -106,7 +111,7 @@ def init() -> None:
 @main.command()
 @click.option("--once", "mode", flag_value="once", default=True, help="Drain the queue, then exit.")
 @click.option("--follow", "mode", flag_value="follow", help="Keep uploading until interrupted.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 @click.option("--parent", type=int, hidden=True, help="Exit when this process does.")
 def upload(mode: str, quiet: bool, parent: int | None) -> None:
     """Load queued events into the warehouse, exactly once."""
@@ -141,13 +146,15 @@ def upload(mode: str, quiet: bool, parent: int | None) -> None:
                 if mode == "once":
                     stats = up.drain(advance)
                 else:
-                    own(up, config.home() / "context", parent=parent)
+                    own(up, config.home(), parent=parent)
                     stats = up.stats
             except KeyboardInterrupt:
                 stats = up.stats
     finally:
         up.close()
         wh.close()
+    if quiet:
+        return
     console.print(
         f"loaded {stats.loaded:,} new events ({stats.duplicates:,} already there), "
         f"quarantined {stats.quarantined:,}, schema drift in {stats.drifted:,}, "

@@ -26,6 +26,9 @@ from activitybi import Queue, QueueFull, __version__, config, ulid
 from activitybi.context import ContextService
 from activitybi.handshake import INSTRUCTIONS, SERVER_NAME
 from activitybi.memory import MemoryJournal
+from activitybi.ratelimit import RateLimited, RateLimits
+from activitybi.safesql import templates
+from activitybi.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket, TicketStore
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,8 @@ class Runtime:
     session_id: str
     stdio_customer: str | None
     source: str
+    tickets: TicketStore
+    limits: RateLimits
 
     @classmethod
     def open(cls, *, customer: str | None, source: str) -> Runtime:
@@ -63,6 +68,8 @@ class Runtime:
             session_id=ulid(),
             stdio_customer=customer,
             source=source,
+            tickets=TicketStore(home / "tickets"),
+            limits=RateLimits(),
         )
 
     def customer(self) -> str:
@@ -75,6 +82,12 @@ class Runtime:
         if token is None:
             raise ToolError("not authenticated")
         return token.client_id
+
+    def limit(self, action: str, customer: str) -> None:
+        try:
+            self.limits.check(action, customer)
+        except RateLimited as e:
+            raise ToolError(str(e)) from None
 
     def append(self, event: dict[str, Any]) -> str:
         try:
@@ -186,7 +199,9 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
                            ("output_tokens", output_tokens), ("cost_usd", cost_usd)):
             if value is not None:
                 features[key] = value
-        event: dict[str, Any] = {"activity": activity, "customer": rt.customer(),
+        customer = rt.customer()
+        rt.limit("log_event", customer)
+        event: dict[str, Any] = {"activity": activity, "customer": customer,
                                  "_session_id": rt.session_id, "_source": rt.source}
         if features:
             event["feature_json"] = features
@@ -233,6 +248,58 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         """What is known about this user, as JSON: recent activity, insights with their
         latest value and min/max/avg over 30 days, preferences. Call it first."""
         return rt.context.get(rt.customer(), max_bytes).decode()
+
+    @mcp.tool(structured_output=False)
+    async def list_query_templates() -> str:
+        """The query templates submit_query runs, with their parameters, as JSON."""
+        return orjson.dumps([t.describe() for t in templates.TEMPLATES.values()]).decode()
+
+    @mcp.tool(structured_output=False)
+    async def submit_query(
+        template: Annotated[str, Field(max_length=100, description=(
+            "A template name from list_query_templates."))],
+        params: Annotated[dict[str, Any] | None, Field(description=(
+            "The template's parameters."))] = None,
+        byte_cap: Annotated[int | None, Field(ge=1024, le=16 * 1024 * 1024, description=(
+            "Largest result in bytes; past it a sample of whole rows comes back."))] = None,
+    ) -> str:
+        """Start a query on this user's data; returns a ticket at once. Read it with
+        get_query_result."""
+        customer = rt.customer()
+        rt.limit("submit_query", customer)
+        try:
+            ticket = rt.tickets.submit(customer, template, params or {}, byte_cap or DEFAULT_BYTE_CAP)
+        except templates.TemplateError as e:
+            raise ToolError(str(e)) from None
+        return orjson.dumps({"ticket": ticket.ticket_id, "status": ticket.status}).decode()
+
+    def _ticket(ticket: str) -> Ticket:
+        found = rt.tickets.get(ticket, rt.customer())
+        if found is None:
+            raise ToolError(f"no ticket {ticket[:40]!r} for this user")
+        return found
+
+    @mcp.tool(structured_output=False)
+    async def get_query_result(
+        ticket: Annotated[str, Field(max_length=64, description="The ticket from submit_query.")],
+    ) -> str:
+        """A ticket's status (queued, running with progress, succeeded, failed with a
+        reason, cancelled) and, once it succeeded, its rows."""
+        found = _ticket(ticket)
+        out = found.public()
+        if found.status == "succeeded":
+            out["result"] = rt.tickets.result(found.ticket_id)
+        return orjson.dumps(out).decode()
+
+    @mcp.tool(structured_output=False)
+    async def cancel_query(
+        ticket: Annotated[str, Field(max_length=64, description="The ticket from submit_query.")],
+    ) -> str:
+        """Stop a queued or running query."""
+        found = _ticket(ticket)
+        if found.status not in FINAL:
+            rt.tickets.cancel(found.ticket_id)
+        return orjson.dumps({"ticket": found.ticket_id, "cancel_requested": found.status not in FINAL}).decode()
 
     @mcp.resource("context://me", mime_type="application/json",
                   description="This user's context, as get_context returns it.")

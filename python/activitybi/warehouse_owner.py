@@ -21,6 +21,7 @@ import orjson
 
 from activitybi import QueueReader
 from activitybi.context import write_snapshot
+from activitybi.tickets import TicketExecutor, TicketStore
 from activitybi.uploader import Uploader
 from activitybi.warehouse import Warehouse
 
@@ -36,10 +37,24 @@ def refresh_context(warehouse: Warehouse, snapshot_dir: Path) -> int:
     return len(rows)
 
 
-def own(uploader: Uploader, snapshot_dir: Path, *, refresh_every: float = 60.0,
+def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0,
         parent: int | None = None) -> None:
     """Uploads until stopped (or until `parent` exits); refreshes the context every
-    `refresh_every` seconds when new rows came in, and at least every 5 minutes."""
+    `refresh_every` seconds when new rows came in, and at least every 5 minutes; runs
+    the query tickets meanwhile."""
+    snapshot_dir, tickets_dir = home / "context", home / "tickets"
+    executor = TicketExecutor(TicketStore(tickets_dir), uploader.warehouse,
+                              timeout_s=float(os.environ.get("ACTIVITYBI_QUERY_TIMEOUT", 60)))
+    executor.start()
+    try:
+        _upload_and_refresh(uploader, snapshot_dir, refresh_every, parent)
+    finally:
+        executor.stop.set()
+        executor.join()
+
+
+def _upload_and_refresh(uploader: Uploader, snapshot_dir: Path, refresh_every: float,
+                        parent: int | None) -> None:
     last_refresh, fresh_rows = float("-inf"), True
     while not uploader.stop.is_set():
         if parent is not None and os.getppid() != parent:

@@ -8,7 +8,7 @@ point leaves every event loaded exactly once.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
@@ -21,6 +21,14 @@ Params = Sequence[Any] | Mapping[str, Any]
 
 class TransientError(Exception):
     """The warehouse cannot be reached or is busy right now; the same call may succeed later."""
+
+
+class QueryStopped(Exception):
+    """The warehouse stopped a query: `reason` is 'timeout' or 'cancelled'."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(slots=True)
@@ -47,6 +55,19 @@ class Warehouse(Protocol):
 
     def execute(self, sql: str, params: Params = ()) -> QueryResult:
         """Runs one statement with bound parameters."""
+
+    def run_query(
+        self,
+        sql: str,
+        params: Params,
+        *,
+        timeout_s: float,
+        query_tag: str,
+        cancelled: Callable[[], bool],
+        progress: Callable[[float], None],
+    ) -> QueryResult:
+        """Runs one template query, stopping it (QueryStopped) past `timeout_s` or when
+        `cancelled()`; reports progress in percent when the warehouse knows it."""
 
     def refresh_context(self) -> None:
         """Rebuilds `context_cache` from the stream (a task does it on Snowflake)."""

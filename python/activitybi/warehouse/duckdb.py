@@ -7,7 +7,10 @@ reader lock (the uploader) owns it; another process that tries gets `TransientEr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,14 @@ import pyarrow as pa
 
 from activitybi import config
 from activitybi.activity import StreamRow
-from activitybi.warehouse import Checkpoint, Params, QueryResult, TransientError, ddl_files
+from activitybi.warehouse import (
+    Checkpoint,
+    Params,
+    QueryResult,
+    QueryStopped,
+    TransientError,
+    ddl_files,
+)
 
 _STREAM_COLUMNS = (
     "activity_id", "ts", "customer", "activity", "anonymous_customer_id", "feature_json",
@@ -130,6 +140,47 @@ class DuckDBWarehouse:
             columns = [d[0] for d in cur.description or ()]
             return QueryResult(columns, cur.fetchall() if columns else [])
         finally:
+            cur.close()
+
+    def run_query(
+        self,
+        sql: str,
+        params: Params,
+        *,
+        timeout_s: float,
+        query_tag: str,
+        cancelled: Callable[[], bool],
+        progress: Callable[[float], None],
+    ) -> QueryResult:
+        """A watcher thread interrupts the query past the timeout or on cancellation, and
+        reports DuckDB's progress meanwhile. (`query_tag` is for Snowflake's history.)"""
+        cur = self.con.cursor()
+        done = threading.Event()
+        stopped: list[str] = []
+
+        def watch() -> None:
+            deadline = time.monotonic() + timeout_s
+            while not done.wait(0.05):
+                if cancelled() or time.monotonic() > deadline:
+                    stopped.append("cancelled" if cancelled() else "timeout")
+                    cur.interrupt()
+                    return
+                with contextlib.suppress(duckdb.Error):
+                    progress(cur.query_progress())
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            cur.execute(sql, params)
+            columns = [d[0] for d in cur.description or ()]
+            return QueryResult(columns, cur.fetchall())
+        except duckdb.InterruptException:
+            if stopped:
+                raise QueryStopped(stopped[0]) from None
+            raise
+        finally:
+            done.set()
+            watcher.join()
             cur.close()
 
     def close(self) -> None:

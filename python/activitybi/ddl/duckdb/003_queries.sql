@@ -1,20 +1,5 @@
--- SafeSQL query tickets and the audit log of every execution.
-CREATE TABLE IF NOT EXISTS query_tickets (
-    ticket_id    VARCHAR PRIMARY KEY,
-    customer_id  VARCHAR NOT NULL,
-    template     VARCHAR NOT NULL,
-    params       JSON NOT NULL,
-    params_hash  VARCHAR NOT NULL,
-    byte_cap     BIGINT NOT NULL,
-    status       VARCHAR NOT NULL,
-    progress     DOUBLE,
-    error        VARCHAR,
-    result       JSON,
-    submitted_at TIMESTAMP NOT NULL,
-    started_at   TIMESTAMP,
-    finished_at  TIMESTAMP
-);
-
+-- The audit log of every SafeSQL execution (the tickets themselves are files under
+-- $ACTIVITYBI_HOME/tickets, readable by every server process).
 CREATE TABLE IF NOT EXISTS query_audit (
     ticket_id   VARCHAR NOT NULL,
     customer_id VARCHAR NOT NULL,

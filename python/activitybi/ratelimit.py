@@ -1,0 +1,61 @@
+"""Per-customer token buckets for log_event and submit_query.
+
+Limits are per server process and configurable by environment:
+`ACTIVITYBI_EVENTS_PER_SECOND` (default 100, bursts of 5 s) and
+`ACTIVITYBI_QUERIES_PER_MINUTE` (default 30, bursts of 10). A refused call writes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+
+class RateLimited(Exception):
+    def __init__(self, action: str, rate: str, retry_after: float) -> None:
+        super().__init__(f"rate limit: at most {rate} {action} calls; retry in {retry_after:.1f} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class Bucket:
+    rate: float  # tokens per second
+    burst: float
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> float:
+        """0 when a token was taken, else the seconds until one is there."""
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return 0.0
+        return (1 - self.tokens) / self.rate
+
+
+class RateLimits:
+    def __init__(self, events_per_second: float | None = None,
+                 queries_per_minute: float | None = None) -> None:
+        eps = events_per_second or float(os.environ.get("ACTIVITYBI_EVENTS_PER_SECOND", 100))
+        qpm = queries_per_minute or float(os.environ.get("ACTIVITYBI_QUERIES_PER_MINUTE", 30))
+        self.limits = {
+            "log_event": (eps, max(1.0, eps * 5), f"{eps:g}/s"),
+            "submit_query": (qpm / 60, max(1.0, min(10.0, qpm)), f"{qpm:g}/min"),
+        }
+        self.buckets: dict[tuple[str, str], Bucket] = {}
+        self.lock = threading.Lock()
+
+    def check(self, action: str, customer: str) -> None:
+        """Takes a token for this customer's action, or raises RateLimited."""
+        rate, burst, text = self.limits[action]
+        now = time.monotonic()
+        with self.lock:
+            bucket = self.buckets.get((action, customer))
+            if bucket is None:
+                bucket = self.buckets[(action, customer)] = Bucket(rate, burst, burst, now)
+            wait = bucket.take(now)
+        if wait:
+            raise RateLimited(action, text, wait)
