@@ -106,6 +106,19 @@ class Runtime:
             customers = [c for c in customers if c == self.stdio_customer]
         return self.context.warm(customers)
 
+    def record_tool_call(self, customer: str, tool: str, latency_ms: float, outcome: str,
+                         error: str | None, session: str | None) -> None:
+        """Logs a tool call as a `called_tool` activity (never failing the call itself)."""
+        features: dict[str, Any] = {"tool": tool, "latency_ms": round(latency_ms, 3), "outcome": outcome}
+        if error:
+            features["error"] = error
+        try:
+            self.queue.append({"activity": "called_tool", "customer": customer,
+                               "feature_json": features, "_session_id": session or self.session_id,
+                               "_source": self.source})
+        except Exception:
+            log.exception("could not log a tool call")
+
     def close(self) -> None:
         self.queue.close()
 
@@ -147,17 +160,7 @@ class ToolCallLogger:
             customer = self.rt.customer()
         except ToolError:
             return
-        features: dict[str, Any] = {"tool": params.get("name"), "latency_ms": round(latency_ms, 3),
-                                    "outcome": outcome}
-        if error:
-            features["error"] = error
-        try:
-            self.rt.queue.append({"activity": "called_tool", "customer": customer,
-                                  "feature_json": features,
-                                  "_session_id": session or self.rt.session_id,
-                                  "_source": self.rt.source})
-        except Exception:
-            log.exception("could not log a tool call")
+        self.rt.record_tool_call(customer, str(params.get("name")), latency_ms, outcome, error, session)
 
 
 def _forbid_extra_arguments(server: MCPServer) -> None:
