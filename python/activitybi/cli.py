@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -24,8 +25,9 @@ def main() -> None:
               help='HTTP: a JSON file {"<bearer token>": "<customer>"} (or ACTIVITYBI_TOKENS).')
 @click.option("--stateless", is_flag=True, help="HTTP: no sessions (any request may go anywhere).")
 @click.option("--customer", help="stdio: who this is (default ACTIVITYBI_CUSTOMER, else the user).")
+@click.option("--metrics-port", type=int, help="stdio: serve Prometheus metrics on this port.")
 def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool,
-          customer: str | None) -> None:
+          customer: str | None, metrics_port: int | None) -> None:
     """Run the MCP server (stdio for Claude Desktop, or --http)."""
     handshake = None
     if not http:  # answer `initialize` before the SDK is even imported
@@ -54,6 +56,14 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
     import threading
 
     threading.Thread(target=rt.warm, name="activitybi-warm", daemon=True).start()
+    from activitybi.metrics import every, serve_port, status_dir, write_status
+
+    if metrics_port is not None:
+        serve_port(rt.metrics.registry, metrics_port)
+    status_file = status_dir(config.home()) / f"server-{os.getpid()}.json"
+    source = "http" if http else "stdio"
+    stop_status = threading.Event()
+    every(5.0, lambda: write_status(status_file, rt.metrics.status(source)), stop_status)
     try:
         if http:
             import uvicorn
@@ -63,6 +73,8 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
         else:
             server.serve_stdio(rt, handshake)
     finally:
+        stop_status.set()
+        status_file.unlink(missing_ok=True)
         rt.close()
         owner.close()
 
@@ -94,6 +106,14 @@ def install_claude(customer: str | None, config_path: Path | None, name: str,
 
 
 @main.command()
+def status() -> None:
+    """What the queue, the uploader, the warehouse and the servers are doing."""
+    from activitybi.status import show
+
+    show(config.home())
+
+
+@main.command()
 def init() -> None:
     """Create or update the warehouse tables (safe to run again)."""
     from rich.console import Console
@@ -113,7 +133,8 @@ def init() -> None:
 @click.option("--follow", "mode", flag_value="follow", help="Keep uploading until interrupted.")
 @click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
 @click.option("--parent", type=int, hidden=True, help="Exit when this process does.")
-def upload(mode: str, quiet: bool, parent: int | None) -> None:
+@click.option("--metrics-port", type=int, help="--follow: serve Prometheus metrics on this port.")
+def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None) -> None:
     """Load queued events into the warehouse, exactly once."""
     import signal
     import threading
@@ -131,6 +152,10 @@ def upload(mode: str, quiet: bool, parent: int | None) -> None:
     wh = open_warehouse()
     wh.init()
     up = Uploader(config.queue_dir(), wh, stop=stop)
+    if metrics_port is not None:
+        from activitybi.metrics import OwnerMetrics, serve_port
+
+        serve_port(OwnerMetrics(up.health).registry, metrics_port)
     show = not quiet and console.is_terminal
     try:
         with Progress(

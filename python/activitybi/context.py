@@ -144,6 +144,7 @@ class ContextService:
         self.window = dt.timedelta(days=window_days)
         self.cache: LruCache[Cached] = LruCache(capacity)
         self.builds = 0
+        self.snapshot_reads = {"hits": 0, "misses": 0}
 
     def snapshot_path(self, customer: str) -> Path:
         return snapshot_path(self.snapshot_dir, customer)
@@ -201,9 +202,20 @@ class ContextService:
 
     def _snapshot(self, customer: str) -> dict[str, Any] | None:
         try:
-            return dict(orjson.loads(self.snapshot_path(customer).read_bytes()))
+            snapshot = dict(orjson.loads(self.snapshot_path(customer).read_bytes()))
         except FileNotFoundError:
+            self.snapshot_reads["misses"] += 1
             return None
+        self.snapshot_reads["hits"] += 1
+        return snapshot
+
+    def tier_stats(self) -> dict[str, dict[str, int]]:
+        """Hits and misses per tier: memory (this process), redis, warehouse (snapshots)."""
+        tiers = {"memory": self.cache.stats()}
+        if self.redis is not None:
+            tiers["redis"] = self.redis.stats()
+        tiers["warehouse"] = dict(self.snapshot_reads)
+        return tiers
 
     def warm(self, customers: list[str]) -> int:
         for c in customers:

@@ -26,6 +26,7 @@ from activitybi import Queue, QueueFull, __version__, config, ulid
 from activitybi.context import ContextService
 from activitybi.handshake import INSTRUCTIONS, SERVER_NAME
 from activitybi.memory import MemoryJournal
+from activitybi.metrics import ServerMetrics
 from activitybi.ratelimit import RateLimited, RateLimits
 from activitybi.safesql import templates
 from activitybi.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket, TicketStore
@@ -51,6 +52,7 @@ class Runtime:
     source: str
     tickets: TicketStore
     limits: RateLimits
+    metrics: ServerMetrics
 
     @classmethod
     def open(cls, *, customer: str | None, source: str) -> Runtime:
@@ -61,15 +63,18 @@ class Runtime:
         redis = RedisTier.from_env()
         if redis is not None:
             redis.warm()
+        queue = Queue(str(config.queue_dir()))
+        context = ContextService(journal, home / "context", redis)
         return cls(
-            queue=Queue(str(config.queue_dir())),
-            context=ContextService(journal, home / "context", redis),
+            queue=queue,
+            context=context,
             journal=journal,
             session_id=ulid(),
             stdio_customer=customer,
             source=source,
             tickets=TicketStore(home / "tickets"),
             limits=RateLimits(),
+            metrics=ServerMetrics(queue.stats, context.tier_stats),
         )
 
     def customer(self) -> str:
@@ -109,6 +114,7 @@ class Runtime:
     def record_tool_call(self, customer: str, tool: str, latency_ms: float, outcome: str,
                          error: str | None, session: str | None) -> None:
         """Logs a tool call as a `called_tool` activity (never failing the call itself)."""
+        self.metrics.observe(tool, latency_ms, None if outcome == "ok" else (error or outcome))
         features: dict[str, Any] = {"tool": tool, "latency_ms": round(latency_ms, 3), "outcome": outcome}
         if error:
             features["error"] = error
@@ -140,11 +146,11 @@ class ToolCallLogger:
         start = time.perf_counter()
         outcome, error = "ok", None
         try:
-            result = await call_next(ctx)
-            if getattr(result, "is_error", False):
+            result = await call_next(ctx)  # the wire form: a dict
+            if isinstance(result, dict) and result.get("isError"):
                 outcome = "error"
-                content = getattr(result, "content", None) or [None]
-                error = str(getattr(content[0], "text", ""))[:300]
+                content = result.get("content") or [{}]
+                error = str(content[0].get("text", ""))[:300]
             return result
         except BaseException as e:
             outcome, error = "error", str(e)[:300]
@@ -355,4 +361,12 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
 
     server = build(rt, token_verifier=TokenCustomers(),
                    auth=AuthSettings(issuer_url="https://auth.invalid", resource_server_url=None))
+
+    @server.custom_route("/metrics", methods=["GET"])
+    async def metrics(request: Any) -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from starlette.responses import Response
+
+        return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     return server.streamable_http_app(stateless_http=stateless, json_response=True)

@@ -103,9 +103,20 @@ class Uploader:
         self.stats = UploadStats()
         self._backoff = Backoff()
         self._checkpoint: Checkpoint | None = None
+        self._caught_up_at = time.time()  # when the queue was last found drained
+        self._behind = False
 
     def pending(self) -> int:
         return self.reader.pending()
+
+    def health(self) -> dict[str, object]:
+        """Progress and health, for metrics and `activitybi status`."""
+        s = self.stats
+        return {"pid": os.getpid(), "updated_at": time.time(), "pending": self.pending(),
+                "loaded": s.loaded, "duplicates": s.duplicates, "quarantined": s.quarantined,
+                "retries": s.retries, "drifted": s.drifted, "batches": s.batches,
+                "last_error": s.last_error, "last_commit": s.last_commit,
+                "lag_seconds": time.time() - self._caught_up_at if self._behind else 0.0}
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         """Runs `fn` until it succeeds, backing off on transient warehouse failures."""
@@ -158,7 +169,9 @@ class Uploader:
         start = self._start_checkpoint()
         lines, checkpoint = self.reader.read(start, max_lines=self.batch_lines)
         if not lines:
+            self._caught_up_at, self._behind = time.time(), False
             return 0
+        self._behind = True
         rows: list[StreamRow] = []
         bad: list[tuple[str, bytes]] = []
         for line in lines:

@@ -21,6 +21,7 @@ import orjson
 
 from activitybi import QueueReader
 from activitybi.context import write_snapshot
+from activitybi.metrics import status_dir, write_status
 from activitybi.tickets import TicketExecutor, TicketStore
 from activitybi.uploader import Uploader
 from activitybi.warehouse import Warehouse
@@ -42,20 +43,21 @@ def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0,
     """Uploads until stopped (or until `parent` exits); refreshes the context every
     `refresh_every` seconds when new rows came in, and at least every 5 minutes; runs
     the query tickets meanwhile."""
-    snapshot_dir, tickets_dir = home / "context", home / "tickets"
-    executor = TicketExecutor(TicketStore(tickets_dir), uploader.warehouse,
+    executor = TicketExecutor(TicketStore(home / "tickets"), uploader.warehouse,
                               timeout_s=float(os.environ.get("ACTIVITYBI_QUERY_TIMEOUT", 60)))
     executor.start()
     try:
-        _upload_and_refresh(uploader, snapshot_dir, refresh_every, parent)
+        _upload_and_refresh(uploader, home, refresh_every, parent)
     finally:
         executor.stop.set()
         executor.join()
 
 
-def _upload_and_refresh(uploader: Uploader, snapshot_dir: Path, refresh_every: float,
+def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float,
                         parent: int | None) -> None:
-    last_refresh, fresh_rows = float("-inf"), True
+    snapshot_dir, status_file = home / "context", status_dir(home) / "owner.json"
+    last_refresh, fresh_rows, last_status = float("-inf"), True, 0.0
+    rows: dict[str, int] = {}
     while not uploader.stop.is_set():
         if parent is not None and os.getppid() != parent:
             break
@@ -65,8 +67,20 @@ def _upload_and_refresh(uploader: Uploader, snapshot_dir: Path, refresh_every: f
         if (fresh_rows and age >= refresh_every) or age >= 300:
             refresh_context(uploader.warehouse, snapshot_dir)
             last_refresh, fresh_rows = time.monotonic(), False
+            rows = table_rows(uploader.warehouse)
+        if time.monotonic() - last_status >= 1.0:
+            write_status(status_file, {**uploader.health(), "rows": rows,
+                                       "warehouse": uploader.warehouse.kind})
+            last_status = time.monotonic()
         if n == 0:
             uploader.stop.wait(0.02)
+
+
+def table_rows(warehouse: Warehouse) -> dict[str, int]:
+    counts = {}
+    for table in ("claude_stream", "insight_atoms", "query_audit"):
+        counts[table] = int(warehouse.execute(f"SELECT count(*) FROM {table}").rows[0][0])
+    return counts
 
 
 class OwnerSupervisor(threading.Thread):

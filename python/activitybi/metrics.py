@@ -1,0 +1,139 @@
+"""Prometheus metrics, and the status files `activitybi status` reads.
+
+A server exposes its metrics at `/metrics` (HTTP) or on `--metrics-port` (stdio); the
+warehouse owner on its own `--metrics-port`. Every process also writes a small status file
+under `$ACTIVITYBI_HOME/status/` for a person running `activitybi status`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+def status_dir(home: Path) -> Path:
+    path = home / "status"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_status(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_bytes(orjson.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+class _Read(Collector):
+    """Counters and gauges read from live objects at scrape time."""
+
+    def __init__(self, read: Callable[[], Iterator[Metric]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        return self.read()
+
+
+class ServerMetrics:
+    """A server process: tool latency and errors, its queue, its cache tiers."""
+
+    def __init__(self, queue_stats: Callable[[], dict[str, int]],
+                 cache_stats: Callable[[], dict[str, dict[str, int]]]) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram("activitybi_tool_latency_seconds", "Tool call latency",
+                                 ["tool"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.errors = Counter("activitybi_tool_errors_total", "Tool calls that failed", ["tool"],
+                              registry=self.registry)
+        self.queue_stats = queue_stats
+        self.cache_stats = cache_stats
+        self.calls = 0
+        self.failures = 0
+        self.last_errors: deque[dict[str, Any]] = deque(maxlen=5)
+        self.registry.register(_Read(self._read))
+
+    def observe(self, tool: str, latency_ms: float, error: str | None) -> None:
+        self.latency.labels(tool).observe(latency_ms / 1000)
+        self.calls += 1
+        if error is not None:
+            self.errors.labels(tool).inc()
+            self.failures += 1
+            self.last_errors.append({"at": time.time(), "tool": tool, "error": error})
+
+    def _read(self) -> Iterator[Metric]:
+        q = self.queue_stats()
+        for name, key, doc in (("appended", "appended", "Events appended by this process"),
+                               ("rejected", "rejected", "Events refused (invalid, too large, queue full)"),
+                               ("fsyncs", "fsyncs", "fdatasync calls")):
+            yield CounterMetricFamily(f"activitybi_queue_{name}", doc, value=q[key])
+        yield GaugeMetricFamily("activitybi_queue_pending", "Events not yet uploaded (all processes)",
+                                value=q["pending"])
+        yield GaugeMetricFamily("activitybi_queue_bytes", "Bytes appended by this process",
+                                value=q["bytes"])
+        hits = CounterMetricFamily("activitybi_cache_hits", "Context cache hits", labels=["tier"])
+        misses = CounterMetricFamily("activitybi_cache_misses", "Context cache misses", labels=["tier"])
+        skipped = CounterMetricFamily("activitybi_cache_unavailable", "Redis calls skipped or failed",
+                                      labels=["tier"])
+        for tier, s in self.cache_stats().items():
+            hits.add_metric([tier], s.get("hits", 0))
+            misses.add_metric([tier], s.get("misses", 0))
+            if "errors" in s:
+                skipped.add_metric([tier], s.get("errors", 0) + s.get("skipped", 0))
+        yield hits
+        yield misses
+        yield skipped
+
+    def status(self, source: str) -> dict[str, Any]:
+        return {"pid": os.getpid(), "source": source, "updated_at": time.time(),
+                "tool_calls": self.calls, "tool_errors": self.failures,
+                "last_errors": list(self.last_errors), "queue": self.queue_stats(),
+                "cache": self.cache_stats()}
+
+
+class OwnerMetrics:
+    """The warehouse owner: uploader progress and health."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self.registry = CollectorRegistry()
+        self.stats = stats
+        self.registry.register(_Read(self._read))
+
+    def _read(self) -> Iterator[Metric]:
+        s = self.stats()
+        for key, doc in (("loaded", "Events loaded into the warehouse"),
+                         ("duplicates", "Events skipped as already loaded"),
+                         ("quarantined", "Lines moved to quarantine"),
+                         ("retries", "Warehouse retries after transient failures"),
+                         ("drifted", "Events loaded under the schema-drift rule")):
+            yield CounterMetricFamily(f"activitybi_uploader_{key}", doc, value=s[key])
+        yield GaugeMetricFamily("activitybi_uploader_lag_seconds",
+                                "Seconds since the uploader last had nothing left to load",
+                                value=s["lag_seconds"])
+        yield GaugeMetricFamily("activitybi_queue_pending", "Events not yet uploaded",
+                                value=s["pending"])
+
+
+def serve_port(registry: CollectorRegistry, port: int) -> None:
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
+def every(seconds: float, fn: Callable[[], None], stop: threading.Event) -> threading.Thread:
+    """Calls `fn` every `seconds` on a daemon thread until `stop` is set."""
+
+    def loop() -> None:
+        while not stop.wait(seconds):
+            fn()
+
+    thread = threading.Thread(target=loop, daemon=True, name="activitybi-status")
+    thread.start()
+    return thread

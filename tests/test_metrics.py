@@ -1,0 +1,42 @@
+"""Prometheus metrics at /metrics and `activitybi status`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import anyio
+import httpx2
+
+from tests.mcp_clients import HttpServer, http_session
+
+
+def test_http_metrics_and_status(_home: Path) -> None:
+    server = HttpServer(_home, {"tok": "m@x.io"})
+    try:
+        async def go() -> None:
+            async with http_session(server.url, "tok") as s:
+                await s.call_tool("log_event", {"activity": "asked_question"})
+                await s.call_tool("log_event", {"activity": "Not A Name"})
+                await s.call_tool("get_context", {})
+
+        anyio.run(go)
+        body = httpx2.get(f"http://127.0.0.1:{server.port}/metrics").text
+        assert 'activitybi_tool_latency_seconds_count{tool="log_event"} 2.0' in body
+        assert 'activitybi_tool_errors_total{tool="log_event"} 1.0' in body
+        assert 'activitybi_cache_misses_total{tier="memory"}' in body
+        assert "activitybi_queue_pending" in body
+        deadline = time.monotonic() + 15
+        while True:  # status files are written every few seconds
+            out = subprocess.run(["activitybi", "status"], capture_output=True, text=True, check=True,
+                                 env={**os.environ, "ACTIVITYBI_HOME": str(_home), "COLUMNS": "200"}).stdout
+            if "http" in out and "rows in claude_stream" in out:
+                break
+            assert time.monotonic() < deadline, out
+            time.sleep(0.5)
+        assert "log_event" in out  # the last error, with its tool
+        assert "pending events" in out
+    finally:
+        server.stop()
