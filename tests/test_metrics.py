@@ -29,14 +29,13 @@ def test_http_metrics_and_status(_home: Path) -> None:
         assert 'activitybi_cache_misses_total{tier="memory"}' in body
         assert "activitybi_queue_pending" in body
         deadline = time.monotonic() + 15
-        while True:  # status files are written every few seconds
+        while True:  # status files are written every 2 s; the last error shows its tool
             out = subprocess.run(["activitybi", "status"], capture_output=True, text=True, check=True,
                                  env={**os.environ, "ACTIVITYBI_HOME": str(_home), "COLUMNS": "200"}).stdout
-            if "http" in out and "rows in claude_stream" in out:
+            if f"│ {server.proc.pid} " in out and "rows in claude_stream" in out and "log_event" in out:
                 break
             assert time.monotonic() < deadline, out
             time.sleep(0.5)
-        assert "log_event" in out  # the last error, with its tool
         assert "pending events" in out
     finally:
         server.stop()

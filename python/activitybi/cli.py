@@ -63,7 +63,7 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
     status_file = status_dir(config.home()) / f"server-{os.getpid()}.json"
     source = "http" if http else "stdio"
     stop_status = threading.Event()
-    every(5.0, lambda: write_status(status_file, rt.metrics.status(source)), stop_status)
+    every(2.0, lambda: write_status(status_file, rt.metrics.status(source)), stop_status)
     try:
         if http:
             import uvicorn

@@ -128,9 +128,10 @@ def serve_port(registry: CollectorRegistry, port: int) -> None:
 
 
 def every(seconds: float, fn: Callable[[], None], stop: threading.Event) -> threading.Thread:
-    """Calls `fn` every `seconds` on a daemon thread until `stop` is set."""
+    """Calls `fn` now and then every `seconds` on a daemon thread until `stop` is set."""
 
     def loop() -> None:
+        fn()
         while not stop.wait(seconds):
             fn()
 
