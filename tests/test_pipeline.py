@@ -223,3 +223,29 @@ def test_warehouse_busy_then_back(qdir: Path, tmp_path: Path) -> None:
     w = DuckDBWarehouse(db)
     assert count(w) == 1000
     w.close()
+
+
+def test_rows_the_warehouse_refuses_are_isolated_and_quarantined(qdir: Path, tmp_path: Path) -> None:
+    """A real DuckDB whose stream table has a stricter CHECK than ours refuses one row."""
+    db = tmp_path / "strict.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE claude_stream (activity_id VARCHAR PRIMARY KEY, ts TIMESTAMP NOT NULL, "
+                "customer VARCHAR, activity VARCHAR NOT NULL CHECK (length(activity) < 40), "
+                "anonymous_customer_id VARCHAR, feature_json JSON, revenue_impact DOUBLE, link VARCHAR, "
+                "_session_id VARCHAR, _source VARCHAR, _ingested_at TIMESTAMP DEFAULT now())")
+    con.close()
+    wh = DuckDBWarehouse(db)
+    wh.init()
+    with Queue(str(qdir)) as q:
+        q.append_many([{"activity": "fine_event", "i": i} for i in range(40)])
+        q.append({"activity": "a_name_far_too_long_for_this_strict_warehouse_table"})
+        q.append_many([{"activity": "fine_event", "i": i} for i in range(40, 80)])
+    qfile = tmp_path / "q.jsonl"
+    up = Uploader(qdir, wh, quarantine_file=qfile)
+    stats = up.drain()
+    up.close()
+    assert stats.loaded == 80 and stats.quarantined == 1
+    (record,) = [orjson.loads(x) for x in qfile.read_bytes().splitlines()]
+    assert "warehouse refused" in record["reason"] and "far_too_long" in record["line"]
+    assert count(wh) == 80
+    wh.close()

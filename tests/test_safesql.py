@@ -71,8 +71,8 @@ def test_string_parameters_never_change_the_sql(value: str) -> None:
                 got, values = t.bind({**base, p.name: value}, value or "c")
             except TemplateError:
                 continue
-            assert got == sql
-            assert isinstance(values, dict) and values[p.name] == value
+            assert got == sql and "?" in sql and "$" not in sql
+            assert value in values and (value or "c") in values
 
 
 def test_injection_strings_come_back_only_as_data(wh: DuckDBWarehouse) -> None:
@@ -84,7 +84,7 @@ def test_injection_strings_come_back_only_as_data(wh: DuckDBWarehouse) -> None:
     t = templates.get("insight_history")
     for s in INJECTIONS:
         sql, values = t.bind({"subject": s, "metric": s, "since": "2020-01-01"}, "victim@x.io")
-        assert sql == t.sql
+        assert sql == t.bind({"subject": "a", "metric": "b"}, "c")[0]
         rows = wh.execute(sql, values).rows
         assert [orjson.loads(r[1]) for r in rows] == [s]
         sql, values = t.bind({"subject": s, "metric": s, "since": "2020-01-01"}, s)
@@ -225,7 +225,7 @@ def test_two_customers_every_template_over_mcp(_home: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(_home / "warehouse.duckdb"), read_only=True)
-    audit = con.execute("SELECT customer_id, template, outcome, rows, bytes, duration_ms, "
+    audit = con.execute("SELECT customer_id, template, outcome, row_count, bytes, duration_ms, "
                         "length(params_hash), query_tag FROM query_audit").fetchall()
     con.close()
     assert len(audit) >= 16

@@ -70,6 +70,8 @@ class QueueReader:
     def ack(self, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` durably, count its lines off ``pending``, delete sealed
         segments it fully covers. Returns the number of lines newly acknowledged."""
+    def pending(self) -> int:
+        """Unacknowledged events in the whole directory, from every process."""
     def close(self) -> None: ...
     def __enter__(self) -> QueueReader: ...
     def __exit__(

@@ -65,13 +65,13 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
     stop_status = threading.Event()
     every(2.0, lambda: write_status(status_file, rt.metrics.status(source)), stop_status)
     try:
-        if http:
+        if handshake is not None:
+            server.serve_stdio(rt, handshake)
+        else:
             import uvicorn
 
             app = server.http_app(rt, server.load_tokens(tokens), stateless=stateless)
             uvicorn.run(app, host=host, port=port, log_level="warning")
-        else:
-            server.serve_stdio(rt, handshake)
     finally:
         stop_status.set()
         status_file.unlink(missing_ok=True)

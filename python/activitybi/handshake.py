@@ -65,15 +65,12 @@ def initialize_result(requested: object) -> dict[str, Any]:
     }
 
 
-class ReplayReader(io.TextIOBase):
+class ReplayReader:
     """stdin for the SDK: the first message again, then the real stream."""
 
     def __init__(self, first: str, rest: BinaryIO) -> None:
         self._first: str | None = first
         self._rest = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
-
-    def readable(self) -> bool:
-        return True
 
     def readline(self, size: int | None = -1) -> str:
         if self._first is not None:
@@ -82,7 +79,7 @@ class ReplayReader(io.TextIOBase):
         return self._rest.readline(-1 if size is None else size)
 
 
-class AnswerDropper(io.TextIOBase):
+class AnswerDropper:
     """stdout for the SDK: drops its answer to the replayed `initialize`, hands it to
     `check`, and passes everything else through."""
 
@@ -92,9 +89,6 @@ class AnswerDropper(io.TextIOBase):
         self._out = out
         self._id = request_id
         self._check: Callable[[dict[str, Any]], None] | None = check
-
-    def writable(self) -> bool:
-        return True
 
     def write(self, s: str) -> int:
         if self._check is not None:
@@ -142,7 +136,7 @@ class Handshake:
             print(f"activitybi: fast initialize answer differs from the SDK's: {self.mismatch}",
                   file=sys.stderr)
 
-    def streams(self) -> tuple[Any, Any]:
+    def streams(self) -> tuple[ReplayReader, AnswerDropper]:
         """(stdin, stdout) text files for the SDK's `stdio_server`."""
         check = None if self.answer is None else self._check
         return ReplayReader(self.first, self.wire_in), AnswerDropper(self.wire_out, self.request_id, check)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO, cast
 
 import orjson
 from mcp.server.mcpserver import MCPServer
@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field
 
 from activitybi import Queue, QueueFull, __version__, config, ulid
 from activitybi.context import ContextService
-from activitybi.handshake import INSTRUCTIONS, SERVER_NAME
+from activitybi.handshake import INSTRUCTIONS, SERVER_NAME, Handshake
 from activitybi.memory import MemoryJournal
 from activitybi.metrics import ServerMetrics
 from activitybi.ratelimit import RateLimited, RateLimits
@@ -173,9 +173,13 @@ def _forbid_extra_arguments(server: MCPServer) -> None:
     """An unknown argument is an error (the SDK ignores it by default)."""
     for tool in server._tool_manager.list_tools():
         loose = tool.fn_metadata.arg_model
-        strict = type(loose.__name__, (loose,), {"model_config": ConfigDict(extra="forbid")})
-        tool.fn_metadata.arg_model = strict
-        tool.parameters = strict.model_json_schema(by_alias=True)
+
+        class Strict(loose):  # type: ignore[valid-type, misc]
+            model_config = ConfigDict(extra="forbid")
+
+        Strict.__name__ = loose.__name__
+        tool.fn_metadata.arg_model = Strict
+        tool.parameters = Strict.model_json_schema(by_alias=True)
 
 
 def build(rt: Runtime, **server_options: Any) -> MCPServer:
@@ -319,7 +323,7 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
     return mcp
 
 
-def serve_stdio(rt: Runtime, handshake: Any) -> None:
+def serve_stdio(rt: Runtime, handshake: Handshake) -> None:
     import anyio
     from mcp.server.stdio import stdio_server
 
@@ -327,7 +331,8 @@ def serve_stdio(rt: Runtime, handshake: Any) -> None:
     stdin, stdout = handshake.streams()
 
     async def main() -> None:
-        async with stdio_server(anyio.wrap_file(stdin), anyio.wrap_file(stdout)) as (r, w):
+        files = anyio.wrap_file(cast(TextIO, stdin)), anyio.wrap_file(cast(TextIO, stdout))
+        async with stdio_server(*files) as (r, w):
             low = server._lowlevel_server
             await low.run(r, w, low.create_initialization_options())
 
@@ -349,6 +354,7 @@ def load_tokens(path: Path | None) -> dict[str, str]:
 def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) -> Any:
     from mcp.server.auth.provider import AccessToken
     from mcp.server.auth.settings import AuthSettings
+    from pydantic import AnyHttpUrl
 
     class TokenCustomers:
         """Each bearer token names one customer; any other token is refused (401)."""
@@ -359,10 +365,10 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
                 return None
             return AccessToken(token=token, client_id=customer, scopes=[], subject=customer)
 
-    server = build(rt, token_verifier=TokenCustomers(),
-                   auth=AuthSettings(issuer_url="https://auth.invalid", resource_server_url=None))
+    server = build(rt, token_verifier=TokenCustomers(), auth=AuthSettings(
+        issuer_url=AnyHttpUrl("https://auth.invalid"), resource_server_url=None))
 
-    @server.custom_route("/metrics", methods=["GET"])
+    @server.custom_route("/metrics", methods=["GET"])  # type: ignore[untyped-decorator]
     async def metrics(request: Any) -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
         from starlette.responses import Response

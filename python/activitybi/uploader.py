@@ -23,7 +23,7 @@ import orjson
 
 from activitybi import QueueReader, ulid
 from activitybi.activity import Rejected, StreamRow, to_row
-from activitybi.warehouse import Checkpoint, TransientError, Warehouse
+from activitybi.warehouse import Checkpoint, DataError, TransientError, Warehouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -107,7 +107,7 @@ class Uploader:
         self._behind = False
 
     def pending(self) -> int:
-        return self.reader.pending()
+        return int(self.reader.pending())
 
     def health(self) -> dict[str, object]:
         """Progress and health, for metrics and `activitybi status`."""
@@ -151,13 +151,11 @@ class Uploader:
         self.stats.quarantined += len(bad)
 
     def _load(self, rows: Sequence[StreamRow], checkpoint: Checkpoint | None) -> int:
-        """Loads rows; a batch the warehouse refuses for good is split until the refused
-        rows are alone, and those go to quarantine."""
+        """Loads rows; a batch the warehouse refuses for what its rows hold is split until
+        the refused rows are alone, and those go to quarantine. Other errors propagate."""
         try:
             return self._retrying("load", lambda: self.warehouse.load(rows, self.queue_id, checkpoint))
-        except TransientError:
-            raise
-        except Exception as e:
+        except DataError as e:
             if len(rows) <= 1:
                 self._quarantine([(f"warehouse refused: {e}", orjson.dumps(_row_dict(r))) for r in rows])
                 return self._retrying("checkpoint", lambda: self.warehouse.load([], self.queue_id, checkpoint))
@@ -212,4 +210,4 @@ class Uploader:
 
 
 def _row_dict(row: StreamRow) -> dict[str, object]:
-    return {k: getattr(row, k) for k in StreamRow.__slots__ if k != "drift"}  # type: ignore[attr-defined]
+    return {k: getattr(row, k) for k in StreamRow.__slots__ if k != "drift"}

@@ -18,6 +18,10 @@ from typing import Any
 import orjson
 
 
+_PLACEHOLDER = re.compile(r"\$([a-z_]+)")
+"""A named value in a template's SQL (`$since`); bound, never formatted."""
+
+
 class TemplateError(ValueError):
     """A template that does not exist, or parameters it does not take."""
 
@@ -83,15 +87,17 @@ class Template:
     description: str
     params: tuple[Param, ...]
     sql: str = ""
-    build: Callable[[dict[str, Any], str], tuple[str, list[Any] | dict[str, Any]]] | None = field(
+    build: Callable[[dict[str, Any], str], tuple[str, list[Any]]] | None = field(
         default=None, compare=False)
 
-    def bind(self, raw: Mapping[str, Any], customer: str) -> tuple[str, list[Any] | dict[str, Any]]:
-        """(SQL text, bound values) for these parameters and this customer."""
+    def bind(self, raw: Mapping[str, Any], customer: str) -> tuple[str, list[Any]]:
+        """(SQL text with `?` placeholders, bound values) for these parameters and this
+        customer: positional, as both DuckDB and Snowflake's connector bind them."""
         values = check_params(self, raw)
         if self.build is not None:
             return self.build(values, customer)
-        return self.sql, {**values, "customer": customer}
+        named = {**values, "customer": customer}
+        return _PLACEHOLDER.sub("?", self.sql), [named[n] for n in _PLACEHOLDER.findall(self.sql)]
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description,

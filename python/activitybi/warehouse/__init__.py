@@ -23,6 +23,11 @@ class TransientError(Exception):
     """The warehouse cannot be reached or is busy right now; the same call may succeed later."""
 
 
+class DataError(Exception):
+    """The warehouse refused rows for what they hold (a value out of range, say): the
+    uploader isolates the rows and quarantines them. Any other error stops the upload."""
+
+
 class QueryStopped(Exception):
     """The warehouse stopped a query: `reason` is 'timeout' or 'cancelled'."""
 

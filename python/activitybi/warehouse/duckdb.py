@@ -23,6 +23,7 @@ from activitybi import config
 from activitybi.activity import StreamRow
 from activitybi.warehouse import (
     Checkpoint,
+    DataError,
     Params,
     QueryResult,
     QueryStopped,
@@ -118,6 +119,10 @@ class DuckDBWarehouse:
                     [queue_id, orjson.dumps(checkpoint).decode()],
                 )
             con.commit()
+        except (duckdb.ConversionException, duckdb.ConstraintException,
+                duckdb.InvalidInputException, duckdb.OutOfRangeException) as e:
+            con.rollback()
+            raise DataError(str(e)) from e
         except BaseException:
             con.rollback()
             raise

@@ -6,7 +6,7 @@ CREATE TABLE IF NOT EXISTS query_audit (
     template    VARCHAR NOT NULL,
     params_hash VARCHAR NOT NULL,
     query_tag   VARCHAR NOT NULL,
-    rows        BIGINT,
+    row_count   BIGINT,
     bytes       BIGINT,
     duration_ms DOUBLE,
     outcome     VARCHAR NOT NULL,

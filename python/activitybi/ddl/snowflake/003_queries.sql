@@ -22,9 +22,9 @@ CREATE TABLE IF NOT EXISTS query_audit (
     template    VARCHAR NOT NULL,
     params_hash VARCHAR NOT NULL,
     query_tag   VARCHAR NOT NULL,
-    "ROWS"      BIGINT,  -- ROWS is a reserved word on Snowflake: always write "ROWS"
+    row_count   BIGINT,
     bytes       BIGINT,
     duration_ms FLOAT,
     outcome     VARCHAR NOT NULL,
-    at          TIMESTAMP_NTZ NOT NULL
+    executed_at TIMESTAMP_NTZ NOT NULL
 );

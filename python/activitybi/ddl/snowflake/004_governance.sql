@@ -5,9 +5,11 @@
 -- CREATE WAREHOUSE ... RESOURCE_MONITOR (run `activitybi init` once with such a role).
 -- Every statement is idempotent: IF NOT EXISTS, OR REPLACE, or an ALTER guarded by a check.
 --
--- fakesnow (the test emulator) can run none of the statements below except the
--- access-mapping table and its seed row: SnowflakeWarehouse(emulator=True) skips them
--- by kind and reports them (tests/test_snowflake.py checks this file's text instead).
+-- fakesnow (the test emulator) runs the access-mapping table, its seed row and the
+-- context_summary view; it cannot run row access policies, resource monitors, warehouses,
+-- streams, tasks or Snowflake Scripting blocks: SnowflakeWarehouse(emulator=True) skips
+-- those by kind and reports them, and tests/test_snowflake.py checks their text instead
+-- (and runs the task's MERGE against claude_stream in place of the stream).
 
 -- ---------------------------------------------------------------------------------------
 -- 1. Customer isolation: a row access policy on every table that holds a customer.
@@ -145,13 +147,91 @@ CREATE WAREHOUSE IF NOT EXISTS activitybi_wh WITH
 ALTER WAREHOUSE activitybi_wh SET RESOURCE_MONITOR = activitybi_monitor;
 
 -- ---------------------------------------------------------------------------------------
--- 3. context_cache, refreshed every 5 minutes: one JSON summary per customer built from
--- claude_stream and insight_atoms, merged in. The task reads an append-only stream of
--- claude_stream, so it only wakes the warehouse when events arrived (a warehouse resumed
--- every 5 minutes for nothing would bill about 140 credits a month) and only summarises
--- the customers that have new events (insight atoms arrive as learned_insight events).
--- version goes up by one each time a customer's context changes.
+-- 3. context_cache, refreshed every 5 minutes: one JSON summary per customer (customer, or
+-- the anonymous id) of the last 30 days, built from claude_stream and insight_atoms. The
+-- summary is the view context_summary (always fresh; the same JSON as DuckDB's
+-- refresh_context.sql, plus the latest insight per subject and metric). The task merges it
+-- in for the customers with new rows in an append-only stream of claude_stream, so it
+-- wakes the warehouse only when events arrived (a warehouse resumed every 5 minutes for
+-- nothing would bill about 140 credits a month). Insight atoms arrive as learned_insight
+-- events, so the stream covers them. version goes up by one at each refresh.
 -- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE VIEW context_summary AS
+WITH recent AS (
+    SELECT COALESCE(customer, anonymous_customer_id) AS who, activity, ts, _session_id, feature_json
+    FROM claude_stream
+    WHERE ts >= DATEADD(day, -30, SYSDATE())
+      AND COALESCE(customer, anonymous_customer_id) IS NOT NULL
+),
+totals AS (
+    SELECT who, COUNT(*) AS events, COUNT(DISTINCT _session_id) AS sessions,
+           TO_VARCHAR(MAX(ts), 'YYYY-MM-DD"T"HH24:MI:SS.FF3"Z"') AS last_seen
+    FROM recent
+    GROUP BY who
+),
+activities AS (
+    SELECT
+        who,
+        ARRAY_AGG(OBJECT_CONSTRUCT_KEEP_NULL('activity', activity, 'count', n, 'last', last))
+            WITHIN GROUP (ORDER BY n DESC, activity) AS top
+    FROM (
+        SELECT who, activity, COUNT(*) AS n,
+               TO_VARCHAR(MAX(ts), 'YYYY-MM-DD"T"HH24:MI:SS.FF3"Z"') AS last
+        FROM recent
+        GROUP BY who, activity
+        QUALIFY ROW_NUMBER() OVER (PARTITION BY who ORDER BY n DESC, activity) <= 20
+    )
+    GROUP BY who
+),
+tools AS (
+    SELECT
+        who,
+        ARRAY_AGG(OBJECT_CONSTRUCT_KEEP_NULL('tool', tool, 'calls', n, 'p95_ms', p95, 'errors', errors))
+            WITHIN GROUP (ORDER BY n DESC, tool) AS tools
+    FROM (
+        SELECT who, feature_json:tool::VARCHAR AS tool, COUNT(*) AS n,
+               ROUND(PERCENTILE_CONT(0.95) WITHIN GROUP (
+                   ORDER BY TRY_TO_DOUBLE(feature_json:latency_ms::VARCHAR)), 3) AS p95,
+               COUNT_IF(feature_json:outcome::VARCHAR <> 'ok') AS errors
+        FROM recent
+        WHERE activity = 'called_tool'
+        GROUP BY who, tool
+        QUALIFY ROW_NUMBER() OVER (PARTITION BY who ORDER BY n DESC, tool) <= 20
+    )
+    GROUP BY who
+),
+insights AS (
+    SELECT
+        customer_id AS who,
+        ARRAY_AGG(OBJECT_CONSTRUCT_KEEP_NULL('subject', subject, 'metric', metric,
+                                             'value', atom_value, 'ts', ts_text))
+            WITHIN GROUP (ORDER BY ts DESC, subject, metric) AS insights
+    FROM (
+        SELECT customer_id, subject, metric, value AS atom_value, ts,
+               TO_VARCHAR(ts, 'YYYY-MM-DD"T"HH24:MI:SS.FF3"Z"') AS ts_text
+        FROM insight_atoms
+        QUALIFY ROW_NUMBER() OVER (
+            PARTITION BY customer_id, subject, metric ORDER BY ts DESC, atom_id DESC
+        ) = 1
+    )
+    GROUP BY customer_id
+)
+SELECT
+    t.who AS customer_id,
+    OBJECT_CONSTRUCT_KEEP_NULL(
+        'window_days', 30,
+        'events', t.events,
+        'sessions', t.sessions,
+        'last_seen', t.last_seen,
+        'top_activities', COALESCE(a.top, ARRAY_CONSTRUCT()),
+        'tools', COALESCE(o.tools, ARRAY_CONSTRUCT()),
+        'insights', COALESCE(i.insights, ARRAY_CONSTRUCT())
+    ) AS context
+FROM totals t
+LEFT JOIN activities a ON a.who = t.who
+LEFT JOIN tools o ON o.who = t.who
+LEFT JOIN insights i ON i.who = t.who;
+
 CREATE STREAM IF NOT EXISTS claude_stream_changes ON TABLE claude_stream APPEND_ONLY = TRUE;
 
 CREATE OR REPLACE TASK activitybi_refresh_context_cache
@@ -163,61 +243,11 @@ WHEN
 AS
 MERGE INTO context_cache c
 USING (
-    WITH changed AS (
-        SELECT DISTINCT customer AS customer_id
-        FROM claude_stream_changes
-        WHERE customer IS NOT NULL
-    ),
-    per_activity AS (
-        SELECT s.customer AS customer_id, s.activity, COUNT(*) AS n, MAX(s.ts) AS last_ts
-        FROM claude_stream s
-        JOIN changed ch ON ch.customer_id = s.customer
-        GROUP BY s.customer, s.activity
-    ),
-    totals AS (
-        SELECT customer_id, SUM(n) AS events, MAX(last_ts) AS last_seen
-        FROM per_activity
-        GROUP BY customer_id
-    ),
-    top_activities AS (
-        SELECT
-            customer_id,
-            ARRAY_AGG(OBJECT_CONSTRUCT('activity', activity, 'count', n, 'last_ts', last_ts))
-                WITHIN GROUP (ORDER BY n DESC, activity) AS activities
-        FROM (
-            SELECT * FROM per_activity
-            QUALIFY ROW_NUMBER() OVER (PARTITION BY customer_id ORDER BY n DESC, activity) <= 20
-        )
-        GROUP BY customer_id
-    ),
-    latest_insights AS (
-        SELECT
-            customer_id,
-            ARRAY_AGG(OBJECT_CONSTRUCT('subject', subject, 'metric', metric, 'value', value, 'ts', ts))
-                WITHIN GROUP (ORDER BY ts DESC, subject, metric) AS insights
-        FROM (
-            SELECT a.customer_id, a.subject, a.metric, a.value, a.ts
-            FROM insight_atoms a
-            JOIN changed ch ON ch.customer_id = a.customer_id
-            QUALIFY ROW_NUMBER() OVER (
-                PARTITION BY a.customer_id, a.subject, a.metric ORDER BY a.ts DESC, a.atom_id DESC
-            ) = 1
-        )
-        GROUP BY customer_id
+    SELECT customer_id, context
+    FROM context_summary
+    WHERE customer_id IN (
+        SELECT DISTINCT COALESCE(customer, anonymous_customer_id) FROM claude_stream_changes
     )
-    SELECT
-        ch.customer_id,
-        OBJECT_CONSTRUCT(
-            'customer', ch.customer_id,
-            'events', COALESCE(t.events, 0),
-            'last_seen', t.last_seen,
-            'top_activities', COALESCE(ta.activities, ARRAY_CONSTRUCT()),
-            'insights', COALESCE(li.insights, ARRAY_CONSTRUCT())
-        ) AS context
-    FROM changed ch
-    LEFT JOIN totals t ON t.customer_id = ch.customer_id
-    LEFT JOIN top_activities ta ON ta.customer_id = ch.customer_id
-    LEFT JOIN latest_insights li ON li.customer_id = ch.customer_id
 ) s
 ON c.customer_id = s.customer_id
 WHEN MATCHED THEN UPDATE SET
