@@ -29,7 +29,9 @@ SPEC_COLUMNS = (
     "link",
 )
 IMPLEMENTATION_COLUMNS = ("_session_id", "_source")
-KNOWN_KEYS = frozenset(SPEC_COLUMNS + IMPLEMENTATION_COLUMNS)
+LOADED_COLUMNS = SPEC_COLUMNS + IMPLEMENTATION_COLUMNS
+"""What a loader writes of each row (`_ingested_at` is the warehouse's own)."""
+KNOWN_KEYS = frozenset(LOADED_COLUMNS)
 INSIGHT_ACTIVITY = "learned_insight"
 """Insight atoms travel as stream events of this activity and are also loaded into
 `insight_atoms` (atom_id = activity_id)."""
@@ -52,6 +54,10 @@ class StreamRow:
     _session_id: str | None = None
     _source: str | None = None
     drift: list[str] = field(default_factory=list)
+
+    def columns(self) -> dict[str, Any]:
+        """The loaded columns that have a value."""
+        return {c: v for c in LOADED_COLUMNS if (v := getattr(self, c)) is not None}
 
     def insight(self) -> dict[str, Any] | None:
         """The insight atom this row carries, if it is one."""

@@ -157,7 +157,7 @@ class Uploader:
             return self._retrying("load", lambda: self.warehouse.load(rows, self.queue_id, checkpoint))
         except DataError as e:
             if len(rows) <= 1:
-                self._quarantine([(f"warehouse refused: {e}", orjson.dumps(_row_dict(r))) for r in rows])
+                self._quarantine([(f"warehouse refused: {e}", orjson.dumps(r.columns())) for r in rows])
                 return self._retrying("checkpoint", lambda: self.warehouse.load([], self.queue_id, checkpoint))
             half = len(rows) // 2
             return self._load(rows[:half], None) + self._load(rows[half:], checkpoint)
@@ -208,6 +208,3 @@ class Uploader:
     def close(self) -> None:
         self.reader.close()
 
-
-def _row_dict(row: StreamRow) -> dict[str, object]:
-    return {k: getattr(row, k) for k in StreamRow.__slots__ if k != "drift"}

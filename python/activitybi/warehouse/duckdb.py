@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 
 from activitybi import config
-from activitybi.activity import StreamRow
+from activitybi.activity import LOADED_COLUMNS, StreamRow
 from activitybi.warehouse import (
     Checkpoint,
     DataError,
@@ -31,10 +31,6 @@ from activitybi.warehouse import (
     ddl_files,
 )
 
-_STREAM_COLUMNS = (
-    "activity_id", "ts", "customer", "activity", "anonymous_customer_id", "feature_json",
-    "revenue_impact", "link", "_session_id", "_source",
-)
 _STREAM_TYPES = {"ts": pa.timestamp("us"), "revenue_impact": pa.float64()}
 _ATOM_COLUMNS = ("atom_id", "customer_id", "subject", "metric", "value", "provenance_query_hash", "ts")
 
@@ -44,7 +40,7 @@ def _json(value: Any) -> str | None:
 
 
 def _stream_table(rows: Sequence[StreamRow]) -> pa.Table:
-    columns: dict[str, list[Any]] = {c: [] for c in _STREAM_COLUMNS}
+    columns: dict[str, list[Any]] = {c: [] for c in LOADED_COLUMNS}
     for r in rows:
         columns["activity_id"].append(r.activity_id)
         columns["ts"].append(r.ts)
@@ -99,7 +95,7 @@ class DuckDBWarehouse:
             inserted = 0
             if rows:
                 con.register("_batch", _stream_table(rows))
-                cols = ", ".join(_STREAM_COLUMNS)
+                cols = ", ".join(LOADED_COLUMNS)
                 result = con.execute(f"INSERT OR IGNORE INTO claude_stream ({cols}) SELECT {cols} FROM _batch")
                 inserted = int(result.fetchone()[0])  # type: ignore[index]
                 con.unregister("_batch")

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from activitybi.activity import StreamRow
+from activitybi.activity import LOADED_COLUMNS, StreamRow
 from activitybi.warehouse import (
     Checkpoint,
     DataError,
@@ -113,18 +113,6 @@ the warehouse: loads wait, nothing is lost). Connection failures come as Operati
 (250001 refused, 250003 retries exhausted); a DatabaseError 250001 (08001) is a refused
 login (bad credentials): permanent."""
 
-_STREAM_COLUMNS = (
-    "activity_id",
-    "ts",
-    "customer",
-    "activity",
-    "anonymous_customer_id",
-    "feature_json",
-    "revenue_impact",
-    "link",
-    "_session_id",
-    "_source",
-)
 _ATOM_REQUIRED = ("customer_id", "subject", "metric", "value")
 
 _INSERT_STREAM = f"""
@@ -717,7 +705,7 @@ def _landing_lines(
     n = 0
     for row in rows:
         line: dict[str, Any] = {"_q": queue_id, "_b": batch, "_at": now, "_n": n, "k": "s"}
-        for col in _STREAM_COLUMNS:
+        for col in LOADED_COLUMNS:
             value = getattr(row, col)
             if value is not None:  # absent, so it lands as SQL NULL (not a JSON null)
                 line[col] = value

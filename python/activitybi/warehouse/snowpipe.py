@@ -26,18 +26,6 @@ import orjson
 from activitybi.activity import StreamRow
 from activitybi.warehouse import Checkpoint, TransientError
 
-_COLUMNS = (
-    "activity_id",
-    "ts",
-    "customer",
-    "activity",
-    "anonymous_customer_id",
-    "feature_json",
-    "revenue_impact",
-    "link",
-    "_session_id",
-    "_source",
-)
 _TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 _REOPEN_CODES = frozenset({"INVALID_CHANNEL_ERROR", "CLOSED_CHANNEL_ERROR", "CHANNEL_NOT_FOUND"})
 _PERMANENT_500 = frozenset({"FATAL"})
@@ -69,10 +57,6 @@ def channel_name(queue_id: str, prefix: str = "activitybi") -> str:
     """One stable channel name per queue (Snowflake channel names are identifiers)."""
     safe = re.sub(r"[^A-Za-z0-9_]", "_", queue_id)
     return f"{prefix}_{safe}"
-
-
-def _row(row: StreamRow) -> dict[str, Any]:
-    return {c: v for c in _COLUMNS if (v := getattr(row, c)) is not None}
 
 
 class SnowpipeStreamer:
@@ -167,7 +151,7 @@ class SnowpipeStreamer:
         token. Fire and forget: `wait_committed` says when it is in the table."""
         channel = self._channel(queue_id)
         token = offset_token(checkpoint)
-        payload = [_row(r) for r in rows]
+        payload = [r.columns() for r in rows]
         self._guard(lambda: channel.append_rows(payload, end_offset_token=token), queue_id)
 
     def wait_committed(self, queue_id: str, checkpoint: Checkpoint, timeout_s: float) -> None:
