@@ -14,7 +14,14 @@ const EVENT: &[u8] = br#"{"activity":"called_tool","customer":"ana@example.com",
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let q = QueueCore::open(dir.path(), Config { max_pending: u64::MAX / 2, ..Config::default() }).unwrap();
+    let q = QueueCore::open(
+        dir.path(),
+        Config {
+            max_pending: u64::MAX / 2,
+            ..Config::default()
+        },
+    )
+    .unwrap();
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(1));
     let mut ts = TsFormatter::default();
@@ -50,12 +57,16 @@ fn append(c: &mut Criterion) {
 
 fn ulid(c: &mut Criterion) {
     c.bench_function("ulid", |b| b.iter(|| black_box(next_ulid())));
-    c.bench_function("ulid_to_string", |b| b.iter(|| black_box(next_ulid().to_string())));
+    c.bench_function("ulid_to_string", |b| {
+        b.iter(|| black_box(next_ulid().to_string()))
+    });
 }
 
 fn lru(c: &mut Criterion) {
     let cache: TtlLru<String, u64> = TtlLru::new(NonZeroUsize::new(10_000).unwrap(), None);
-    let keys: Vec<String> = (0..20_000).map(|i| format!("customer-{i}@example.com")).collect();
+    let keys: Vec<String> = (0..20_000)
+        .map(|i| format!("customer-{i}@example.com"))
+        .collect();
     for (i, k) in keys.iter().take(10_000).enumerate() {
         cache.put(k.clone(), i as u64);
     }

@@ -25,13 +25,21 @@ def fill(qdir: Path, n: int) -> None:
     with Queue(str(qdir), max_pending=n + 1) as q:
         batch = []
         for i in range(n):
-            batch.append({
-                "activity": ("called_tool", "asked_question", "received_answer")[i % 3],
-                "customer": f"user{i % 50}@example.com",
-                "_session_id": f"s{i % 400}",
-                "feature_json": {"tool": "log_event", "latency_ms": 0.07, "outcome": "ok",
-                                 "input_tokens": 812, "output_tokens": 96, "model": "claude"},
-            })
+            batch.append(
+                {
+                    "activity": ("called_tool", "asked_question", "received_answer")[i % 3],
+                    "customer": f"user{i % 50}@example.com",
+                    "_session_id": f"s{i % 400}",
+                    "feature_json": {
+                        "tool": "log_event",
+                        "latency_ms": 0.07,
+                        "outcome": "ok",
+                        "input_tokens": 812,
+                        "output_tokens": 96,
+                        "model": "claude",
+                    },
+                }
+            )
             if len(batch) == 1000:
                 q.append_many(batch)
                 batch.clear()
@@ -62,17 +70,23 @@ def main() -> None:
         base = DuckDBWarehouse(root / "b.duckdb")
         base.init()
         t = time.perf_counter()
+        columns = "activity_id, ts, customer, activity, feature_json, _session_id"
+        types = (
+            "{activity_id: 'VARCHAR', ts: 'VARCHAR', customer: 'VARCHAR', activity: 'VARCHAR', "
+            "feature_json: 'JSON', _session_id: 'VARCHAR'}"
+        )
         base.execute(
-            "INSERT INTO claude_stream (activity_id, ts, customer, activity, feature_json, _session_id) "
-            "SELECT activity_id, ts::TIMESTAMPTZ AT TIME ZONE 'UTC', customer, activity, feature_json, _session_id "
-            f"FROM read_json({files!r}, format='newline_delimited', columns={{activity_id: 'VARCHAR', ts: 'VARCHAR', "
-            "customer: 'VARCHAR', activity: 'VARCHAR', feature_json: 'JSON', _session_id: 'VARCHAR'})"
+            f"INSERT INTO claude_stream ({columns}) "
+            "SELECT activity_id, ts::TIMESTAMPTZ AT TIME ZONE 'UTC', customer, activity, feature_json, "
+            f"_session_id FROM read_json({files!r}, format='newline_delimited', columns={types})"
         )
         raw = time.perf_counter() - t
         base.close()
         print(f"uploader drain into DuckDB : {args.events / ours:10,.0f} events/s ({ours:.2f} s)")
-        print(f"DuckDB read_json, no checks: {args.events / raw:10,.0f} events/s ({raw:.2f} s)"
-              f"  -> uploader at {raw / ours:.0%} of the engine's raw load")
+        print(
+            f"DuckDB read_json, no checks: {args.events / raw:10,.0f} events/s ({raw:.2f} s)"
+            f"  -> uploader at {raw / ours:.0%} of the engine's raw load"
+        )
         with QueueReader(str(qdir)) as r:
             assert r.pending() == 0
     finally:

@@ -40,8 +40,9 @@ def line(name: str, xs: list[float], base: list[float] | None = None) -> str:
     return s
 
 
-async def round_trips(params: StdioServerParameters, tool: str, args: dict[str, object],
-                      calls: int) -> list[float]:
+async def round_trips(
+    params: StdioServerParameters, tool: str, args: dict[str, object], calls: int
+) -> list[float]:
     async with stdio_client(params) as (r, w), ClientSession(r, w) as s:
         await s.initialize()
         for _ in range(200):
@@ -55,12 +56,25 @@ async def round_trips(params: StdioServerParameters, tool: str, args: dict[str, 
 
 
 def spawn_to_initialize(cmd: list[str], env: dict[str, str]) -> float:
-    init = orjson.dumps({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {},
-        "clientInfo": {"name": "bench", "version": "1"}}}) + b"\n"
+    init = (
+        orjson.dumps(
+            {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-11-25",
+                    "capabilities": {},
+                    "clientInfo": {"name": "bench", "version": "1"},
+                },
+            }
+        )
+        + b"\n"
+    )
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(init)
     proc.stdin.flush()
@@ -78,9 +92,17 @@ def in_process(home: Path, calls: int) -> None:
 
     journal = MemoryJournal(home / "memory")
     for i in range(50):
-        journal.append("bench@example.com", {"subject": f"s{i % 10}", "metric": "m", "value": i,
-                                             "ts": f"2026-11-{1 + i % 28:02d}T00:00:00.000",
-                                             "atom_id": str(i), "customer_id": "bench@example.com"})
+        journal.append(
+            "bench@example.com",
+            {
+                "subject": f"s{i % 10}",
+                "metric": "m",
+                "value": i,
+                "ts": f"2026-11-{1 + i % 28:02d}T00:00:00.000",
+                "atom_id": str(i),
+                "customer_id": "bench@example.com",
+            },
+        )
     svc = ContextService(journal, home / "context")
     svc.get("bench@example.com")
     hits = []
@@ -99,7 +121,7 @@ def in_process(home: Path, calls: int) -> None:
     svc_r = ContextService(journal, home / "context", tier, capacity=1)
     svc_r.get("bench@example.com")  # built once, written to Redis
     redis_hits = []
-    for i in range(calls):
+    for _ in range(calls):
         svc_r.cache.clear()  # force tier 2
         t = time.perf_counter()
         svc_r.get("bench@example.com")
@@ -111,12 +133,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--calls", type=int, default=2000)
     ap.add_argument("--spawns", type=int, default=10)
-    ap.add_argument("--no-owner", action="store_true",
-                    help="keep the servers from uploading (the warehouse owner is elsewhere)")
+    ap.add_argument(
+        "--no-owner",
+        action="store_true",
+        help="keep the servers from uploading (the warehouse owner is elsewhere)",
+    )
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="abi-mcp-"))
-    env = {"ACTIVITYBI_HOME": str(home), "ACTIVITYBI_CUSTOMER": "bench@example.com",
-           "PATH": os.environ["PATH"]}
+    env = {
+        "ACTIVITYBI_HOME": str(home),
+        "ACTIVITYBI_CUSTOMER": "bench@example.com",
+        "PATH": os.environ["PATH"],
+    }
     ours = StdioServerParameters(command="activitybi", args=["serve"], env=env)
     noop = StdioServerParameters(command=sys.executable, args=[str(HERE / "noop_server.py")], env=env)
 
@@ -140,10 +168,14 @@ def main() -> None:
     noop_cmd = [sys.executable, str(HERE / "noop_server.py")]
     t_ours = [spawn_to_initialize(ours_cmd, env) for _ in range(args.spawns)]
     t_noop = [spawn_to_initialize(noop_cmd, env) for _ in range(args.spawns)]
-    print(f"spawn → initialize answer, activitybi serve : median {statistics.median(t_ours) * 1e3:6.0f} ms"
-          f"  max {max(t_ours) * 1e3:6.0f} ms")
-    print(f"spawn → initialize answer, bare SDK server   : median {statistics.median(t_noop) * 1e3:6.0f} ms"
-          f"  max {max(t_noop) * 1e3:6.0f} ms")
+    print(
+        f"spawn → initialize answer, activitybi serve : median {statistics.median(t_ours) * 1e3:6.0f} ms"
+        f"  max {max(t_ours) * 1e3:6.0f} ms"
+    )
+    print(
+        f"spawn → initialize answer, bare SDK server   : median {statistics.median(t_noop) * 1e3:6.0f} ms"
+        f"  max {max(t_noop) * 1e3:6.0f} ms"
+    )
 
 
 if __name__ == "__main__":

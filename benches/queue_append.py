@@ -62,7 +62,11 @@ def bench_append(root: Path, events: list[dict[str, object]]) -> tuple[float, fl
         dumps, write, now = orjson.dumps, os.write, dt.datetime.now
         t = time.perf_counter()
         for e in events:
-            line = {"activity_id": ulid(), "ts": now(dt.UTC).isoformat(timespec="milliseconds"), **e}
+            line = {
+                "activity_id": ulid(),
+                "ts": now(dt.UTC).isoformat(timespec="milliseconds"),
+                **e,
+            }
             write(fd, dumps(line) + b"\n")
         el = time.perf_counter() - t
         os.close(fd)
@@ -83,10 +87,14 @@ def bench_append(root: Path, events: list[dict[str, object]]) -> tuple[float, fl
 
     o, p, b = best_of(5, ours), best_of(5, plain), best_of(5, plain_bare)
     print(f"append(dict)            : {n / o:12,.0f} events/s  ({o / n * 1e6:.2f} µs/event)")
-    print(f"orjson + os.write (+ids): {n / p:12,.0f} events/s  ({p / n * 1e6:.2f} µs/event)"
-          f"  -> append is {p / o:.2f}x faster")
-    print(f"orjson + os.write (bare): {n / b:12,.0f} events/s  ({b / n * 1e6:.2f} µs/event)"
-          f"  -> append is {b / o:.2f}x faster")
+    print(
+        f"orjson + os.write (+ids): {n / p:12,.0f} events/s  ({p / n * 1e6:.2f} µs/event)"
+        f"  -> append is {p / o:.2f}x faster"
+    )
+    print(
+        f"orjson + os.write (bare): {n / b:12,.0f} events/s  ({b / n * 1e6:.2f} µs/event)"
+        f"  -> append is {b / o:.2f}x faster"
+    )
     return p / o, b / o
 
 
@@ -143,8 +151,10 @@ def bench_durable(root: Path, per_thread: int = 200) -> float:
         fsyncs = q.stats()["fsyncs"]
     b95, d95 = pct(bare, 95), pct(lat, 95)
     print(f"bare fdatasync          : p50 {pct(bare, 50) * 1e3:.3f} ms  p95 {b95 * 1e3:.3f} ms")
-    print(f"durable append, 4 thr.  : p50 {pct(lat, 50) * 1e3:.3f} ms  p95 {d95 * 1e3:.3f} ms"
-          f"  -> {d95 / b95:.2f}x bare p95; {4 * per_thread} appends shared {fsyncs} fdatasyncs")
+    print(
+        f"durable append, 4 thr.  : p50 {pct(lat, 50) * 1e3:.3f} ms  p95 {d95 * 1e3:.3f} ms"
+        f"  -> {d95 / b95:.2f}x bare p95; {4 * per_thread} appends shared {fsyncs} fdatasyncs"
+    )
     return d95 / b95
 
 

@@ -21,10 +21,22 @@ import anyio
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
 
-SPEC = {"cohort": {"activity": "asked_question", "occurrence": "all", "filters": [], "columns": [
-    {"column": "activity_id", "type": "string", "as": "activity_id"}]},
-    "appends": [{"activity": "asked_question", "relationship": "aggregate_all_ever", "filters": [],
-                 "columns": [{"column": "activity_id", "type": "string", "agg": "count", "as": "n"}]}]}
+SPEC = {
+    "cohort": {
+        "activity": "asked_question",
+        "occurrence": "all",
+        "filters": [],
+        "columns": [{"column": "activity_id", "type": "string", "as": "activity_id"}],
+    },
+    "appends": [
+        {
+            "activity": "asked_question",
+            "relationship": "aggregate_all_ever",
+            "filters": [],
+            "columns": [{"column": "activity_id", "type": "string", "agg": "count", "as": "n"}],
+        }
+    ],
+}
 
 
 def pct(xs: list[float], p: int) -> float:
@@ -50,18 +62,25 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=300)
     args = ap.parse_args()
     home = Path(tempfile.mkdtemp(prefix="abi-submit-"))
-    env = {"ACTIVITYBI_HOME": str(home), "ACTIVITYBI_CUSTOMER": "bench@example.com",
-           "ACTIVITYBI_QUERIES_PER_MINUTE": "1000000", "PATH": os.environ["PATH"]}
+    env = {
+        "ACTIVITYBI_HOME": str(home),
+        "ACTIVITYBI_CUSTOMER": "bench@example.com",
+        "ACTIVITYBI_QUERIES_PER_MINUTE": "1000000",
+        "PATH": os.environ["PATH"],
+    }
     ours = StdioServerParameters(command="activitybi", args=["serve"], env=env)
-    noop = StdioServerParameters(command=sys.executable,
-                                 args=[str(Path(__file__).with_name("noop_server.py"))], env=env)
+    noop = StdioServerParameters(
+        command=sys.executable, args=[str(Path(__file__).with_name("noop_server.py"))], env=env
+    )
 
     async def run() -> None:
         base = await timed(noop, "noop", {}, args.calls)
         sub = await timed(ours, "submit_query", {"template": "dataset", "params": {"spec": SPEC}}, args.calls)
         print(f"do-nothing tool : p50 {pct(base, 50) * 1e3:6.2f} ms  p95 {pct(base, 95) * 1e3:6.2f} ms")
-        print(f"submit_query    : p50 {pct(sub, 50) * 1e3:6.2f} ms  p95 {pct(sub, 95) * 1e3:6.2f} ms"
-              f"  (target p95 < 50 ms)")
+        print(
+            f"submit_query    : p50 {pct(sub, 50) * 1e3:6.2f} ms  p95 {pct(sub, 95) * 1e3:6.2f} ms"
+            f"  (target p95 < 50 ms)"
+        )
 
     anyio.run(run)
 

@@ -77,7 +77,9 @@ impl SharedCounters {
 
     pub fn pending(&self) -> u64 {
         let acked = self.acked().load(Ordering::Acquire);
-        self.appended().load(Ordering::Acquire).saturating_sub(acked)
+        self.appended()
+            .load(Ordering::Acquire)
+            .saturating_sub(acked)
     }
 
     /// Counts `n` events in before they are written, unless that would pass `max`;
@@ -90,7 +92,12 @@ impl SharedCounters {
             if pending + n > max {
                 return Err(pending);
             }
-            match self.appended().compare_exchange_weak(cur, cur + n, Ordering::AcqRel, Ordering::Acquire) {
+            match self.appended().compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }

@@ -47,7 +47,9 @@ pub fn open_line(
 pub fn check_activity(activity: Option<&str>) -> Result<(), EventError> {
     match activity {
         Some(a) if !a.trim().is_empty() => Ok(()),
-        _ => Err(EventError::Invalid("event needs a non-empty string 'activity'".into())),
+        _ => Err(EventError::Invalid(
+            "event needs a non-empty string 'activity'".into(),
+        )),
     }
 }
 
@@ -98,8 +100,9 @@ pub fn encode_json_bytes(
     ts: &mut TsFormatter,
     max_bytes: usize,
 ) -> Result<String, EventError> {
-    let probe: Probe<'_> = serde_json::from_slice(raw)
-        .map_err(|e| EventError::Invalid(format!("event bytes are not one JSON event object: {e}")))?;
+    let probe: Probe<'_> = serde_json::from_slice(raw).map_err(|e| {
+        EventError::Invalid(format!("event bytes are not one JSON event object: {e}"))
+    })?;
     check_activity(probe.activity.flatten().as_deref())?;
     let given_id = match probe.activity_id {
         Some(None) => return Err(EventError::Invalid("'activity_id' must be a string".into())),
@@ -111,7 +114,11 @@ pub fn encode_json_bytes(
     // The object's members after its `{` (serde_json accepted it, so it is `{…}`).
     let members = raw.trim_ascii()[1..].trim_ascii_start();
     let id = open_line(buf, given_id.as_deref(), probe.ts.is_some(), ts);
-    buf.extend(members.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }));
+    buf.extend(
+        members
+            .iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
     buf.push(b'\n');
     if let Err(e) = check_size(buf.len() - start, max_bytes) {
         buf.truncate(start);
@@ -126,7 +133,12 @@ mod tests {
 
     fn encode(raw: &str) -> Result<(String, String), EventError> {
         let mut buf = Vec::new();
-        let id = encode_json_bytes(raw.as_bytes(), &mut buf, &mut TsFormatter::default(), 1 << 20)?;
+        let id = encode_json_bytes(
+            raw.as_bytes(),
+            &mut buf,
+            &mut TsFormatter::default(),
+            1 << 20,
+        )?;
         Ok((id, String::from_utf8(buf).unwrap()))
     }
 
@@ -152,12 +164,27 @@ mod tests {
     #[test]
     fn refuses_bad_events() {
         assert!(matches!(encode("[1]"), Err(EventError::Invalid(_))));
-        assert!(matches!(encode("{\"activity\":\"\"}"), Err(EventError::Invalid(_))));
-        assert!(matches!(encode("{\"activity\":3}"), Err(EventError::Invalid(_))));
+        assert!(matches!(
+            encode("{\"activity\":\"\"}"),
+            Err(EventError::Invalid(_))
+        ));
+        assert!(matches!(
+            encode("{\"activity\":3}"),
+            Err(EventError::Invalid(_))
+        ));
         assert!(matches!(encode("{\"a\":1}"), Err(EventError::Invalid(_))));
-        assert!(matches!(encode("{\"activity\":\"x\"} trailing"), Err(EventError::Invalid(_))));
-        assert!(matches!(encode("{\"activity\":\"x\",\"activity_id\":null}"), Err(EventError::Invalid(_))));
-        assert!(matches!(encode("{\"activity\":null}"), Err(EventError::Invalid(_))));
+        assert!(matches!(
+            encode("{\"activity\":\"x\"} trailing"),
+            Err(EventError::Invalid(_))
+        ));
+        assert!(matches!(
+            encode("{\"activity\":\"x\",\"activity_id\":null}"),
+            Err(EventError::Invalid(_))
+        ));
+        assert!(matches!(
+            encode("{\"activity\":null}"),
+            Err(EventError::Invalid(_))
+        ));
         let mut buf = b"kept".to_vec();
         let big = format!("{{\"activity\":\"x\",\"p\":\"{}\"}}", "y".repeat(100));
         let r = encode_json_bytes(big.as_bytes(), &mut buf, &mut TsFormatter::default(), 64);

@@ -29,7 +29,10 @@ pub struct TsFormatter {
 
 impl Default for TsFormatter {
     fn default() -> Self {
-        Self { last_ms: u64::MAX, text: [0; 24] }
+        Self {
+            last_ms: u64::MAX,
+            text: [0; 24],
+        }
     }
 }
 

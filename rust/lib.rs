@@ -59,14 +59,25 @@ fn append_err(e: AppendError) -> PyErr {
 }
 
 /// Appends one event's line to `buf`, returning its activity id.
-fn encode_event(ev: &Bound<'_, PyAny>, buf: &mut Vec<u8>, ts: &mut TsFormatter, max: usize) -> PyResult<String> {
+fn encode_event(
+    ev: &Bound<'_, PyAny>,
+    buf: &mut Vec<u8>,
+    ts: &mut TsFormatter,
+    max: usize,
+) -> PyResult<String> {
     let r = if let Ok(d) = ev.cast::<PyDict>() {
         pyjson::encode_dict(d, buf, ts, max)
     } else if let Ok(b) = ev.cast::<PyBytes>() {
         event::encode_json_bytes(b.as_bytes(), buf, ts, max)
     } else {
-        let ty = ev.get_type().name().map(|n| n.to_string()).unwrap_or_default();
-        return Err(PyTypeError::new_err(format!("an event is a dict or JSON bytes, not {ty}")));
+        let ty = ev
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_default();
+        return Err(PyTypeError::new_err(format!(
+            "an event is a dict or JSON bytes, not {ty}"
+        )));
     };
     r.map_err(event_err)
 }
@@ -122,7 +133,9 @@ impl Queue {
             ));
         }
         if !(rotate_secs.is_finite() && rotate_secs > 0.0) {
-            return Err(PyValueError::new_err("rotate_secs must be a positive number"));
+            return Err(PyValueError::new_err(
+                "rotate_secs must be a positive number",
+            ));
         }
         let cfg = Config {
             rotate_bytes,
@@ -132,23 +145,33 @@ impl Queue {
             max_event_bytes,
         };
         let core = py.detach(|| QueueCore::open(&path, cfg))?;
-        Ok(Self { core, path: path.to_string_lossy().into_owned() })
+        Ok(Self {
+            core,
+            path: path.to_string_lossy().into_owned(),
+        })
     }
 
     #[pyo3(signature = (event, *, durable=false))]
     fn append(&self, py: Python<'_>, event: &Bound<'_, PyAny>, durable: bool) -> PyResult<String> {
         SCRATCH.with_borrow_mut(|(buf, ts)| {
             buf.clear();
-            let id = encode_event(event, buf, ts, self.core.config().max_event_bytes).inspect_err(|_| {
-                LocalCounters::add(&self.core.local.rejected, 1);
-            })?;
+            let id = encode_event(event, buf, ts, self.core.config().max_event_bytes).inspect_err(
+                |_| {
+                    LocalCounters::add(&self.core.local.rejected, 1);
+                },
+            )?;
             self.write(py, buf, 1, durable)?;
             Ok(id)
         })
     }
 
     #[pyo3(signature = (events, *, durable=false))]
-    fn append_many(&self, py: Python<'_>, events: &Bound<'_, PyAny>, durable: bool) -> PyResult<Vec<String>> {
+    fn append_many(
+        &self,
+        py: Python<'_>,
+        events: &Bound<'_, PyAny>,
+        durable: bool,
+    ) -> PyResult<Vec<String>> {
         let max = self.core.config().max_event_bytes;
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut ids = Vec::new();
@@ -218,7 +241,11 @@ struct QueueReader {
 impl QueueReader {
     /// Runs `f` on the reader with the GIL released (the lock is taken inside, so a
     /// thread waiting for it never holds the GIL).
-    fn with<T: Send>(&self, py: Python<'_>, f: impl FnOnce(&ReaderCore) -> std::io::Result<T> + Send) -> PyResult<T> {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&ReaderCore) -> std::io::Result<T> + Send,
+    ) -> PyResult<T> {
         let out = py.detach(|| self.inner.lock().as_ref().map(f));
         match out {
             Some(r) => Ok(r?),
@@ -232,7 +259,10 @@ impl QueueReader {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
         let core = py.detach(|| ReaderCore::open(&path))?;
-        Ok(Self { inner: Mutex::new(Some(core)), path: path.to_string_lossy().into_owned() })
+        Ok(Self {
+            inner: Mutex::new(Some(core)),
+            path: path.to_string_lossy().into_owned(),
+        })
     }
 
     fn acked(&self, py: Python<'_>) -> PyResult<Checkpoint> {
@@ -277,7 +307,12 @@ impl QueueReader {
         slf
     }
 
-    fn __exit__(&self, _exc_type: &Bound<'_, PyAny>, _exc: &Bound<'_, PyAny>, _tb: &Bound<'_, PyAny>) {
+    fn __exit__(
+        &self,
+        _exc_type: &Bound<'_, PyAny>,
+        _exc: &Bound<'_, PyAny>,
+        _tb: &Bound<'_, PyAny>,
+    ) {
         self.close();
     }
 
@@ -296,13 +331,20 @@ impl LruCache {
     #[new]
     #[pyo3(signature = (capacity, ttl_seconds=None))]
     fn new(capacity: usize, ttl_seconds: Option<f64>) -> PyResult<Self> {
-        let cap = NonZeroUsize::new(capacity).ok_or_else(|| PyValueError::new_err("capacity must be positive"))?;
+        let cap = NonZeroUsize::new(capacity)
+            .ok_or_else(|| PyValueError::new_err("capacity must be positive"))?;
         let ttl = match ttl_seconds {
             None => None,
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-            Some(_) => return Err(PyValueError::new_err("ttl_seconds must be a positive number or None")),
+            Some(_) => {
+                return Err(PyValueError::new_err(
+                    "ttl_seconds must be a positive number or None",
+                ))
+            }
         };
-        Ok(Self { cache: lru::TtlLru::new(cap, ttl) })
+        Ok(Self {
+            cache: lru::TtlLru::new(cap, ttl),
+        })
     }
 
     #[pyo3(signature = (key, default=None))]

@@ -28,7 +28,10 @@ pub struct TtlLru<K: Hash + Eq, V> {
 impl<K: Hash + Eq, V: Clone> TtlLru<K, V> {
     pub fn new(capacity: NonZeroUsize, ttl: Option<Duration>) -> Self {
         Self {
-            inner: Mutex::new(Inner { map: lru::LruCache::new(capacity), stats: LruStats::default() }),
+            inner: Mutex::new(Inner {
+                map: lru::LruCache::new(capacity),
+                stats: LruStats::default(),
+            }),
             ttl,
             capacity: capacity.get(),
         }
@@ -128,7 +131,15 @@ mod tests {
         assert_eq!(c.get(&"a"), Some(1));
         assert_eq!(c.put("c", 3), Some(2));
         assert_eq!(c.get(&"b"), None);
-        assert_eq!(c.stats(), LruStats { hits: 1, misses: 1, evictions: 1, expirations: 0 });
+        assert_eq!(
+            c.stats(),
+            LruStats {
+                hits: 1,
+                misses: 1,
+                evictions: 1,
+                expirations: 0
+            }
+        );
     }
 
     #[test]

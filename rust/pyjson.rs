@@ -49,29 +49,47 @@ impl Serialize for PyValue<'_, '_> {
         }
         let depth = self.depth.get() + 1;
         if depth > MAX_DEPTH {
-            return Err(S::Error::custom(format!("values nested deeper than {MAX_DEPTH} levels")));
+            return Err(S::Error::custom(format!(
+                "values nested deeper than {MAX_DEPTH} levels"
+            )));
         }
         self.depth.set(depth);
         let out = if let Ok(d) = obj.cast::<PyDict>() {
             let mut map = s.serialize_map(Some(d.len()))?;
             for (k, v) in d.iter() {
-                map.serialize_entry(key_str::<S::Error>(&k)?, &PyValue { obj: &v, depth: self.depth })?;
+                map.serialize_entry(
+                    key_str::<S::Error>(&k)?,
+                    &PyValue {
+                        obj: &v,
+                        depth: self.depth,
+                    },
+                )?;
             }
             map.end()
         } else if let Ok(l) = obj.cast::<PyList>() {
             let mut seq = s.serialize_seq(Some(l.len()))?;
             for v in l.iter() {
-                seq.serialize_element(&PyValue { obj: &v, depth: self.depth })?;
+                seq.serialize_element(&PyValue {
+                    obj: &v,
+                    depth: self.depth,
+                })?;
             }
             seq.end()
         } else if let Ok(t) = obj.cast::<PyTuple>() {
             let mut seq = s.serialize_seq(Some(t.len()))?;
             for v in t.iter() {
-                seq.serialize_element(&PyValue { obj: &v, depth: self.depth })?;
+                seq.serialize_element(&PyValue {
+                    obj: &v,
+                    depth: self.depth,
+                })?;
             }
             seq.end()
         } else {
-            let ty = obj.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+            let ty = obj
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
             Err(S::Error::custom(format!("a value of type {ty}")))
         };
         self.depth.set(depth - 1);
@@ -97,7 +115,10 @@ fn optional_str<'py>(
     match d.get_item(key).ok().flatten() {
         None => Ok(None),
         Some(v) => match v.cast::<PyString>() {
-            Ok(s) => s.to_str().map(|s| Some(s.to_owned())).map_err(|e| EventError::Invalid(e.to_string())),
+            Ok(s) => s
+                .to_str()
+                .map(|s| Some(s.to_owned()))
+                .map_err(|e| EventError::Invalid(e.to_string())),
             Err(_) => Err(EventError::Invalid(format!("'{key}' must be a string"))),
         },
     }
@@ -126,9 +147,17 @@ pub fn encode_dict(
                 buf.push(b',');
             }
             first = false;
-            serde_json::to_writer(&mut *buf, key_str(&k).map_err(unencodable)?).map_err(unencodable)?;
+            serde_json::to_writer(&mut *buf, key_str(&k).map_err(unencodable)?)
+                .map_err(unencodable)?;
             buf.push(b':');
-            serde_json::to_writer(&mut *buf, &PyValue { obj: &v, depth: &depth }).map_err(unencodable)?;
+            serde_json::to_writer(
+                &mut *buf,
+                &PyValue {
+                    obj: &v,
+                    depth: &depth,
+                },
+            )
+            .map_err(unencodable)?;
         }
         buf.push(b'}');
         buf.push(b'\n');

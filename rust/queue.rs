@@ -109,8 +109,17 @@ impl QueueCore {
         let core = Arc::new(Self {
             dir: dir.to_path_buf(),
             cfg,
-            state: Mutex::new(WriterState { active: None, written: 0, closed: false }),
-            sync: Mutex::new(SyncState { synced: 0, in_progress: false, waiting: 0, gather_goal: 1 }),
+            state: Mutex::new(WriterState {
+                active: None,
+                written: 0,
+                closed: false,
+            }),
+            sync: Mutex::new(SyncState {
+                synced: 0,
+                in_progress: false,
+                waiting: 0,
+                gather_goal: 1,
+            }),
             arrived_cv: Condvar::new(),
             synced_cv: Condvar::new(),
             stop: Mutex::new(false),
@@ -135,13 +144,18 @@ impl QueueCore {
 
     fn tick_period(&self) -> Duration {
         let age = Duration::from_secs_f64((self.cfg.rotate_secs / 10.0).max(0.005));
-        self.cfg.fsync_interval.min(age).max(Duration::from_millis(1))
+        self.cfg
+            .fsync_interval
+            .min(age)
+            .max(Duration::from_millis(1))
     }
 
     /// Counts `lines` into the directory's pending total, or refuses with `Full`.
     pub fn reserve(&self, lines: u64) -> Result<(), AppendError> {
         let max = self.cfg.max_pending;
-        self.shared.reserve(lines, max).map_err(|pending| AppendError::Full { pending, max })
+        self.shared
+            .reserve(lines, max)
+            .map_err(|pending| AppendError::Full { pending, max })
     }
 
     pub fn unreserve(&self, lines: u64) {
@@ -176,7 +190,9 @@ impl QueueCore {
     }
 
     fn copy_in(&self, st: &mut WriterState, bytes: &[u8], lines: u64) -> u64 {
-        let Some(a) = st.active.as_mut() else { unreachable!("room was checked") };
+        let Some(a) = st.active.as_mut() else {
+            unreachable!("room was checked")
+        };
         a.map[a.len..a.len + bytes.len()].copy_from_slice(bytes);
         a.len += bytes.len();
         st.written += bytes.len() as u64;
@@ -190,7 +206,11 @@ impl QueueCore {
         loop {
             let stem = next_ulid().to_string();
             let path = segment::open_path(&self.dir, &stem);
-            let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)?;
             // A recovering process may have taken the file between create and lock.
             if !segment::try_lock_exclusive(&file)? || !segment::still_at(&file, &path)? {
                 continue;
@@ -203,13 +223,27 @@ impl QueueCore {
             // SAFETY: the file is locked by this handle, which alone writes it, and its
             // length stays fixed until the map is dropped in `seal_active`.
             let map = unsafe { MmapMut::map_mut(&file)? };
-            return Ok(Active { stem, file: Arc::new(file), map, len: 0, opened: Instant::now() });
+            return Ok(Active {
+                stem,
+                file: Arc::new(file),
+                map,
+                len: 0,
+                opened: Instant::now(),
+            });
         }
     }
 
     fn seal_active(&self, st: &mut WriterState) -> io::Result<()> {
-        let Some(a) = st.active.take() else { return Ok(()) };
-        let Active { stem, file, map, len, .. } = a;
+        let Some(a) = st.active.take() else {
+            return Ok(());
+        };
+        let Active {
+            stem,
+            file,
+            map,
+            len,
+            ..
+        } = a;
         drop(map);
         segment::seal(&self.dir, &stem, &file, len as u64)?;
         if len > 0 {
@@ -254,7 +288,9 @@ impl QueueCore {
                 (st.written, st.active.as_ref().map(|a| a.file.clone()))
             };
             let result = match file {
-                Some(f) => f.sync_data().map(|_| LocalCounters::add(&self.local.fsyncs, 1)),
+                Some(f) => f
+                    .sync_data()
+                    .map(|_| LocalCounters::add(&self.local.fsyncs, 1)),
                 None => Ok(()), // everything written was sealed, which synced it
             };
             s = self.sync.lock();
@@ -365,7 +401,10 @@ mod tests {
     #[test]
     fn rotates_by_size_and_seals_on_close() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config { rotate_bytes: 1024, ..Config::default() };
+        let cfg = Config {
+            rotate_bytes: 1024,
+            ..Config::default()
+        };
         let q = QueueCore::open(dir.path(), cfg).unwrap();
         for i in 0..200 {
             let l = line(i);
@@ -378,7 +417,13 @@ mod tests {
         assert!(segs.iter().all(|s| s.sealed));
         let total: usize = segs
             .iter()
-            .map(|s| fs::read(&s.path).unwrap().iter().filter(|&&b| b == b'\n').count())
+            .map(|s| {
+                fs::read(&s.path)
+                    .unwrap()
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            })
             .sum();
         assert_eq!(total, 200);
     }
@@ -386,12 +431,18 @@ mod tests {
     #[test]
     fn refuses_past_max_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = Config { max_pending: 3, ..Config::default() };
+        let cfg = Config {
+            max_pending: 3,
+            ..Config::default()
+        };
         let q = QueueCore::open(dir.path(), cfg).unwrap();
         for _ in 0..3 {
             q.reserve(1).unwrap();
         }
-        assert!(matches!(q.reserve(1), Err(AppendError::Full { pending: 3, max: 3 })));
+        assert!(matches!(
+            q.reserve(1),
+            Err(AppendError::Full { pending: 3, max: 3 })
+        ));
     }
 
     #[test]
@@ -412,8 +463,16 @@ mod tests {
         data.resize(4096, 0);
         fs::write(segment::open_path(dir.path(), stem), &data).unwrap();
         let q = QueueCore::open(dir.path(), Config::default()).unwrap();
-        assert_eq!(fs::read(segment::sealed_path(dir.path(), stem)).unwrap(), b"{\"activity\":\"a\"}\n");
-        let torn = fs::read(dir.path().join("quarantine").join(format!("{stem}.17.torn"))).unwrap();
+        assert_eq!(
+            fs::read(segment::sealed_path(dir.path(), stem)).unwrap(),
+            b"{\"activity\":\"a\"}\n"
+        );
+        let torn = fs::read(
+            dir.path()
+                .join("quarantine")
+                .join(format!("{stem}.17.torn")),
+        )
+        .unwrap();
         assert_eq!(torn, b"{\"activ");
         assert_eq!(q.shared.pending(), 1);
     }

@@ -29,7 +29,10 @@ fn open_segment(dir: &Path, seg: &Segment) -> io::Result<Option<(File, bool)>> {
     let tries = if seg.sealed {
         vec![(segment::sealed_path(dir, &seg.stem), true)]
     } else {
-        vec![(segment::open_path(dir, &seg.stem), false), (segment::sealed_path(dir, &seg.stem), true)]
+        vec![
+            (segment::open_path(dir, &seg.stem), false),
+            (segment::sealed_path(dir, &seg.stem), true),
+        ]
     };
     for (path, sealed) in tries {
         match File::open(&path) {
@@ -54,12 +57,20 @@ impl ReaderCore {
         if !segment::try_lock_exclusive(&reader_lock)? {
             return Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!("another process is already reading the queue at {}", dir.display()),
+                format!(
+                    "another process is already reading the queue at {}",
+                    dir.display()
+                ),
             ));
         }
         let (dir_lock, alone) = segment::dir_lock(dir)?;
         let shared = SharedCounters::open(dir)?;
-        let me = Self { dir: dir.to_path_buf(), shared, _reader_lock: reader_lock, _dir_lock: dir_lock };
+        let me = Self {
+            dir: dir.to_path_buf(),
+            shared,
+            _reader_lock: reader_lock,
+            _dir_lock: dir_lock,
+        };
         me.recover_dead()?;
         if alone {
             me.shared.reset(segment::count_pending(dir)?);
@@ -89,12 +100,18 @@ impl ReaderCore {
 
     /// Up to `max_lines` complete lines (and about `max_bytes`) after `from`.
     pub fn read(&self, from: &Checkpoint, max_lines: usize, max_bytes: usize) -> io::Result<Batch> {
-        let mut batch = Batch { data: Vec::new(), lines: Vec::new(), checkpoint: from.clone() };
+        let mut batch = Batch {
+            data: Vec::new(),
+            lines: Vec::new(),
+            checkpoint: from.clone(),
+        };
         for seg in self.recover_dead()? {
             if batch.lines.len() >= max_lines || batch.data.len() >= max_bytes {
                 break;
             }
-            let Some((file, sealed)) = open_segment(&self.dir, &seg)? else { continue };
+            let Some((file, sealed)) = open_segment(&self.dir, &seg)? else {
+                continue;
+            };
             let start = from.get(&seg.stem).copied().unwrap_or(0);
             let budget = max_bytes.saturating_sub(batch.data.len());
             let data = segment::read_lines_from(&file, start, sealed, budget)?;
@@ -109,7 +126,9 @@ impl ReaderCore {
             }
             if offset > 0 {
                 batch.data.extend_from_slice(&data[..offset]);
-                batch.checkpoint.insert(seg.stem.clone(), start + offset as u64);
+                batch
+                    .checkpoint
+                    .insert(seg.stem.clone(), start + offset as u64);
             }
         }
         Ok(batch)
@@ -125,7 +144,9 @@ impl ReaderCore {
         for seg in &live {
             let old = acked.get(&seg.stem).copied().unwrap_or(0);
             let new = cp.get(&seg.stem).copied().unwrap_or(0).max(old);
-            let Some((file, sealed)) = open_segment(&self.dir, seg)? else { continue };
+            let Some((file, sealed)) = open_segment(&self.dir, seg)? else {
+                continue;
+            };
             if new > old {
                 newly += segment::count_lines(&file, old, new)?;
             }

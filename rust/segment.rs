@@ -33,13 +33,19 @@ pub fn list(dir: &Path) -> io::Result<Vec<Segment>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else { continue };
+        let (Some(stem), Some(ext)) = (path.file_stem(), path.extension()) else {
+            continue;
+        };
         let sealed = match ext.to_str() {
             Some(SEALED_SUFFIX) => true,
             Some(OPEN_SUFFIX) => false,
             _ => continue,
         };
-        out.push(Segment { stem: stem.to_string_lossy().into_owned(), path, sealed });
+        out.push(Segment {
+            stem: stem.to_string_lossy().into_owned(),
+            path,
+            sealed,
+        });
     }
     out.sort_by(|a, b| a.stem.cmp(&b.stem));
     Ok(out)
@@ -196,7 +202,11 @@ pub fn read_lines_from(file: &File, start: u64, sealed: bool, limit: usize) -> i
         let n = file.read_at(&mut buf[old..], pos)?;
         buf.truncate(old + n);
         pos += n as u64;
-        let zero = if sealed { None } else { memchr::memchr(0, &buf[old..]).map(|i| old + i) };
+        let zero = if sealed {
+            None
+        } else {
+            memchr::memchr(0, &buf[old..]).map(|i| old + i)
+        };
         if let Some(z) = zero {
             buf.truncate(z);
             break;

@@ -28,10 +28,12 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def stdio_session(home: Path, customer: str, errlog: Any = None,
-                        **env: str) -> AsyncIterator[ClientSession]:
-    params = StdioServerParameters(command=EXE, args=["serve"],
-                                   env=server_env(home, ACTIVITYBI_CUSTOMER=customer, **env))
+async def stdio_session(
+    home: Path, customer: str, errlog: Any = None, **env: str
+) -> AsyncIterator[ClientSession]:
+    params = StdioServerParameters(
+        command=EXE, args=["serve"], env=server_env(home, ACTIVITYBI_CUSTOMER=customer, **env)
+    )
     kwargs = {"errlog": errlog} if errlog is not None else {}
     async with stdio_client(params, **kwargs) as (read, write), ClientSession(read, write) as s:
         await s.initialize()
@@ -54,16 +56,29 @@ class HttpServer:
         token_file.write_bytes(orjson.dumps(tokens))
         home.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [EXE, "serve", "--http", "--port", str(self.port), "--tokens", str(token_file), *extra_args],
-            env=server_env(home), stderr=subprocess.PIPE)
+            [
+                EXE,
+                "serve",
+                "--http",
+                "--port",
+                str(self.port),
+                "--tokens",
+                str(token_file),
+                *extra_args,
+            ],
+            env=server_env(home),
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
-            except OSError:
+            except OSError as e:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(self.proc.stderr.read().decode() if self.proc.stderr else "died")
+                    raise RuntimeError(
+                        self.proc.stderr.read().decode() if self.proc.stderr else "died"
+                    ) from e
                 time.sleep(0.05)
         raise RuntimeError("the HTTP server did not start")
 
@@ -74,12 +89,15 @@ class HttpServer:
 
 @asynccontextmanager
 async def http_session(url: str, token: str) -> AsyncIterator[ClientSession]:
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(30, read=60)) as http:
-        async with streamable_http_client(url, http_client=http) as (read, write), \
-                ClientSession(read, write) as s:
-            await s.initialize()
-            yield s
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60)
+        ) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as s,
+    ):
+        await s.initialize()
+        yield s
 
 
 def text(result: Any) -> str:

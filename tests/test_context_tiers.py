@@ -18,8 +18,14 @@ from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 
 def atom(subject: str, metric: str, value: object, ts: str) -> dict[str, object]:
-    return {"atom_id": ts, "customer_id": "c@x.io", "subject": subject, "metric": metric,
-            "value": value, "ts": ts}
+    return {
+        "atom_id": ts,
+        "customer_id": "c@x.io",
+        "subject": subject,
+        "metric": metric,
+        "value": value,
+        "ts": ts,
+    }
 
 
 def service(tmp_path: Path, redis: RedisTier | None) -> ContextService:

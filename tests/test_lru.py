@@ -21,7 +21,12 @@ def test_get_put_delete_and_eviction() -> None:
     assert len(c) == 2
     assert c.delete("a") and not c.delete("a")
     assert c.stats() == {
-        "hits": 1, "misses": 2, "evictions": 1, "expirations": 0, "size": 1, "capacity": 2
+        "hits": 1,
+        "misses": 2,
+        "evictions": 1,
+        "expirations": 0,
+        "size": 1,
+        "capacity": 2,
     }
 
 

@@ -16,6 +16,7 @@ from tests.mcp_clients import HttpServer, http_session
 def test_http_metrics_and_status(_home: Path) -> None:
     server = HttpServer(_home, {"tok": "m@x.io"})
     try:
+
         async def go() -> None:
             async with http_session(server.url, "tok") as s:
                 await s.call_tool("log_event", {"activity": "asked_question"})
@@ -30,8 +31,13 @@ def test_http_metrics_and_status(_home: Path) -> None:
         assert "activitybi_queue_pending" in body
         deadline = time.monotonic() + 15
         while True:  # status files are written every 2 s; the last error shows its tool
-            out = subprocess.run(["activitybi", "status"], capture_output=True, text=True, check=True,
-                                 env={**os.environ, "ACTIVITYBI_HOME": str(_home), "COLUMNS": "200"}).stdout
+            out = subprocess.run(
+                ["activitybi", "status"],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "ACTIVITYBI_HOME": str(_home), "COLUMNS": "200"},
+            ).stdout
             if f"│ {server.proc.pid} " in out and "rows in claude_stream" in out and "log_event" in out:
                 break
             assert time.monotonic() < deadline, out

@@ -3,7 +3,6 @@ timeout, cancellation, restart, rate limits, audit."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,22 @@ from hypothesis import strategies as st
 
 from activitybi import QueueReader
 from activitybi.safesql import templates
-from activitybi.safesql.templates import Param, Template, TemplateError
+from activitybi.safesql.templates import Template, TemplateError
 from activitybi.tickets import TicketExecutor, TicketStore, cap_rows
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 from tests.mcp_clients import HttpServer, http_session, stdio_session, text
 
 INJECTIONS = [
-    "x'; DROP TABLE claude_stream; --", "' OR '1'='1", '"; SELECT 1; --', "$$", "\\x00",
-    "‘ OR ‘1’=‘1", "a\x00b", "); DELETE FROM insight_atoms; --", "${customer}", "$customer",
+    "x'; DROP TABLE claude_stream; --",
+    "' OR '1'='1",
+    '"; SELECT 1; --',
+    "$$",
+    "\\x00",
+    "‘ OR ‘1’=‘1",  # noqa: RUF001 (typographic quotes on purpose)
+    "a\x00b",
+    "); DELETE FROM insight_atoms; --",
+    "${customer}",
+    "$customer",
 ]
 
 
@@ -40,17 +47,25 @@ def run(executor: TicketExecutor, store: TicketStore) -> None:
         executor.execute(ticket)
 
 
-@pytest.mark.parametrize(("template", "params", "message"), [
-    ("no_such_template", {}, "no template"),
-    ("activity_counts", {"since": "yesterday"}, "YYYY-MM-DD"),
-    ("activity_counts", {"since": "2026-01-01", "customer": "eve@x.io"}, "no parameter 'customer'"),
-    ("insight_history", {"subject": "a"}, "needs parameter 'metric'"),
-    ("sessions", {"limit": 0}, "at least 1"),
-    ("sessions", {"limit": "10"}, "integer"),
-    ("dataset", {"spec": {"cohort": {}}}, "spec"),
-])
-def test_refused_before_anything_runs(tmp_path: Path, template: str, params: dict[str, Any],
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("template", "params", "message"),
+    [
+        ("no_such_template", {}, "no template"),
+        ("activity_counts", {"since": "yesterday"}, "YYYY-MM-DD"),
+        (
+            "activity_counts",
+            {"since": "2026-01-01", "customer": "eve@x.io"},
+            "no parameter 'customer'",
+        ),
+        ("insight_history", {"subject": "a"}, "needs parameter 'metric'"),
+        ("sessions", {"limit": 0}, "at least 1"),
+        ("sessions", {"limit": "10"}, "integer"),
+        ("dataset", {"spec": {"cohort": {}}}, "spec"),
+    ],
+)
+def test_refused_before_anything_runs(
+    tmp_path: Path, template: str, params: dict[str, Any], message: str
+) -> None:
     store = TicketStore(tmp_path / "tickets")
     with pytest.raises(TemplateError, match=message):
         store.submit("a@x.io", template, params, 65536)
@@ -79,8 +94,10 @@ def test_injection_strings_come_back_only_as_data(wh: DuckDBWarehouse) -> None:
     import datetime as dt
 
     for i, s in enumerate(INJECTIONS):
-        wh.execute("INSERT INTO insight_atoms VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                   [f"a{i}", "victim@x.io", s, s, orjson.dumps(s).decode(), dt.datetime(2026, 1, 1)])
+        wh.execute(
+            "INSERT INTO insight_atoms VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            [f"a{i}", "victim@x.io", s, s, orjson.dumps(s).decode(), dt.datetime(2026, 1, 1)],
+        )
     t = templates.get("insight_history")
     for s in INJECTIONS:
         sql, values = t.bind({"subject": s, "metric": s, "since": "2020-01-01"}, "victim@x.io")
@@ -106,13 +123,17 @@ def test_byte_cap_samples_whole_rows_deterministically() -> None:
 
 
 def slow_template() -> Template:
-    return Template("slow", "test only: a query that runs for minutes", (),
-                    "SELECT count(*) FROM range(20000000000) t(i) WHERE $customer IS NOT NULL "
-                    "AND hash(i) % 7 = 3")
+    return Template(
+        "slow",
+        "test only: a query that runs for minutes",
+        (),
+        "SELECT count(*) FROM range(20000000000) t(i) WHERE $customer IS NOT NULL AND hash(i) % 7 = 3",
+    )
 
 
-def test_timeout_stops_the_query(tmp_path: Path, wh: DuckDBWarehouse,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_timeout_stops_the_query(
+    tmp_path: Path, wh: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(templates.TEMPLATES, "slow", slow_template())
     store = TicketStore(tmp_path / "tickets")
     ticket = store.submit("a@x.io", "slow", {}, 65536)
@@ -124,8 +145,7 @@ def test_timeout_stops_the_query(tmp_path: Path, wh: DuckDBWarehouse,
     assert wh.execute("SELECT outcome, template FROM query_audit").rows == [("failed", "slow")]
 
 
-def test_cancel_a_running_query(tmp_path: Path, wh: DuckDBWarehouse,
-                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_a_running_query(tmp_path: Path, wh: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(templates.TEMPLATES, "slow", slow_template())
     store = TicketStore(tmp_path / "tickets")
     executor = TicketExecutor(store, wh, timeout_s=120, poll=0.01)
@@ -156,11 +176,19 @@ def test_tickets_belong_to_their_customer(tmp_path: Path) -> None:
 
 def _seed(s: Any, who: str) -> Any:
     async def go() -> None:
-        await s.call_tool("log_event", {"activity": "asked_question", "model": f"model-{who}",
-                                        "input_tokens": 10, "cost_usd": 0.5,
-                                        "feature_json": {"secret": f"secret-of-{who}"}})
+        await s.call_tool(
+            "log_event",
+            {
+                "activity": "asked_question",
+                "model": f"model-{who}",
+                "input_tokens": 10,
+                "cost_usd": 0.5,
+                "feature_json": {"secret": f"secret-of-{who}"},
+            },
+        )
         await s.call_tool("log_event", {"activity": "received_answer"})
         await s.call_tool("log_insight", {"subject": f"subject-{who}", "metric": "m", "value": 1})
+
     return go()
 
 
@@ -173,13 +201,31 @@ def every_template_params(who: str) -> list[tuple[str, dict[str, Any]]]:
         ("cost_by_model", {"since": "2020-01-01"}),
         ("cost_by_session", {"since": "2020-01-01"}),
         ("insight_history", {"subject": f"subject-{who}", "metric": "m", "since": "2020-01-01"}),
-        ("dataset", {"spec": {
-            "cohort": {"activity": "asked_question", "occurrence": "all", "filters": [], "columns": [
-                {"column": "activity_id", "type": "string", "as": "activity_id"},
-                {"column": "customer", "type": "string", "as": "customer"},
-                {"feature": "secret", "type": "string", "as": "secret"}]},
-            "appends": [{"activity": "received_answer", "relationship": "first_after", "filters": [],
-                         "columns": [{"column": "ts", "type": "timestamp", "as": "answered_at"}]}]}}),
+        (
+            "dataset",
+            {
+                "spec": {
+                    "cohort": {
+                        "activity": "asked_question",
+                        "occurrence": "all",
+                        "filters": [],
+                        "columns": [
+                            {"column": "activity_id", "type": "string", "as": "activity_id"},
+                            {"column": "customer", "type": "string", "as": "customer"},
+                            {"feature": "secret", "type": "string", "as": "secret"},
+                        ],
+                    },
+                    "appends": [
+                        {
+                            "activity": "received_answer",
+                            "relationship": "first_after",
+                            "filters": [],
+                            "columns": [{"column": "ts", "type": "timestamp", "as": "answered_at"}],
+                        }
+                    ],
+                }
+            },
+        ),
     ]
 
 
@@ -195,8 +241,12 @@ async def wait_result(s: Any, ticket: str) -> dict[str, Any]:
 def test_two_customers_every_template_over_mcp(_home: Path) -> None:
     server = HttpServer(_home, {"tok-a": "alice@a.io", "tok-b": "bob@b.io"})
     try:
+
         async def go() -> None:
-            async with http_session(server.url, "tok-a") as a, http_session(server.url, "tok-b") as b:
+            async with (
+                http_session(server.url, "tok-a") as a,
+                http_session(server.url, "tok-b") as b,
+            ):
                 await _seed(a, "alice")
                 await _seed(b, "bob")
                 listed = orjson.loads(text(await a.call_tool("list_query_templates", {})))
@@ -208,14 +258,21 @@ def test_two_customers_every_template_over_mcp(_home: Path) -> None:
                 await anyio.sleep(0.3)
                 for who, s, other in (("alice", a, "bob"), ("bob", b, "alice")):
                     for name, params in every_template_params(who):
-                        sub = orjson.loads(text(await s.call_tool("submit_query", {"template": name, "params": params})))
+                        sub = orjson.loads(
+                            text(await s.call_tool("submit_query", {"template": name, "params": params}))
+                        )
                         got = await wait_result(s, sub["ticket"])
                         assert got["status"] == "succeeded", (name, got)
                         body = orjson.dumps(got["result"]).decode()
                         assert other not in body, (name, body)
                         assert got["result"]["total_rows"] >= 1, (name, body)
-                    foreign = orjson.loads(text(await (b if s is a else a).call_tool(
-                        "submit_query", {"template": "activity_counts"})))["ticket"]
+                    foreign = orjson.loads(
+                        text(
+                            await (b if s is a else a).call_tool(
+                                "submit_query", {"template": "activity_counts"}
+                            )
+                        )
+                    )["ticket"]
                     res = await s.call_tool("get_query_result", {"ticket": foreign})
                     assert res.is_error and "no ticket" in text(res)
 
@@ -225,8 +282,10 @@ def test_two_customers_every_template_over_mcp(_home: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(_home / "warehouse.duckdb"), read_only=True)
-    audit = con.execute("SELECT customer_id, template, outcome, row_count, bytes, duration_ms, "
-                        "length(params_hash), query_tag FROM query_audit").fetchall()
+    audit = con.execute(
+        "SELECT customer_id, template, outcome, row_count, bytes, duration_ms, "
+        "length(params_hash), query_tag FROM query_audit"
+    ).fetchall()
     con.close()
     assert len(audit) >= 16
     assert all(r[2] == "succeeded" and r[3] >= 1 and r[4] > 0 and r[5] >= 0 and r[6] == 64 for r in audit)
@@ -250,8 +309,12 @@ def test_tickets_survive_a_restart(_home: Path) -> None:
     async def submit() -> list[str]:
         async with stdio_session(_home, "r@x.io") as s:
             await s.call_tool("log_event", {"activity": "asked_question"})
-            return [orjson.loads(text(await s.call_tool("submit_query", {"template": "activity_counts"})))["ticket"]
-                    for _ in range(3)]
+            return [
+                orjson.loads(text(await s.call_tool("submit_query", {"template": "activity_counts"})))[
+                    "ticket"
+                ]
+                for _ in range(3)
+            ]
 
     tickets = anyio.run(submit)
     holder.close()
@@ -266,8 +329,9 @@ def test_tickets_survive_a_restart(_home: Path) -> None:
 
 def test_rate_limits_refuse_and_write_nothing(_home: Path) -> None:
     async def go() -> None:
-        async with stdio_session(_home, "rl@x.io", ACTIVITYBI_QUERIES_PER_MINUTE="2",
-                                 ACTIVITYBI_EVENTS_PER_SECOND="1") as s:
+        async with stdio_session(
+            _home, "rl@x.io", ACTIVITYBI_QUERIES_PER_MINUTE="2", ACTIVITYBI_EVENTS_PER_SECOND="1"
+        ) as s:
             for _ in range(2):
                 assert not (await s.call_tool("submit_query", {"template": "activity_counts"})).is_error
             third = await s.call_tool("submit_query", {"template": "activity_counts"})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,14 @@ def all_events(home: Path) -> list[dict[str, Any]]:
         con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
         cur = con.execute("SELECT activity_id, activity, customer, feature_json FROM claude_stream")
         for aid, activity, customer, features in cur.fetchall():
-            events.append({"activity_id": aid, "activity": activity, "customer": customer,
-                           "feature_json": orjson.loads(features) if features else None})
+            events.append(
+                {
+                    "activity_id": aid,
+                    "activity": activity,
+                    "customer": customer,
+                    "feature_json": orjson.loads(features) if features else None,
+                }
+            )
         con.close()
     with QueueReader(str(home / "queue")) as r:
         cp = r.acked()
@@ -39,8 +44,8 @@ def all_events(home: Path) -> list[dict[str, Any]]:
             events.extend(orjson.loads(x) for x in lines)
 
 
-def test_stdio_tools_end_to_end(_home: Path) -> None:
-    errlog = tempfile.TemporaryFile("w+")
+def test_stdio_tools_end_to_end(_home: Path, tmp_path: Path) -> None:
+    errlog = (tmp_path / "server.stderr").open("w+")
 
     async def run() -> None:
         async with stdio_session(_home, "ana@example.com", errlog=errlog) as s:
@@ -49,9 +54,19 @@ def test_stdio_tools_end_to_end(_home: Path) -> None:
             schema = tools["log_event"].input_schema
             assert schema["required"] == ["activity"] and schema["additionalProperties"] is False
             assert "customer" not in schema["properties"]
-            aid = text(await s.call_tool("log_event", {
-                "activity": "asked_question", "feature_json": {"q": "why"}, "model": "claude-x",
-                "input_tokens": 812, "output_tokens": 96, "cost_usd": 0.0123}))
+            aid = text(
+                await s.call_tool(
+                    "log_event",
+                    {
+                        "activity": "asked_question",
+                        "feature_json": {"q": "why"},
+                        "model": "claude-x",
+                        "input_tokens": 812,
+                        "output_tokens": 96,
+                        "cost_usd": 0.0123,
+                    },
+                )
+            )
             assert len(aid) == 26
             again = await s.call_tool("log_event", {"activity": "asked_question", "activity_id": "retry-1"})
             assert text(again) == "retry-1"
@@ -86,11 +101,19 @@ BAD_ARGUMENTS = [
     ("log_event", {"activity": "asked_question", "feature_json": [1]}, "feature_json"),
     ("log_event", {"activity": "asked_question", "revenue_impact": "lots"}, "revenue_impact"),
     ("log_event", {"activity": "asked_question", "input_tokens": -1}, "input_tokens"),
-    ("log_event", {"activity": "asked_question", "activity_id": "no spaces allowed"}, "activity_id"),
+    (
+        "log_event",
+        {"activity": "asked_question", "activity_id": "no spaces allowed"},
+        "activity_id",
+    ),
     ("log_event", {"activity": "asked_question", "feature_json": {"p": "x" * (1 << 20)}}, "cap"),
     ("log_insight", {"subject": "", "metric": "m", "value": 1}, "subject"),
     ("log_insight", {"subject": "s", "metric": "m"}, "value"),
-    ("log_insight", {"subject": "s", "metric": "m", "value": 1, "provenance_query_hash": "zz"}, "provenance"),
+    (
+        "log_insight",
+        {"subject": "s", "metric": "m", "value": 1, "provenance_query_hash": "zz"},
+        "provenance",
+    ),
     ("get_context", {"max_bytes": 10}, "max_bytes"),
     ("no_such_tool", {}, "Unknown tool"),
 ]
@@ -116,7 +139,10 @@ def test_bad_arguments_are_refused_and_write_nothing(_home: Path) -> None:
 
 def test_insights_are_read_at_once_by_another_process(_home: Path) -> None:
     async def run() -> None:
-        async with stdio_session(_home, "bo@example.com") as a, stdio_session(_home, "bo@example.com") as b:
+        async with (
+            stdio_session(_home, "bo@example.com") as a,
+            stdio_session(_home, "bo@example.com") as b,
+        ):
             before = orjson.loads(text(await b.call_tool("get_context", {})))
             assert before["insights"] == []
             await a.call_tool("log_insight", {"subject": "build", "metric": "seconds", "value": 41.5})
@@ -129,8 +155,10 @@ def test_insights_are_read_at_once_by_another_process(_home: Path) -> None:
 def test_two_servers_on_one_home_lose_nothing(_home: Path) -> None:
     async def client(customer: str, n: int) -> list[str]:
         async with stdio_session(_home, customer) as s:
-            return [text(await s.call_tool("log_event", {"activity": "ran_query", "feature_json": {"i": i}}))
-                    for i in range(n)]
+            return [
+                text(await s.call_tool("log_event", {"activity": "ran_query", "feature_json": {"i": i}}))
+                for i in range(n)
+            ]
 
     async def run() -> list[str]:
         ids: list[str] = []
@@ -145,8 +173,12 @@ def test_two_servers_on_one_home_lose_nothing(_home: Path) -> None:
 
     ids = anyio.run(run)
     assert len(set(ids)) == 120
-    subprocess.run(["activitybi", "upload", "--once", "--quiet"], check=True, capture_output=True,
-                   env={**os.environ, "ACTIVITYBI_HOME": str(_home)})
+    subprocess.run(
+        ["activitybi", "upload", "--once", "--quiet"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "ACTIVITYBI_HOME": str(_home)},
+    )
     stored = [e["activity_id"] for e in all_events(_home) if e["activity"] == "ran_query"]
     assert sorted(stored) == sorted(ids)
 
@@ -154,10 +186,16 @@ def test_two_servers_on_one_home_lose_nothing(_home: Path) -> None:
 def test_http_customers_never_see_each_other(_home: Path) -> None:
     server = HttpServer(_home, {"tok-a": "alice@a.io", "tok-b": "bob@b.io"})
     try:
+
         async def run() -> None:
-            async with http_session(server.url, "tok-a") as a, http_session(server.url, "tok-b") as b:
+            async with (
+                http_session(server.url, "tok-a") as a,
+                http_session(server.url, "tok-b") as b,
+            ):
                 await a.call_tool("log_insight", {"subject": "secret", "metric": "alice_only", "value": 7})
-                await a.call_tool("log_event", {"activity": "asked_question", "feature_json": {"who": "alice"}})
+                await a.call_tool(
+                    "log_event", {"activity": "asked_question", "feature_json": {"who": "alice"}}
+                )
                 await b.call_tool("log_insight", {"subject": "secret", "metric": "bob_only", "value": 9})
                 ca = orjson.loads(text(await a.call_tool("get_context", {})))
                 cb = orjson.loads(text(await b.call_tool("get_context", {})))
@@ -175,8 +213,11 @@ def test_http_customers_never_see_each_other(_home: Path) -> None:
 
         with pytest.raises(BaseException) as caught:
             anyio.run(intruder)
-        assert caught.group_contains(MCPError) if isinstance(caught.value, BaseExceptionGroup) else \
-            isinstance(caught.value, MCPError)
+        assert (
+            caught.group_contains(MCPError)
+            if isinstance(caught.value, BaseExceptionGroup)
+            else isinstance(caught.value, MCPError)
+        )
     finally:
         server.stop()
     mine = [e for e in all_events(_home) if e["activity"] == "asked_question"]
@@ -186,6 +227,7 @@ def test_http_customers_never_see_each_other(_home: Path) -> None:
 def test_http_stateless_mode_works(_home: Path) -> None:
     server = HttpServer(_home, {"tok": "carol@c.io"}, "--stateless")
     try:
+
         async def run() -> None:
             async with http_session(server.url, "tok") as s:
                 aid = text(await s.call_tool("log_event", {"activity": "opened_app"}))

@@ -1,7 +1,8 @@
 """Types of the Rust extension ``activitybi._core``."""
 
+from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Generic, TypeVar
 
 __version__: str
 
@@ -34,9 +35,7 @@ class Queue:
     ) -> None: ...
     def append(self, event: Mapping[str, Any] | bytes, *, durable: bool = False) -> str:
         """Write one event; fill ``activity_id`` and ``ts`` when absent; return the id."""
-    def append_many(
-        self, events: Iterable[Mapping[str, Any] | bytes], *, durable: bool = False
-    ) -> list[str]:
+    def append_many(self, events: Iterable[Mapping[str, Any] | bytes], *, durable: bool = False) -> list[str]:
         """Write a batch with one copy; all or nothing."""
     def stats(self) -> dict[str, int]:
         """``appended``, ``bytes``, ``rotations``, ``fsyncs``, ``rejected`` (this instance)
@@ -62,7 +61,11 @@ class QueueReader:
     def acked(self) -> Checkpoint:
         """The acknowledged checkpoint stored in the directory."""
     def read(
-        self, checkpoint: Checkpoint | None = None, *, max_lines: int = 10_000, max_bytes: int = 8 * 1024 * 1024
+        self,
+        checkpoint: Checkpoint | None = None,
+        *,
+        max_lines: int = 10_000,
+        max_bytes: int = 8 * 1024 * 1024,
     ) -> tuple[list[bytes], Checkpoint]:
         """Complete lines after ``checkpoint`` (default: the acknowledged one), in a stable
         order (segments by name, then offset), without their newline; and the checkpoint

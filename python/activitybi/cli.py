@@ -21,13 +21,23 @@ def main() -> None:
 @click.option("--http", is_flag=True, help="Serve streamable HTTP instead of stdio.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True)
-@click.option("--tokens", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help='HTTP: a JSON file {"<bearer token>": "<customer>"} (or ACTIVITYBI_TOKENS).')
+@click.option(
+    "--tokens",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='HTTP: a JSON file {"<bearer token>": "<customer>"} (or ACTIVITYBI_TOKENS).',
+)
 @click.option("--stateless", is_flag=True, help="HTTP: no sessions (any request may go anywhere).")
 @click.option("--customer", help="stdio: who this is (default ACTIVITYBI_CUSTOMER, else the user).")
 @click.option("--metrics-port", type=int, help="stdio: serve Prometheus metrics on this port.")
-def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool,
-          customer: str | None, metrics_port: int | None) -> None:
+def serve(
+    http: bool,
+    host: str,
+    port: int,
+    tokens: Path | None,
+    stateless: bool,
+    customer: str | None,
+    metrics_port: int | None,
+) -> None:
     """Run the MCP server (stdio for Claude Desktop, or --http)."""
     handshake = None
     if not http:  # answer `initialize` before the SDK is even imported
@@ -37,8 +47,11 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
     import logging
     import sys
 
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
-                        format="activitybi %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.WARNING,
+        format="activitybi %(levelname)s %(name)s: %(message)s",
+    )
     from activitybi import server
     from activitybi.warehouse_owner import OwnerSupervisor
 
@@ -80,14 +93,20 @@ def serve(http: bool, host: str, port: int, tokens: Path | None, stateless: bool
 
 
 @main.command("install-claude")
-@click.option("--customer", envvar="ACTIVITYBI_CUSTOMER",
-              help="Who this is; an email is fine (default ACTIVITYBI_CUSTOMER, else the user).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="The Claude Desktop config file (default: this platform's).")
+@click.option(
+    "--customer",
+    envvar="ACTIVITYBI_CUSTOMER",
+    help="Who this is; an email is fine (default ACTIVITYBI_CUSTOMER, else the user).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The Claude Desktop config file (default: this platform's).",
+)
 @click.option("--name", default="activitybi", show_default=True, help="The key under mcpServers.")
 @click.option("--print", "print_only", is_flag=True, help="Show the entry as JSON; change nothing.")
-def install_claude(customer: str | None, config_path: Path | None, name: str,
-                   print_only: bool) -> None:
+def install_claude(customer: str | None, config_path: Path | None, name: str, print_only: bool) -> None:
     """Add (or update) this server in Claude Desktop's config, keeping every other entry."""
     import getpass
 
@@ -101,8 +120,10 @@ def install_claude(customer: str | None, config_path: Path | None, name: str,
         click.echo(snippet(entry, name), nl=False)
         click.echo(f"(goes under mcpServers in {path})", err=True)
         return
-    click.echo(f"{path}: mcpServers.{name} runs {entry['command']} {' '.join(entry['args'])} "
-               f"as {entry['env']['ACTIVITYBI_CUSTOMER']}; restart Claude Desktop to load it.")
+    click.echo(
+        f"{path}: mcpServers.{name} runs {entry['command']} {' '.join(entry['args'])} "
+        f"as {entry['env']['ACTIVITYBI_CUSTOMER']}; restart Claude Desktop to load it."
+    )
 
 
 @main.command()
@@ -159,8 +180,12 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
     show = not quiet and console.is_terminal
     try:
         with Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, disable=not show,
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not show,
         ) as bar:
             task = bar.add_task("uploading", total=up.pending())
 
@@ -201,8 +226,11 @@ def demo(events: int) -> None:
     console = Console()
     qdir = config.queue_dir()
     batch = [
-        {"activity": "called_tool", "customer": "demo@example.com",
-         "feature_json": {"tool": "demo", "latency_ms": 0.05, "outcome": "ok"}}
+        {
+            "activity": "called_tool",
+            "customer": "demo@example.com",
+            "feature_json": {"tool": "demo", "latency_ms": 0.05, "outcome": "ok"},
+        }
         for _ in range(1000)
     ]
     with Queue(str(qdir), max_pending=max(100_000, events * 2)) as q:
@@ -219,8 +247,7 @@ def demo(events: int) -> None:
     loaded = up.drain()
     uploaded = time.perf_counter() - start
     up.close()
-    rows = wh.execute(
-        "SELECT activity, count(*) FROM claude_stream GROUP BY 1 ORDER BY 2 DESC").rows
+    rows = wh.execute("SELECT activity, count(*) FROM claude_stream GROUP BY 1 ORDER BY 2 DESC").rows
     wh.close()
     table = Table(title=f"activitybi {__version__}: queue → DuckDB demo")
     table.add_column("figure")

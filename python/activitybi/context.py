@@ -43,13 +43,20 @@ class InsightSeries:
 
     def summary(self, since: str) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "subject": self.subject, "metric": self.metric, "latest": self.latest,
-            "latest_at": self.latest_at, "count": self.count,
+            "subject": self.subject,
+            "metric": self.metric,
+            "latest": self.latest,
+            "latest_at": self.latest_at,
+            "count": self.count,
         }
         window = [v for at, v in self.numbers if at >= since]
         if window:
-            out.update(min=min(window), max=max(window), avg=sum(window) / len(window),
-                       window_count=len(window))
+            out.update(
+                min=min(window),
+                max=max(window),
+                avg=sum(window) / len(window),
+                window_count=len(window),
+            )
         return out
 
 
@@ -113,7 +120,11 @@ def trim(context: dict[str, Any], max_bytes: int) -> bytes:
     ctx = {**context, "truncated": True, "insights": list(context.get("insights", []))}
     activity = dict(ctx.get("activity") or {})
     ctx["activity"] = activity
-    lists = [ctx["insights"], activity.setdefault("top_activities", []), activity.setdefault("tools", [])]
+    lists = [
+        ctx["insights"],
+        activity.setdefault("top_activities", []),
+        activity.setdefault("tools", []),
+    ]
     prefs = dict(ctx.get("preferences") or {})
     ctx["preferences"] = prefs
     while len(payload := orjson.dumps(ctx)) > max_bytes:

@@ -126,15 +126,20 @@ class Handshake:
         if isinstance(message, dict) and message.get("method") == "initialize" and "id" in message:
             params = message.get("params") or {}
             self.request_id = message["id"]
-            self.answer = {"jsonrpc": "2.0", "id": self.request_id,
-                           "result": initialize_result(params.get("protocolVersion"))}
+            self.answer = {
+                "jsonrpc": "2.0",
+                "id": self.request_id,
+                "result": initialize_result(params.get("protocolVersion")),
+            }
             self.wire_out.write(orjson.dumps(self.answer) + b"\n")
 
     def _check(self, sdk_answer: dict[str, Any]) -> None:
         if self.answer is not None and sdk_answer != self.answer:
             self.mismatch = orjson.dumps(sdk_answer).decode()
-            print(f"activitybi: fast initialize answer differs from the SDK's: {self.mismatch}",
-                  file=sys.stderr)
+            print(
+                f"activitybi: fast initialize answer differs from the SDK's: {self.mismatch}",
+                file=sys.stderr,
+            )
 
     def streams(self) -> tuple[ReplayReader, AnswerDropper]:
         """(stdin, stdout) text files for the SDK's `stdio_server`."""

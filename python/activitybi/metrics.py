@@ -48,13 +48,25 @@ class _Read(Collector):
 class ServerMetrics:
     """A server process: tool latency and errors, its queue, its cache tiers."""
 
-    def __init__(self, queue_stats: Callable[[], dict[str, int]],
-                 cache_stats: Callable[[], dict[str, dict[str, int]]]) -> None:
+    def __init__(
+        self,
+        queue_stats: Callable[[], dict[str, int]],
+        cache_stats: Callable[[], dict[str, dict[str, int]]],
+    ) -> None:
         self.registry = CollectorRegistry()
-        self.latency = Histogram("activitybi_tool_latency_seconds", "Tool call latency",
-                                 ["tool"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.errors = Counter("activitybi_tool_errors_total", "Tool calls that failed", ["tool"],
-                              registry=self.registry)
+        self.latency = Histogram(
+            "activitybi_tool_latency_seconds",
+            "Tool call latency",
+            ["tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "activitybi_tool_errors_total",
+            "Tool calls that failed",
+            ["tool"],
+            registry=self.registry,
+        )
         self.queue_stats = queue_stats
         self.cache_stats = cache_stats
         self.calls = 0
@@ -72,18 +84,23 @@ class ServerMetrics:
 
     def _read(self) -> Iterator[Metric]:
         q = self.queue_stats()
-        for name, key, doc in (("appended", "appended", "Events appended by this process"),
-                               ("rejected", "rejected", "Events refused (invalid, too large, queue full)"),
-                               ("fsyncs", "fsyncs", "fdatasync calls")):
+        for name, key, doc in (
+            ("appended", "appended", "Events appended by this process"),
+            ("rejected", "rejected", "Events refused (invalid, too large, queue full)"),
+            ("fsyncs", "fsyncs", "fdatasync calls"),
+        ):
             yield CounterMetricFamily(f"activitybi_queue_{name}", doc, value=q[key])
-        yield GaugeMetricFamily("activitybi_queue_pending", "Events not yet uploaded (all processes)",
-                                value=q["pending"])
-        yield GaugeMetricFamily("activitybi_queue_bytes", "Bytes appended by this process",
-                                value=q["bytes"])
+        yield GaugeMetricFamily(
+            "activitybi_queue_pending",
+            "Events not yet uploaded (all processes)",
+            value=q["pending"],
+        )
+        yield GaugeMetricFamily("activitybi_queue_bytes", "Bytes appended by this process", value=q["bytes"])
         hits = CounterMetricFamily("activitybi_cache_hits", "Context cache hits", labels=["tier"])
         misses = CounterMetricFamily("activitybi_cache_misses", "Context cache misses", labels=["tier"])
-        skipped = CounterMetricFamily("activitybi_cache_unavailable", "Redis calls skipped or failed",
-                                      labels=["tier"])
+        skipped = CounterMetricFamily(
+            "activitybi_cache_unavailable", "Redis calls skipped or failed", labels=["tier"]
+        )
         for tier, s in self.cache_stats().items():
             hits.add_metric([tier], s.get("hits", 0))
             misses.add_metric([tier], s.get("misses", 0))
@@ -94,10 +111,16 @@ class ServerMetrics:
         yield skipped
 
     def status(self, source: str) -> dict[str, Any]:
-        return {"pid": os.getpid(), "source": source, "updated_at": time.time(),
-                "tool_calls": self.calls, "tool_errors": self.failures,
-                "last_errors": list(self.last_errors), "queue": self.queue_stats(),
-                "cache": self.cache_stats()}
+        return {
+            "pid": os.getpid(),
+            "source": source,
+            "updated_at": time.time(),
+            "tool_calls": self.calls,
+            "tool_errors": self.failures,
+            "last_errors": list(self.last_errors),
+            "queue": self.queue_stats(),
+            "cache": self.cache_stats(),
+        }
 
 
 class OwnerMetrics:
@@ -110,17 +133,20 @@ class OwnerMetrics:
 
     def _read(self) -> Iterator[Metric]:
         s = self.stats()
-        for key, doc in (("loaded", "Events loaded into the warehouse"),
-                         ("duplicates", "Events skipped as already loaded"),
-                         ("quarantined", "Lines moved to quarantine"),
-                         ("retries", "Warehouse retries after transient failures"),
-                         ("drifted", "Events loaded under the schema-drift rule")):
+        for key, doc in (
+            ("loaded", "Events loaded into the warehouse"),
+            ("duplicates", "Events skipped as already loaded"),
+            ("quarantined", "Lines moved to quarantine"),
+            ("retries", "Warehouse retries after transient failures"),
+            ("drifted", "Events loaded under the schema-drift rule"),
+        ):
             yield CounterMetricFamily(f"activitybi_uploader_{key}", doc, value=s[key])
-        yield GaugeMetricFamily("activitybi_uploader_lag_seconds",
-                                "Seconds since the uploader last had nothing left to load",
-                                value=s["lag_seconds"])
-        yield GaugeMetricFamily("activitybi_queue_pending", "Events not yet uploaded",
-                                value=s["pending"])
+        yield GaugeMetricFamily(
+            "activitybi_uploader_lag_seconds",
+            "Seconds since the uploader last had nothing left to load",
+            value=s["lag_seconds"],
+        )
+        yield GaugeMetricFamily("activitybi_queue_pending", "Events not yet uploaded", value=s["pending"])
 
 
 def serve_port(registry: CollectorRegistry, port: int) -> None:

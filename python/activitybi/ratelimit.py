@@ -37,8 +37,9 @@ class Bucket:
 
 
 class RateLimits:
-    def __init__(self, events_per_second: float | None = None,
-                 queries_per_minute: float | None = None) -> None:
+    def __init__(
+        self, events_per_second: float | None = None, queries_per_minute: float | None = None
+    ) -> None:
         eps = events_per_second or float(os.environ.get("ACTIVITYBI_EVENTS_PER_SECOND", 100))
         qpm = queries_per_minute or float(os.environ.get("ACTIVITYBI_QUERIES_PER_MINUTE", 30))
         self.limits = {

@@ -111,17 +111,34 @@ class Runtime:
             customers = [c for c in customers if c == self.stdio_customer]
         return self.context.warm(customers)
 
-    def record_tool_call(self, customer: str, tool: str, latency_ms: float, outcome: str,
-                         error: str | None, session: str | None) -> None:
+    def record_tool_call(
+        self,
+        customer: str,
+        tool: str,
+        latency_ms: float,
+        outcome: str,
+        error: str | None,
+        session: str | None,
+    ) -> None:
         """Logs a tool call as a `called_tool` activity (never failing the call itself)."""
         self.metrics.observe(tool, latency_ms, None if outcome == "ok" else (error or outcome))
-        features: dict[str, Any] = {"tool": tool, "latency_ms": round(latency_ms, 3), "outcome": outcome}
+        features: dict[str, Any] = {
+            "tool": tool,
+            "latency_ms": round(latency_ms, 3),
+            "outcome": outcome,
+        }
         if error:
             features["error"] = error
         try:
-            self.queue.append({"activity": "called_tool", "customer": customer,
-                               "feature_json": features, "_session_id": session or self.session_id,
-                               "_source": self.source})
+            self.queue.append(
+                {
+                    "activity": "called_tool",
+                    "customer": customer,
+                    "feature_json": features,
+                    "_session_id": session or self.session_id,
+                    "_source": self.source,
+                }
+            )
         except Exception:
             log.exception("could not log a tool call")
 
@@ -183,57 +200,108 @@ def _forbid_extra_arguments(server: MCPServer) -> None:
 
 
 def build(rt: Runtime, **server_options: Any) -> MCPServer:
-    mcp = MCPServer(SERVER_NAME, instructions=INSTRUCTIONS, version=__version__,
-                    middleware=[ToolCallLogger(rt)], **server_options)
+    mcp = MCPServer(
+        SERVER_NAME,
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        middleware=[ToolCallLogger(rt)],
+        **server_options,
+    )
 
     @mcp.tool(structured_output=False)
     async def log_event(
-        activity: Annotated[str, Field(pattern=ACTIVITY_NAME, max_length=100, description=(
-            "What happened, verb_noun from the user's view: asked_question, received_answer, "
-            "ran_query, edited_file."))],
-        feature_json: Annotated[dict[str, Any] | None, Field(description=(
-            "Details of the step as a JSON object."))] = None,
+        activity: Annotated[
+            str,
+            Field(
+                pattern=ACTIVITY_NAME,
+                max_length=100,
+                description=(
+                    "What happened, verb_noun from the user's view: asked_question, received_answer, "
+                    "ran_query, edited_file."
+                ),
+            ),
+        ],
+        feature_json: Annotated[
+            dict[str, Any] | None, Field(description=("Details of the step as a JSON object."))
+        ] = None,
         link: Annotated[str | None, Field(max_length=2048, description="A URL the step refers to.")] = None,
-        revenue_impact: Annotated[float | None, Field(allow_inf_nan=False, description=(
-            "Money this step made or cost, if known."))] = None,
-        anonymous_customer_id: Annotated[str | None, Field(max_length=256, description=(
-            "An identifier for an unidentified visitor."))] = None,
-        activity_id: Annotated[str | None, Field(pattern=ID_PATTERN, description=(
-            "Give the same id when retrying, so the event is stored once."))] = None,
+        revenue_impact: Annotated[
+            float | None,
+            Field(allow_inf_nan=False, description=("Money this step made or cost, if known.")),
+        ] = None,
+        anonymous_customer_id: Annotated[
+            str | None,
+            Field(max_length=256, description=("An identifier for an unidentified visitor.")),
+        ] = None,
+        activity_id: Annotated[
+            str | None,
+            Field(
+                pattern=ID_PATTERN,
+                description=("Give the same id when retrying, so the event is stored once."),
+            ),
+        ] = None,
         model: Annotated[str | None, Field(max_length=200, description="The model of this exchange.")] = None,
         input_tokens: Annotated[int | None, Field(ge=0, description="Input tokens of this exchange.")] = None,
-        output_tokens: Annotated[int | None, Field(ge=0, description="Output tokens of this exchange.")] = None,
-        cost_usd: Annotated[float | None, Field(ge=0, allow_inf_nan=False, description=(
-            "Cost of this exchange in US dollars."))] = None,
+        output_tokens: Annotated[
+            int | None, Field(ge=0, description="Output tokens of this exchange.")
+        ] = None,
+        cost_usd: Annotated[
+            float | None,
+            Field(ge=0, allow_inf_nan=False, description=("Cost of this exchange in US dollars.")),
+        ] = None,
     ) -> str:
         """Record one step of the conversation; returns its activity_id at once."""
         features = dict(feature_json or {})
-        for key, value in (("model", model), ("input_tokens", input_tokens),
-                           ("output_tokens", output_tokens), ("cost_usd", cost_usd)):
+        for key, value in (
+            ("model", model),
+            ("input_tokens", input_tokens),
+            ("output_tokens", output_tokens),
+            ("cost_usd", cost_usd),
+        ):
             if value is not None:
                 features[key] = value
         customer = rt.customer()
         rt.limit("log_event", customer)
-        event: dict[str, Any] = {"activity": activity, "customer": customer,
-                                 "_session_id": rt.session_id, "_source": rt.source}
+        event: dict[str, Any] = {
+            "activity": activity,
+            "customer": customer,
+            "_session_id": rt.session_id,
+            "_source": rt.source,
+        }
         if features:
             event["feature_json"] = features
-        for key, value in (("link", link), ("revenue_impact", revenue_impact),
-                           ("anonymous_customer_id", anonymous_customer_id),
-                           ("activity_id", activity_id)):
+        for key, value in (
+            ("link", link),
+            ("revenue_impact", revenue_impact),
+            ("anonymous_customer_id", anonymous_customer_id),
+            ("activity_id", activity_id),
+        ):
             if value is not None:
                 event[key] = value
         return rt.append(event)
 
     @mcp.tool(structured_output=False)
     async def log_insight(
-        subject: Annotated[str, Field(min_length=1, max_length=200, description=(
-            "What the fact is about (a project, a habit; 'preferences' for preferences)."))],
+        subject: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=200,
+                description=("What the fact is about (a project, a habit; 'preferences' for preferences)."),
+            ),
+        ],
         metric: Annotated[str, Field(min_length=1, max_length=200, description="Which property.")],
-        value: Annotated[float | int | bool | str | dict[str, Any], Field(description=(
-            "The value; numbers get min/max/avg over time in get_context."))],
-        provenance_query_hash: Annotated[str | None, Field(pattern=r"^[0-9a-fA-F]{8,128}$", description=(
-            "Hash of the query the fact came from, if any."))] = None,
+        value: Annotated[
+            float | int | bool | str | dict[str, Any],
+            Field(description=("The value; numbers get min/max/avg over time in get_context.")),
+        ],
+        provenance_query_hash: Annotated[
+            str | None,
+            Field(
+                pattern=r"^[0-9a-fA-F]{8,128}$",
+                description=("Hash of the query the fact came from, if any."),
+            ),
+        ] = None,
     ) -> str:
         """Remember a durable fact about this user; returns its atom_id. The next
         get_context shows it, in this and every other session."""
@@ -247,16 +315,30 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
             features["provenance_query_hash"] = provenance_query_hash
         atom_id = ulid()
         ts = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
-        rt.append({"activity": "learned_insight", "activity_id": atom_id, "ts": ts + "Z",
-                   "customer": customer, "feature_json": features,
-                   "_session_id": rt.session_id, "_source": rt.source})
+        rt.append(
+            {
+                "activity": "learned_insight",
+                "activity_id": atom_id,
+                "ts": ts + "Z",
+                "customer": customer,
+                "feature_json": features,
+                "_session_id": rt.session_id,
+                "_source": rt.source,
+            }
+        )
         rt.journal.append(customer, {"atom_id": atom_id, "customer_id": customer, "ts": ts, **features})
         return atom_id
 
     @mcp.tool(structured_output=False)
     async def get_context(
-        max_bytes: Annotated[int | None, Field(ge=256, le=16 * 1024 * 1024, description=(
-            "Trim whole items until the JSON fits in this many bytes."))] = None,
+        max_bytes: Annotated[
+            int | None,
+            Field(
+                ge=256,
+                le=16 * 1024 * 1024,
+                description=("Trim whole items until the JSON fits in this many bytes."),
+            ),
+        ] = None,
     ) -> str:
         """What is known about this user, as JSON: recent activity, insights with their
         latest value and min/max/avg over 30 days, preferences. Call it first."""
@@ -269,12 +351,18 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
 
     @mcp.tool(structured_output=False)
     async def submit_query(
-        template: Annotated[str, Field(max_length=100, description=(
-            "A template name from list_query_templates."))],
-        params: Annotated[dict[str, Any] | None, Field(description=(
-            "The template's parameters."))] = None,
-        byte_cap: Annotated[int | None, Field(ge=1024, le=16 * 1024 * 1024, description=(
-            "Largest result in bytes; past it a sample of whole rows comes back."))] = None,
+        template: Annotated[
+            str, Field(max_length=100, description=("A template name from list_query_templates."))
+        ],
+        params: Annotated[dict[str, Any] | None, Field(description=("The template's parameters."))] = None,
+        byte_cap: Annotated[
+            int | None,
+            Field(
+                ge=1024,
+                le=16 * 1024 * 1024,
+                description=("Largest result in bytes; past it a sample of whole rows comes back."),
+            ),
+        ] = None,
     ) -> str:
         """Start a query on this user's data; returns a ticket at once. Read it with
         get_query_result."""
@@ -312,10 +400,15 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         found = _ticket(ticket)
         if found.status not in FINAL:
             rt.tickets.cancel(found.ticket_id)
-        return orjson.dumps({"ticket": found.ticket_id, "cancel_requested": found.status not in FINAL}).decode()
+        return orjson.dumps(
+            {"ticket": found.ticket_id, "cancel_requested": found.status not in FINAL}
+        ).decode()
 
-    @mcp.resource("context://me", mime_type="application/json",
-                  description="This user's context, as get_context returns it.")
+    @mcp.resource(
+        "context://me",
+        mime_type="application/json",
+        description="This user's context, as get_context returns it.",
+    )
     async def context_resource() -> str:
         return rt.context.get(rt.customer()).decode()
 
@@ -343,8 +436,9 @@ def load_tokens(path: Path | None) -> dict[str, str]:
     """Bearer token → customer, from a JSON object file or `ACTIVITYBI_TOKENS`."""
     raw = path.read_bytes() if path else os.environ.get("ACTIVITYBI_TOKENS", "").encode()
     if not raw:
-        raise SystemExit("HTTP needs tokens: --tokens FILE or ACTIVITYBI_TOKENS, a JSON object "
-                         '{"<token>": "<customer>"}')
+        raise SystemExit(
+            'HTTP needs tokens: --tokens FILE or ACTIVITYBI_TOKENS, a JSON object {"<token>": "<customer>"}'
+        )
     tokens = orjson.loads(raw)
     if not isinstance(tokens, dict) or not all(isinstance(v, str) and v for v in tokens.values()):
         raise SystemExit("tokens must be a JSON object of token to customer")
@@ -365,8 +459,11 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
                 return None
             return AccessToken(token=token, client_id=customer, scopes=[], subject=customer)
 
-    server = build(rt, token_verifier=TokenCustomers(), auth=AuthSettings(
-        issuer_url=AnyHttpUrl("https://auth.invalid"), resource_server_url=None))
+    server = build(
+        rt,
+        token_verifier=TokenCustomers(),
+        auth=AuthSettings(issuer_url=AnyHttpUrl("https://auth.invalid"), resource_server_url=None),
+    )
 
     @server.custom_route("/metrics", methods=["GET"])  # type: ignore[untyped-decorator]
     async def metrics(request: Any) -> Any:

@@ -60,8 +60,10 @@ def show(home: Path, console: Console | None = None) -> None:
         up.add_row("pid / warehouse", f"{owner['pid']} / {owner.get('warehouse')}")
         up.add_row("lag", f"{owner['lag_seconds']:.1f} s")
         up.add_row("loaded / duplicates", f"{owner['loaded']:,} / {owner['duplicates']:,}")
-        up.add_row("retries / quarantined / drifted",
-                   f"{owner['retries']:,} / {owner['quarantined']:,} / {owner['drifted']:,}")
+        up.add_row(
+            "retries / quarantined / drifted",
+            f"{owner['retries']:,} / {owner['quarantined']:,} / {owner['drifted']:,}",
+        )
         up.add_row("last commit", _ago(owner.get("last_commit")))
         up.add_row("last error", owner.get("last_error") or "none")
         for table, n in (owner.get("rows") or {}).items():
@@ -69,7 +71,15 @@ def show(home: Path, console: Console | None = None) -> None:
     console.print(up)
 
     srv = Table(title="servers")
-    for col in ("pid", "transport", "tool calls", "errors", "memory hit rate", "redis", "last error"):
+    for col in (
+        "pid",
+        "transport",
+        "tool calls",
+        "errors",
+        "memory hit rate",
+        "redis",
+        "last error",
+    ):
         srv.add_column(col)
     for s in servers:
         cache = s.get("cache", {})
@@ -78,11 +88,15 @@ def show(home: Path, console: Console | None = None) -> None:
         redis = cache.get("redis")
         last = s["last_errors"][-1] if s.get("last_errors") else None
         srv.add_row(
-            str(s["pid"]), s["source"], f"{s['tool_calls']:,}", f"{s['tool_errors']:,}",
+            str(s["pid"]),
+            s["source"],
+            f"{s['tool_calls']:,}",
+            f"{s['tool_errors']:,}",
             f"{mem.get('hits', 0) / looked:.0%}" if looked else "-",
             "off" if redis is None else f"{redis.get('hits', 0)} hits, {redis.get('errors', 0)} errors",
-            "-" if last is None else f"{dt.datetime.fromtimestamp(last['at']):%H:%M:%S} "
-            f"{last['tool']}: {last['error'][:60]}",
+            "-"
+            if last is None
+            else f"{dt.datetime.fromtimestamp(last['at']):%H:%M:%S} {last['tool']}: {last['error'][:60]}",
         )
     if not servers:
         srv.add_row("-", "no server running", "", "", "", "", "")

@@ -78,9 +78,14 @@ class TicketStore:
         """Validates (refusing before anything is written) and queues a query."""
         templates.get(template).bind(params, customer)
         ticket = Ticket(
-            ticket_id=ulid(), customer=customer, template=template, params=params,
-            params_hash=templates.params_hash(template, params), byte_cap=byte_cap,
-            query_tag=f"cdesk_{uuid.uuid4()}", submitted_at=_now(),
+            ticket_id=ulid(),
+            customer=customer,
+            template=template,
+            params=params,
+            params_hash=templates.params_hash(template, params),
+            byte_cap=byte_cap,
+            query_tag=f"cdesk_{uuid.uuid4()}",
+            submitted_at=_now(),
         )
         self.save(ticket)
         return ticket
@@ -131,13 +136,20 @@ def cap_rows(columns: list[str], rows: list[tuple[Any, ...]], byte_cap: int) -> 
     records = [dict(zip(columns, r, strict=True)) for r in rows]
     encoded = [orjson.dumps(r, default=str) for r in records]
     total = sum(len(e) + 1 for e in encoded) + 2
-    out: dict[str, Any] = {"columns": columns, "total_rows": len(rows), "byte_cap": byte_cap,
-                           "sampled": False}
+    out: dict[str, Any] = {
+        "columns": columns,
+        "total_rows": len(rows),
+        "byte_cap": byte_cap,
+        "sampled": False,
+    }
     if total <= byte_cap:
         out["rows"] = records
         return out
     overhead = len(orjson.dumps({**out, "rows": [], "sampled": True, "returned_rows": 0})) + 32
-    order = sorted(range(len(rows)), key=lambda i: hashlib.blake2b(i.to_bytes(8, "little"), digest_size=8).digest())
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: hashlib.blake2b(i.to_bytes(8, "little"), digest_size=8).digest(),
+    )
     keep: list[int] = []
     used = overhead
     for i in order:
@@ -153,8 +165,14 @@ def cap_rows(columns: list[str], rows: list[tuple[Any, ...]], byte_cap: int) -> 
 class TicketExecutor(threading.Thread):
     """Runs queued tickets against the warehouse, one at a time, in the owner process."""
 
-    def __init__(self, store: TicketStore, warehouse: Warehouse, *, timeout_s: float = 60.0,
-                 poll: float = 0.05) -> None:
+    def __init__(
+        self,
+        store: TicketStore,
+        warehouse: Warehouse,
+        *,
+        timeout_s: float = 60.0,
+        poll: float = 0.05,
+    ) -> None:
         super().__init__(name="activitybi-tickets", daemon=True)
         self.store = store
         self.warehouse = warehouse
@@ -189,11 +207,19 @@ class TicketExecutor(threading.Thread):
         try:
             sql, values = templates.get(ticket.template).bind(ticket.params, ticket.customer)
             result: QueryResult = self.warehouse.run_query(
-                sql, values, timeout_s=self.timeout_s, query_tag=ticket.query_tag,
-                cancelled=lambda: self.store.cancel_requested(ticket.ticket_id), progress=progress)
+                sql,
+                values,
+                timeout_s=self.timeout_s,
+                query_tag=ticket.query_tag,
+                cancelled=lambda: self.store.cancel_requested(ticket.ticket_id),
+                progress=progress,
+            )
         except QueryStopped as e:
-            reason = (f"stopped: over the {self.timeout_s:g} s statement timeout"
-                      if e.reason == "timeout" else "cancelled while running")
+            reason = (
+                f"stopped: over the {self.timeout_s:g} s statement timeout"
+                if e.reason == "timeout"
+                else "cancelled while running"
+            )
             status = "failed" if e.reason == "timeout" else "cancelled"
             self._finish(ticket, status, reason, 0, 0, time.perf_counter() - start)
             return
@@ -207,15 +233,26 @@ class TicketExecutor(threading.Thread):
         ticket.progress = 100.0
         self._finish(ticket, "succeeded", None, len(result.rows), len(payload), time.perf_counter() - start)
 
-    def _finish(self, ticket: Ticket, status: str, error: str | None, rows: int, size: int,
-                seconds: float) -> None:
+    def _finish(
+        self, ticket: Ticket, status: str, error: str | None, rows: int, size: int, seconds: float
+    ) -> None:
         ticket.status, ticket.error, ticket.finished_at = status, error, _now()
         self.store.save(ticket)
         try:
             self.warehouse.execute(
                 "INSERT INTO query_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [ticket.ticket_id, ticket.customer, ticket.template, ticket.params_hash,
-                 ticket.query_tag, rows, size, round(seconds * 1000, 3), status,
-                 dt.datetime.now(dt.UTC).replace(tzinfo=None)])
+                [
+                    ticket.ticket_id,
+                    ticket.customer,
+                    ticket.template,
+                    ticket.params_hash,
+                    ticket.query_tag,
+                    rows,
+                    size,
+                    round(seconds * 1000, 3),
+                    status,
+                    dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                ],
+            )
         except Exception:
             log.exception("could not write the audit row of ticket %s", ticket.ticket_id)

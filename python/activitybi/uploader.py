@@ -15,9 +15,9 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 
@@ -112,11 +112,20 @@ class Uploader:
     def health(self) -> dict[str, object]:
         """Progress and health, for metrics and `activitybi status`."""
         s = self.stats
-        return {"pid": os.getpid(), "updated_at": time.time(), "pending": self.pending(),
-                "loaded": s.loaded, "duplicates": s.duplicates, "quarantined": s.quarantined,
-                "retries": s.retries, "drifted": s.drifted, "batches": s.batches,
-                "last_error": s.last_error, "last_commit": s.last_commit,
-                "lag_seconds": time.time() - self._caught_up_at if self._behind else 0.0}
+        return {
+            "pid": os.getpid(),
+            "updated_at": time.time(),
+            "pending": self.pending(),
+            "loaded": s.loaded,
+            "duplicates": s.duplicates,
+            "quarantined": s.quarantined,
+            "retries": s.retries,
+            "drifted": s.drifted,
+            "batches": s.batches,
+            "last_error": s.last_error,
+            "last_commit": s.last_commit,
+            "lag_seconds": time.time() - self._caught_up_at if self._behind else 0.0,
+        }
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         """Runs `fn` until it succeeds, backing off on transient warehouse failures."""
@@ -158,7 +167,9 @@ class Uploader:
         except DataError as e:
             if len(rows) <= 1:
                 self._quarantine([(f"warehouse refused: {e}", orjson.dumps(r.columns())) for r in rows])
-                return self._retrying("checkpoint", lambda: self.warehouse.load([], self.queue_id, checkpoint))
+                return self._retrying(
+                    "checkpoint", lambda: self.warehouse.load([], self.queue_id, checkpoint)
+                )
             half = len(rows) // 2
             return self._load(rows[:half], None) + self._load(rows[half:], checkpoint)
 
@@ -207,4 +218,3 @@ class Uploader:
 
     def close(self) -> None:
         self.reader.close()
-

@@ -38,13 +38,15 @@ def refresh_context(warehouse: Warehouse, snapshot_dir: Path) -> int:
     return len(rows)
 
 
-def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0,
-        parent: int | None = None) -> None:
+def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0, parent: int | None = None) -> None:
     """Uploads until stopped (or until `parent` exits); refreshes the context every
     `refresh_every` seconds when new rows came in, and at least every 5 minutes; runs
     the query tickets meanwhile."""
-    executor = TicketExecutor(TicketStore(home / "tickets"), uploader.warehouse,
-                              timeout_s=float(os.environ.get("ACTIVITYBI_QUERY_TIMEOUT", 60)))
+    executor = TicketExecutor(
+        TicketStore(home / "tickets"),
+        uploader.warehouse,
+        timeout_s=float(os.environ.get("ACTIVITYBI_QUERY_TIMEOUT", 60)),
+    )
     executor.start()
     try:
         _upload_and_refresh(uploader, home, refresh_every, parent)
@@ -53,8 +55,7 @@ def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0,
         executor.join()
 
 
-def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float,
-                        parent: int | None) -> None:
+def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float, parent: int | None) -> None:
     snapshot_dir, status_file = home / "context", status_dir(home) / "owner.json"
     last_refresh, fresh_rows, last_status = float("-inf"), True, 0.0
     rows: dict[str, int] = {}
@@ -69,8 +70,10 @@ def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float,
             last_refresh, fresh_rows = time.monotonic(), False
             rows = table_rows(uploader.warehouse)
         if time.monotonic() - last_status >= 1.0:
-            write_status(status_file, {**uploader.health(), "rows": rows,
-                                       "warehouse": uploader.warehouse.kind})
+            write_status(
+                status_file,
+                {**uploader.health(), "rows": rows, "warehouse": uploader.warehouse.kind},
+            )
             last_status = time.monotonic()
         if n == 0:
             uploader.stop.wait(0.02)
@@ -104,9 +107,18 @@ class OwnerSupervisor(threading.Thread):
         while not self.stop.is_set():
             if (self.child is None or self.child.poll() is not None) and self._free():
                 self.child = subprocess.Popen(
-                    [sys.executable, "-m", "activitybi", "upload", "--follow", "--quiet",
-                     "--parent", str(os.getpid())],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    [
+                        sys.executable,
+                        "-m",
+                        "activitybi",
+                        "upload",
+                        "--follow",
+                        "--quiet",
+                        "--parent",
+                        str(os.getpid()),
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
                 )
             self.stop.wait(self.retry_every)
 

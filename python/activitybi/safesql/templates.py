@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 
-
 _PLACEHOLDER = re.compile(r"\$([a-z_]+)")
 """A named value in a template's SQL (`$since`); bound, never formatted."""
 
@@ -71,8 +70,12 @@ class Param:
         raise AssertionError(self.type)
 
     def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "type": self.type, "description": self.description,
-                               "required": self.required}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": self.type,
+            "description": self.description,
+            "required": self.required,
+        }
         for key in ("default", "minimum", "maximum", "pattern"):
             if (v := getattr(self, key)) is not None:
                 out[key] = v() if callable(v) else v
@@ -87,8 +90,7 @@ class Template:
     description: str
     params: tuple[Param, ...]
     sql: str = ""
-    build: Callable[[dict[str, Any], str], tuple[str, list[Any]]] | None = field(
-        default=None, compare=False)
+    build: Callable[[dict[str, Any], str], tuple[str, list[Any]]] | None = field(default=None, compare=False)
 
     def bind(self, raw: Mapping[str, Any], customer: str) -> tuple[str, list[Any]]:
         """(SQL text with `?` placeholders, bound values) for these parameters and this
@@ -100,16 +102,21 @@ class Template:
         return _PLACEHOLDER.sub("?", self.sql), [named[n] for n in _PLACEHOLDER.findall(self.sql)]
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description,
-                "params": [p.describe() for p in self.params]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "params": [p.describe() for p in self.params],
+        }
 
 
 def check_params(template: Template, raw: Mapping[str, Any]) -> dict[str, Any]:
     known = {p.name for p in template.params}
     extra = sorted(set(raw) - known)
     if extra:
-        raise TemplateError(f"template '{template.name}' takes no parameter {', '.join(map(repr, extra))}"
-                            f" (it takes: {', '.join(sorted(known)) or 'none'})")
+        raise TemplateError(
+            f"template '{template.name}' takes no parameter {', '.join(map(repr, extra))}"
+            f" (it takes: {', '.join(sorted(known)) or 'none'})"
+        )
     values: dict[str, Any] = {}
     for p in template.params:
         if p.name in raw and raw[p.name] is not None:
@@ -123,8 +130,9 @@ def check_params(template: Template, raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def params_hash(template: str, params: Mapping[str, Any]) -> str:
     """A stable hash of what was asked (for the audit log and the provenance of insights)."""
-    canonical = orjson.dumps({"template": template, "params": params},
-                             option=orjson.OPT_SORT_KEYS, default=str)
+    canonical = orjson.dumps(
+        {"template": template, "params": params}, option=orjson.OPT_SORT_KEYS, default=str
+    )
     return hashlib.sha256(canonical).hexdigest()
 
 
@@ -146,86 +154,109 @@ def _dataset(values: dict[str, Any], customer: str) -> tuple[str, list[Any]]:
         raise TemplateError(f"parameter 'spec': {e}") from None
 
 
-TEMPLATES: dict[str, Template] = {t.name: t for t in (
-    Template(
-        "activity_counts", "Events per activity since a date, with the first and last time each happened.",
-        (SINCE,),
-        f"""SELECT activity, count(*) AS events, min(ts) AS first_at, max(ts) AS last_at
+TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in (
+        Template(
+            "activity_counts",
+            "Events per activity since a date, with the first and last time each happened.",
+            (SINCE,),
+            f"""SELECT activity, count(*) AS events, min(ts) AS first_at, max(ts) AS last_at
 FROM claude_stream WHERE {MINE} AND ts >= $since
 GROUP BY activity ORDER BY events DESC, activity""",
-    ),
-    Template(
-        "usage_by_day", "Events, sessions and distinct activities per day.",
-        (SINCE,),
-        f"""SELECT CAST(ts AS DATE) AS day, count(*) AS events,
+        ),
+        Template(
+            "usage_by_day",
+            "Events, sessions and distinct activities per day.",
+            (SINCE,),
+            f"""SELECT CAST(ts AS DATE) AS day, count(*) AS events,
        count(DISTINCT _session_id) AS sessions, count(DISTINCT activity) AS activities
 FROM claude_stream WHERE {MINE} AND ts >= $since
 GROUP BY day ORDER BY day""",
-    ),
-    Template(
-        "tool_latency", "Tool calls by tool: count, p50/p95 latency in ms, error rate.",
-        (SINCE,),
-        f"""SELECT feature_json->>'tool' AS tool, count(*) AS calls,
+        ),
+        Template(
+            "tool_latency",
+            "Tool calls by tool: count, p50/p95 latency in ms, error rate.",
+            (SINCE,),
+            f"""SELECT feature_json->>'tool' AS tool, count(*) AS calls,
        round(quantile_cont(TRY_CAST(feature_json->>'latency_ms' AS DOUBLE), 0.5), 3) AS p50_ms,
        round(quantile_cont(TRY_CAST(feature_json->>'latency_ms' AS DOUBLE), 0.95), 3) AS p95_ms,
        round(avg(CASE WHEN feature_json->>'outcome' = 'ok' THEN 0 ELSE 1 END), 4) AS error_rate
 FROM claude_stream WHERE {MINE} AND activity = 'called_tool' AND ts >= $since
 GROUP BY tool ORDER BY calls DESC, tool""",
-    ),
-    Template(
-        "sessions", "Sessions, newest first: start, end, events, tool calls.",
-        (SINCE, LIMIT),
-        f"""SELECT _session_id AS session_id, min(ts) AS started_at, max(ts) AS ended_at,
+        ),
+        Template(
+            "sessions",
+            "Sessions, newest first: start, end, events, tool calls.",
+            (SINCE, LIMIT),
+            f"""SELECT _session_id AS session_id, min(ts) AS started_at, max(ts) AS ended_at,
        count(*) AS events, count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls
 FROM claude_stream WHERE {MINE} AND ts >= $since AND _session_id IS NOT NULL
 GROUP BY _session_id ORDER BY started_at DESC, session_id LIMIT $limit""",
-    ),
-    Template(
-        "cost_by_model", "Exchanges, tokens and cost by model (feature_json model, input_tokens, "
-        "output_tokens, cost_usd).",
-        (SINCE,),
-        f"""SELECT feature_json->>'model' AS model, count(*) AS exchanges,
+        ),
+        Template(
+            "cost_by_model",
+            "Exchanges, tokens and cost by model (feature_json model, input_tokens, "
+            "output_tokens, cost_usd).",
+            (SINCE,),
+            f"""SELECT feature_json->>'model' AS model, count(*) AS exchanges,
        sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT)) AS input_tokens,
        sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT)) AS output_tokens,
        round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE)), 6) AS cost_usd
 FROM claude_stream WHERE {MINE} AND ts >= $since AND feature_json->>'model' IS NOT NULL
 GROUP BY model ORDER BY cost_usd DESC NULLS LAST, model""",
-    ),
-    Template(
-        "cost_by_session", "Tokens and cost by session, costliest first.",
-        (SINCE, LIMIT),
-        f"""SELECT _session_id AS session_id, count(*) AS exchanges,
+        ),
+        Template(
+            "cost_by_session",
+            "Tokens and cost by session, costliest first.",
+            (SINCE, LIMIT),
+            f"""SELECT _session_id AS session_id, count(*) AS exchanges,
        sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT)) AS input_tokens,
        sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT)) AS output_tokens,
        round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE)), 6) AS cost_usd
 FROM claude_stream WHERE {MINE} AND ts >= $since AND feature_json->>'cost_usd' IS NOT NULL
 GROUP BY session_id ORDER BY cost_usd DESC NULLS LAST, session_id LIMIT $limit""",
-    ),
-    Template(
-        "insight_history", "Every value an insight took, newest first.",
-        (Param("subject", "str", "The insight's subject.", required=True),
-         Param("metric", "str", "The insight's metric.", required=True), SINCE, LIMIT),
-        """SELECT ts, value, provenance_query_hash, atom_id
+        ),
+        Template(
+            "insight_history",
+            "Every value an insight took, newest first.",
+            (
+                Param("subject", "str", "The insight's subject.", required=True),
+                Param("metric", "str", "The insight's metric.", required=True),
+                SINCE,
+                LIMIT,
+            ),
+            """SELECT ts, value, provenance_query_hash, atom_id
 FROM insight_atoms WHERE customer_id = $customer AND subject = $subject AND metric = $metric
   AND ts >= $since
 ORDER BY ts DESC, atom_id LIMIT $limit""",
-    ),
-    Template(
-        "dataset", "ActivitySchema v2.0 dataset: a cohort activity with appended activities by "
-        "relationship (first_ever, last_ever, nth_ever, first_before, last_before, nth_before, "
-        "first_after, last_after, nth_after, first_in_between, last_in_between, nth_in_between, "
-        "aggregate_all_ever, aggregate_before, aggregate_after, aggregate_in_between). Cohort rows "
-        "are never dropped or duplicated by an append.",
-        (Param("spec", "json", "{cohort: {activity, occurrence: all|first|last|nth, nth?, filters, "
-               "columns}, appends: [{activity, relationship, nth?, filters, columns}]}", required=True),),
-        build=_dataset,
-    ),
-)}
+        ),
+        Template(
+            "dataset",
+            "ActivitySchema v2.0 dataset: a cohort activity with appended activities by "
+            "relationship (first_ever, last_ever, nth_ever, first_before, last_before, nth_before, "
+            "first_after, last_after, nth_after, first_in_between, last_in_between, nth_in_between, "
+            "aggregate_all_ever, aggregate_before, aggregate_after, aggregate_in_between). Cohort rows "
+            "are never dropped or duplicated by an append.",
+            (
+                Param(
+                    "spec",
+                    "json",
+                    "{cohort: {activity, occurrence: all|first|last|nth, nth?, filters, "
+                    "columns}, appends: [{activity, relationship, nth?, filters, columns}]}",
+                    required=True,
+                ),
+            ),
+            build=_dataset,
+        ),
+    )
+}
 
 
 def get(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise TemplateError(f"no template '{name}'; the templates are: "
-                            f"{', '.join(sorted(TEMPLATES))}") from None
+        raise TemplateError(
+            f"no template '{name}'; the templates are: {', '.join(sorted(TEMPLATES))}"
+        ) from None

@@ -48,9 +48,7 @@ class Warehouse(Protocol):
     def init(self) -> list[str]:
         """Applies every DDL file of this backend (idempotent); returns their names."""
 
-    def load(
-        self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None
-    ) -> int:
+    def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int:
         """Inserts the rows whose activity_id is new (and the insight atoms among them)
         and stores `checkpoint` (when given) for `queue_id`, atomically. Returns rows
         inserted."""

@@ -32,7 +32,15 @@ from activitybi.warehouse import (
 )
 
 _STREAM_TYPES = {"ts": pa.timestamp("us"), "revenue_impact": pa.float64()}
-_ATOM_COLUMNS = ("atom_id", "customer_id", "subject", "metric", "value", "provenance_query_hash", "ts")
+_ATOM_COLUMNS = (
+    "atom_id",
+    "customer_id",
+    "subject",
+    "metric",
+    "value",
+    "provenance_query_hash",
+    "ts",
+)
 
 
 def _json(value: Any) -> str | None:
@@ -52,9 +60,7 @@ def _stream_table(rows: Sequence[StreamRow]) -> pa.Table:
         columns["link"].append(r.link)
         columns["_session_id"].append(r._session_id)
         columns["_source"].append(r._source)
-    return pa.table(
-        {c: pa.array(v, type=_STREAM_TYPES.get(c, pa.string())) for c, v in columns.items()}
-    )
+    return pa.table({c: pa.array(v, type=_STREAM_TYPES.get(c, pa.string())) for c, v in columns.items()})
 
 
 def _atom_table(atoms: list[dict[str, Any]]) -> pa.Table:
@@ -96,7 +102,9 @@ class DuckDBWarehouse:
             if rows:
                 con.register("_batch", _stream_table(rows))
                 cols = ", ".join(LOADED_COLUMNS)
-                result = con.execute(f"INSERT OR IGNORE INTO claude_stream ({cols}) SELECT {cols} FROM _batch")
+                result = con.execute(
+                    f"INSERT OR IGNORE INTO claude_stream ({cols}) SELECT {cols} FROM _batch"
+                )
                 inserted = int(result.fetchone()[0])  # type: ignore[index]
                 con.unregister("_batch")
             if atoms:
@@ -110,13 +118,16 @@ class DuckDBWarehouse:
                 con.unregister("_atoms")
             if checkpoint is not None:
                 con.execute(
-                    "INSERT OR REPLACE INTO _activitybi_checkpoints VALUES "
-                    "(?, ?, now() AT TIME ZONE 'UTC')",
+                    "INSERT OR REPLACE INTO _activitybi_checkpoints VALUES (?, ?, now() AT TIME ZONE 'UTC')",
                     [queue_id, orjson.dumps(checkpoint).decode()],
                 )
             con.commit()
-        except (duckdb.ConversionException, duckdb.ConstraintException,
-                duckdb.InvalidInputException, duckdb.OutOfRangeException) as e:
+        except (
+            duckdb.ConversionException,
+            duckdb.ConstraintException,
+            duckdb.InvalidInputException,
+            duckdb.OutOfRangeException,
+        ) as e:
             con.rollback()
             raise DataError(str(e)) from e
         except BaseException:
