@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
-import time
 from pathlib import Path
 
 import click
@@ -213,50 +213,52 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
 
 
 @main.command()
-@click.option("--events", default=100_000, show_default=True, help="Events to append.")
-def demo(events: int) -> None:
-    """Append events to the queue, load them into DuckDB, and show what happened."""
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to keep the demo's files (default: $ACTIVITYBI_HOME, else a new "
+    "temporary directory, so that your own data is never touched).",
+)
+def demo(home: Path | None) -> None:
+    """Spawn `activitybi serve` as Claude Desktop would, hold three conversations with it,
+    load DuckDB, and show the report."""
+    from activitybi.demo import DemoError, run
+
+    try:
+        run(home)
+    except DemoError as e:
+        raise click.ClickException(str(e)) from e
+
+
+@main.command()
+@click.option(
+    "--since", type=click.DateTime(formats=["%Y-%m-%d"]), help="First day included (UTC), YYYY-MM-DD."
+)
+@click.option("--customer", help="Only this customer (default: everyone on this machine).")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as one self-contained HTML page with charts.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON instead.")
+def report(since: dt.datetime | None, customer: str | None, html_path: Path | None, as_json: bool) -> None:
+    """Sessions, activities, tool latency and errors, cost by model and session, recent
+    insights, and the health of the queue and uploader (from the local DuckDB; while a
+    server's warehouse owner holds it, through query tickets that the owner runs)."""
+    import orjson
     from rich.console import Console
-    from rich.table import Table
 
-    from activitybi import Queue
-    from activitybi.uploader import Uploader
-    from activitybi.warehouse.duckdb import DuckDBWarehouse
+    from activitybi.report import WarehouseBusy, local_report, render_html, render_terminal
 
-    console = Console()
-    qdir = config.queue_dir()
-    batch = [
-        {
-            "activity": "called_tool",
-            "customer": "demo@example.com",
-            "feature_json": {"tool": "demo", "latency_ms": 0.05, "outcome": "ok"},
-        }
-        for _ in range(1000)
-    ]
-    with Queue(str(qdir), max_pending=max(100_000, events * 2)) as q:
-        start = time.perf_counter()
-        for _ in range(events // 1000):
-            q.append_many(batch)
-        q.append({"activity": "finished_demo", "customer": "demo@example.com"}, durable=True)
-        appended = time.perf_counter() - start
-        stats = q.stats()
-    wh = DuckDBWarehouse.open_default()
-    wh.init()
-    up = Uploader(qdir, wh)
-    start = time.perf_counter()
-    loaded = up.drain()
-    uploaded = time.perf_counter() - start
-    up.close()
-    rows = wh.execute("SELECT activity, count(*) FROM claude_stream GROUP BY 1 ORDER BY 2 DESC").rows
-    wh.close()
-    table = Table(title=f"activitybi {__version__}: queue → DuckDB demo")
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_row("events appended", f"{stats['appended']:,}")
-    table.add_row("append rate (events/s)", f"{stats['appended'] / appended:,.0f}")
-    table.add_row("events loaded into DuckDB", f"{loaded.loaded:,}")
-    table.add_row("load rate (events/s)", f"{loaded.read / uploaded:,.0f}")
-    for activity, n in rows:
-        table.add_row(f"rows of {activity}", f"{n:,}")
-    console.print(table)
-    console.print(f"queue: {qdir}\nwarehouse: {config.home() / 'warehouse.duckdb'}")
+    try:
+        data = local_report(since=since.date() if since else None, customer=customer)
+    except (WarehouseBusy, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        render_terminal(data, Console())
+    if html_path is not None:
+        html_path.write_text(render_html(data), encoding="utf-8")
+        Console(stderr=True).print(f"wrote {html_path}")

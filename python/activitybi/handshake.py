@@ -33,7 +33,8 @@ pass model, input_tokens, output_tokens and cost_usd when you know them.
 - Call log_insight when you learn a durable fact worth remembering (subject, metric, value); \
 use subject "preferences" for the user's preferences.
 - To answer questions about usage, call list_query_templates, then submit_query (it returns \
-a ticket at once) and get_query_result with that ticket until it has succeeded.
+a ticket at once) and get_query_result with that ticket until it has succeeded; \
+render_card draws a succeeded result as a chart the user sees.
 The user's identity comes from the connection; you never pass it."""
 
 CAPABILITIES: dict[str, Any] = {

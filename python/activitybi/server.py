@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TextIO, cast
+from typing import Annotated, Any, Literal, TextIO, cast
 
 import orjson
 from mcp.server.mcpserver import MCPServer
@@ -411,6 +411,36 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
     )
     async def context_resource() -> str:
         return rt.context.get(rt.customer()).decode()
+
+    from mcp.server.mcpserver import Image
+
+    from activitybi import cards
+    from activitybi.artifacts import ArtifactStore
+
+    artifacts = ArtifactStore.from_env()
+
+    @mcp.tool(structured_output=False)
+    async def render_card(
+        ticket: Annotated[
+            str, Field(max_length=64, description="A ticket from submit_query whose status is succeeded.")
+        ],
+        kind: Annotated[
+            Literal["auto", "bar", "line"],
+            Field(description="bar, line, or auto: a line over time, bars otherwise."),
+        ] = "auto",
+    ) -> list[Any]:
+        """Draw a finished query's result as a chart card (PNG with title, axes and the
+        data's provenance), shown inline; the card is also kept as an artifact."""
+        import anyio
+
+        customer = rt.customer()
+        try:
+            card = await anyio.to_thread.run_sync(
+                lambda: cards.card_for_ticket(rt.tickets, ticket, customer, kind=kind, store=artifacts)
+            )
+        except cards.CardError as e:
+            raise ToolError(str(e)) from None
+        return [orjson.dumps(card.info).decode(), Image(data=card.png, format="png")]
 
     _forbid_extra_arguments(mcp)
     return mcp

@@ -20,6 +20,7 @@ from pathlib import Path
 import orjson
 
 from activitybi import QueueReader
+from activitybi.artifacts import ArtifactStore, sync_to_warehouse
 from activitybi.context import write_snapshot
 from activitybi.metrics import status_dir, write_status
 from activitybi.tickets import TicketExecutor, TicketStore
@@ -67,6 +68,8 @@ def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float, pa
         age = time.monotonic() - last_refresh
         if (fresh_rows and age >= refresh_every) or age >= 300:
             refresh_context(uploader.warehouse, snapshot_dir)
+            ArtifactStore.from_env(home).expire()
+            sync_to_warehouse(uploader.warehouse, home)
             last_refresh, fresh_rows = time.monotonic(), False
             rows = table_rows(uploader.warehouse)
         if time.monotonic() - last_status >= 1.0:
