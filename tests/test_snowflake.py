@@ -204,8 +204,7 @@ def test_init_is_idempotent(live: FakeSnowServer) -> None:
             r[0].lower()
             for view in ("tables", "views")
             for r in w.execute(
-                f"SELECT table_name FROM information_schema.{view}"
-                " WHERE table_schema = 'ACTIVITYBI'"
+                f"SELECT table_name FROM information_schema.{view} WHERE table_schema = 'ACTIVITYBI'"
             ).rows
         }
         assert {
@@ -308,9 +307,7 @@ def test_governance_sql_text() -> None:
             assert table in customer_tables, table
     assert re.search(r"ALTER TABLE _activitybi_landing ADD ROW ACCESS POLICY", sql)
     # A resource monitor with a credit quota, on the warehouse the task runs on.
-    monitor = re.search(
-        r"CREATE RESOURCE MONITOR IF NOT EXISTS activitybi_monitor WITH(.*?);", sql, re.S
-    )
+    monitor = re.search(r"CREATE RESOURCE MONITOR IF NOT EXISTS activitybi_monitor WITH(.*?);", sql, re.S)
     assert monitor and re.search(r"CREDIT_QUOTA = \d+", monitor.group(1))
     assert re.search(r"ON 100 PERCENT DO SUSPEND\b", monitor.group(1))
     assert "RESOURCE_MONITOR = activitybi_monitor" in sql
@@ -342,9 +339,7 @@ def test_emulator_skip_list_matches_only_unsupported_kinds() -> None:
     def skipped(sql: str) -> bool:
         return any(p.match(sql) for p in EMULATOR_UNSUPPORTED)
 
-    assert skipped(
-        "CREATE ROW ACCESS POLICY IF NOT EXISTS p AS (c VARCHAR) RETURNS BOOLEAN -> TRUE"
-    )
+    assert skipped("CREATE ROW ACCESS POLICY IF NOT EXISTS p AS (c VARCHAR) RETURNS BOOLEAN -> TRUE")
     assert skipped("CREATE OR REPLACE TASK t SCHEDULE = '5 MINUTE' AS SELECT 1")
     assert skipped("EXECUTE IMMEDIATE $$ BEGIN RETURN 1; END; $$")
     assert not skipped("CREATE TABLE IF NOT EXISTS claude_stream (activity_id VARCHAR)")
@@ -554,18 +549,16 @@ def _check_contexts(wh: SnowflakeWarehouse, version: int) -> None:
     assert set(ctx) == {"ana@example.com", "bo@example.com", "anon-1"}
     ana = ctx["ana@example.com"]
     assert (ana["window_days"], ana["events"], ana["sessions"]) == (30, 5, 2)
-    assert ana["last_seen"][:10] == (
-        dt.datetime.now(dt.UTC) - dt.timedelta(hours=1, seconds=-5)
-    ).strftime("%Y-%m-%d")
+    assert ana["last_seen"][:10] == (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1, seconds=-5)).strftime(
+        "%Y-%m-%d"
+    )
     assert [(a["activity"], a["count"]) for a in ana["top_activities"]] == [
         ("asked_question", 2),
         (INSIGHT_ACTIVITY, 2),
         ("called_tool", 1),
     ]
     assert ana["tools"] == [{"tool": "search", "calls": 1, "p95_ms": 10, "errors": 0}]
-    assert [(i["subject"], i["metric"], i["value"]) for i in ana["insights"]] == [
-        ("revenue", "mrr", 120)
-    ]
+    assert [(i["subject"], i["metric"], i["value"]) for i in ana["insights"]] == [("revenue", "mrr", 120)]
     assert ctx["bo@example.com"]["events"] == 1 and ctx["bo@example.com"]["insights"] == []
     assert ctx["anon-1"]["events"] == 1
 
@@ -599,9 +592,7 @@ def test_refresh_context(wh: SnowflakeWarehouse) -> None:
 # -- failures --------------------------------------------------------------------------------
 
 
-def test_server_down_load_fails_fast_and_catches_up(
-    wh: SnowflakeWarehouse, live: FakeSnowServer
-) -> None:
+def test_server_down_load_fails_fast_and_catches_up(wh: SnowflakeWarehouse, live: FakeSnowServer) -> None:
     assert wh.load([row("01A")], "q1", {"offset": 1}) == 1
     batch = [row("01B", 1), row("01C", 2, activity=INSIGHT_ACTIVITY, feature_json=_insight())]
     live.stop()
@@ -673,9 +664,7 @@ def test_is_transient_classification() -> None:
     assert not is_transient(e.ProgrammingError(msg="syntax", errno=1003, sqlstate="42000"))
     assert not is_transient(e.ProgrammingError(msg="missing", errno=2003, sqlstate="42S02"))
     assert not is_transient(e.IntegrityError(msg="x", errno=100072))
-    bad_login = e.DatabaseError(
-        msg="Incorrect username or password", errno=250001, sqlstate="08001"
-    )
+    bad_login = e.DatabaseError(msg="Incorrect username or password", errno=250001, sqlstate="08001")
     assert not is_transient(bad_login)
     assert not is_transient(ValueError("x"))
 
@@ -703,9 +692,7 @@ def test_execute_binds_parameters(wh: SnowflakeWarehouse) -> None:
     )
     assert r.columns == ["activity_id", "customer"] and r.rows == [("01B", "bo@example.com")]
     hostile = "x' OR '1'='1"
-    assert wh.execute("SELECT COUNT(*) FROM claude_stream WHERE customer = ?", (hostile,)).rows == [
-        (0,)
-    ]
+    assert wh.execute("SELECT COUNT(*) FROM claude_stream WHERE customer = ?", (hostile,)).rows == [(0,)]
     with pytest.raises(TypeError):
         wh.execute("SELECT 1", {"a": 1})
 
@@ -776,9 +763,7 @@ def test_from_env(live: FakeSnowServer) -> None:
     keypair["SNOWFLAKE_PRIVATE_KEY_PATH"] = "~/keys/rsa_key.p8"
     keypair["SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"] = "pw"
     kw = SnowflakeWarehouse.from_env(keypair)._kwargs
-    assert kw["authenticator"] == "SNOWFLAKE_JWT" and kw["private_key_file"].endswith(
-        "keys/rsa_key.p8"
-    )
+    assert kw["authenticator"] == "SNOWFLAKE_JWT" and kw["private_key_file"].endswith("keys/rsa_key.p8")
     assert kw["private_key_file_pwd"] == "pw" and "password" not in kw
     for missing in ("SNOWFLAKE_ACCOUNT", "SNOWFLAKE_DATABASE"):
         with pytest.raises(ValueError, match=missing):
@@ -945,3 +930,50 @@ def test_snowpipe_errors() -> None:
         streamer._guard(refuse, "q1")
     with pytest.raises(ValueError, match="SNOWFLAKE_PRIVATE_KEY_PATH"):
         SnowpipeStreamer.from_env({"SNOWFLAKE_ACCOUNT": "a"})
+
+
+def test_every_plain_template_runs_transpiled(wh: SnowflakeWarehouse) -> None:
+    """The SafeSQL templates, written for DuckDB, transpiled by sqlglot, run on the emulator
+    and see only the bound customer's rows. (The `dataset` template's Snowflake form is
+    transpiled in test_dataset_conformance.py but not run: its JSON paths are DuckDB's.)"""
+    from activitybi.safesql import templates
+
+    mine = [
+        row(
+            "t1",
+            1,
+            customer="a@x.io",
+            feature_json={
+                "tool": "get_context",
+                "latency_ms": 0.2,
+                "outcome": "ok",
+                "model": "m",
+                "cost_usd": 0.1,
+            },
+        ),
+        row(
+            "t2",
+            2,
+            customer="a@x.io",
+            activity="called_tool",
+            feature_json={"tool": "log_event", "latency_ms": 0.1, "outcome": "ok"},
+        ),
+        row("t3", 3, customer="b@x.io", feature_json={"model": "theirs"}),
+    ]
+    wh.load(mine, "q-templates", None)
+    params = {"insight_history": {"subject": "s", "metric": "m", "since": "2020-01-01"}}
+    for name, t in templates.TEMPLATES.items():
+        if t.build is not None:
+            continue
+        sql, values = t.bind(params.get(name, {"since": "2020-01-01"}), "a@x.io")
+        result = wh.run_query(
+            templates.for_warehouse(sql, "snowflake"),
+            values,
+            timeout_s=30,
+            query_tag="cdesk_test",
+            cancelled=lambda: False,
+            progress=lambda _: None,
+        )
+        assert "theirs" not in str(result.rows), name
+        if name in ("activity_counts", "usage_by_day"):
+            assert result.rows, name

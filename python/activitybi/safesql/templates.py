@@ -253,6 +253,16 @@ ORDER BY ts DESC, atom_id LIMIT $limit""",
 }
 
 
+def for_warehouse(sql: str, kind: str) -> str:
+    """Templates are written once, for DuckDB; Snowflake runs sqlglot's transpilation
+    (placeholders stay `?`, values stay bound)."""
+    if kind == "duckdb":
+        return sql
+    import sqlglot
+
+    return str(sqlglot.transpile(sql, read="duckdb", write=kind)[0])
+
+
 def get(name: str) -> Template:
     try:
         return TEMPLATES[name]
