@@ -50,7 +50,9 @@ impl SharedCounters {
             .truncate(false)
             .open(dir.join(STATE_FILE))?;
         if file.metadata()?.len() < STATE_LEN {
-            file.set_len(STATE_LEN)?;
+            // Real blocks, not a sparse file: on a full disk, a clear error here rather
+            // than a SIGBUS at the first write through the map.
+            crate::segment::preallocate(&file, STATE_LEN)?;
         }
         // SAFETY: the file is ours, fixed-size, and only ever accessed through atomics.
         let map = unsafe { MmapMut::map_mut(&file)? };

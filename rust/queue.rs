@@ -4,7 +4,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
@@ -215,7 +214,7 @@ impl QueueCore {
             if !segment::try_lock_exclusive(&file)? || !segment::still_at(&file, &path)? {
                 continue;
             }
-            if let Err(e) = preallocate(&file, cap as u64) {
+            if let Err(e) = preallocate_fitting(&file, cap as u64, need as u64) {
                 let _ = fs::remove_file(&path);
                 return Err(e);
             }
@@ -361,15 +360,17 @@ fn needs_room(st: &WriterState, len: usize) -> bool {
     st.active.as_ref().is_none_or(|a| a.len + len > a.map.len())
 }
 
-/// Reserves the segment's blocks now, so that a full disk is an error here and never a
-/// SIGBUS when a page of the map is first written.
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    // SAFETY: posix_fallocate on a valid descriptor; it returns the error number.
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-    match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
-        e => Err(io::Error::from_raw_os_error(e)),
+/// Preallocates `cap` bytes, or on a nearly full disk as much as fits (halving, down to
+/// what the event needs), so that small events still go in while there is room for them.
+fn preallocate_fitting(file: &File, cap: u64, need: u64) -> io::Result<()> {
+    let mut len = cap;
+    loop {
+        match segment::preallocate(file, len) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && len / 2 >= need.max(64 * 1024) => {
+                len /= 2;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -99,6 +99,18 @@ pub fn hold_shared(file: &File) -> io::Result<()> {
     }
 }
 
+/// Reserves a file's blocks now, so that a full disk is an error here and never a SIGBUS
+/// when a page of a map over it is first written.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    // SAFETY: posix_fallocate on a valid descriptor; it returns the error number.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -330,10 +330,15 @@ def card_for_ticket(tickets: TicketStore, ticket_id: str, customer: str, *, kind
     result = tickets.result(ticket.ticket_id)
     if result is None:
         raise CardError(f"ticket {ticket.ticket_id} succeeded but its result file is gone")
-    png, drawn = render(result, title=card_title(ticket), template=ticket.template,
-                        params_hash=ticket.params_hash,
-                        created_at=ticket.finished_at or ticket.submitted_at, kind=kind,
-                        y=PREFERRED_METRIC.get(ticket.template))
+    try:
+        png, drawn = render(result, title=card_title(ticket), template=ticket.template,
+                            params_hash=ticket.params_hash,
+                            created_at=ticket.finished_at or ticket.submitted_at, kind=kind,
+                            y=PREFERRED_METRIC.get(ticket.template))
+    except CardError:
+        raise
+    except (ValueError, OverflowError) as e:  # matplotlib on values it cannot lay out
+        raise CardError(f"ticket {ticket.ticket_id}'s values cannot be drawn: {e}") from e
     info: dict[str, Any] = {"ticket": ticket.ticket_id, "template": ticket.template,
                             "params_hash": ticket.params_hash, **drawn,
                             "content_type": "image/png", "size_bytes": len(png)}

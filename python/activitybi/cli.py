@@ -163,16 +163,24 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from activitybi.uploader import Uploader
-    from activitybi.warehouse import open_warehouse
+    from activitybi.uploader import open_uploader
     from activitybi.warehouse_owner import own
 
     console = Console(stderr=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    wh = open_warehouse()
-    wh.init()
-    up = Uploader(config.queue_dir(), wh, stop=stop)
+    try:
+        up = open_uploader(config.queue_dir(), stop, on_wait=None if quiet else console.print)
+    except BlockingIOError:
+        if parent is not None:
+            return  # another process owns the queue: the server will look again later
+        raise click.ClickException(
+            "another uploader is reading this queue already (a running server starts one); "
+            "it is uploading these events"
+        ) from None
+    if up is None:
+        return  # stopped while waiting for the warehouse
+    wh = up.warehouse
     if metrics_port is not None:
         from activitybi.metrics import OwnerMetrics, serve_port
 

@@ -13,6 +13,7 @@ import importlib.util
 import io
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -66,18 +67,45 @@ def initialize_result(requested: object) -> dict[str, Any]:
     }
 
 
-class ReplayReader:
-    """stdin for the SDK: the first message again, then the real stream."""
+MAX_DEPTH = 150
+"""Deeper JSON than this is answered with an error here: the SDK's stdio transport drops
+a message nested past its parser's limit (about 190 levels) without any answer, and the
+client would wait. (Events themselves may nest 64 levels; the queue refuses deeper ones.)"""
 
-    def __init__(self, first: str, rest: BinaryIO) -> None:
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+class ReplayReader:
+    """stdin for the SDK: the first message again, then the real stream, minus requests
+    too deeply nested to parse, which `refuse` answers."""
+
+    def __init__(self, first: str, rest: BinaryIO, refuse: Callable[[dict[str, Any], str], None]) -> None:
         self._first: str | None = first
         self._rest = io.TextIOWrapper(rest, encoding="utf-8", errors="replace")
+        self._refuse = refuse
 
     def readline(self, size: int | None = -1) -> str:
         if self._first is not None:
             line, self._first = self._first, None
             return line
-        return self._rest.readline(-1 if size is None else size)
+        while True:
+            line = self._rest.readline(-1 if size is None else size)
+            if line.count("{") + line.count("[") <= MAX_DEPTH:
+                return line  # cannot be too deep: the common case costs two counts
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                message = None
+            if message is None or _depth(message) <= MAX_DEPTH + 2:
+                return line
+            if isinstance(message, dict):
+                self._refuse(message, f"the request is nested deeper than {MAX_DEPTH} levels")
 
 
 class AnswerDropper:
@@ -90,8 +118,26 @@ class AnswerDropper:
         self._out = out
         self._id = request_id
         self._check: Callable[[dict[str, Any]], None] | None = check
+        self._lock = threading.Lock()
 
     def write(self, s: str) -> int:
+        with self._lock:
+            return self._write(s)
+
+    def refuse(self, request: dict[str, Any], reason: str) -> None:
+        """Answers a request the SDK will never see: a tool call gets a tool error, as any
+        bad argument does; another request an invalid-params error."""
+        if "id" not in request:
+            return  # a notification: nothing to answer
+        answer: dict[str, Any] = {"jsonrpc": "2.0", "id": request["id"]}
+        if request.get("method") == "tools/call":
+            answer["result"] = {"content": [{"type": "text", "text": reason}], "isError": True}
+        else:
+            answer["error"] = {"code": -32602, "message": reason}
+        self.write(orjson.dumps(answer).decode() + "\n")
+        self.flush()
+
+    def _write(self, s: str) -> int:
         if self._check is not None:
             message = orjson.loads(s)
             if message.get("id") == self._id:
@@ -145,4 +191,5 @@ class Handshake:
     def streams(self) -> tuple[ReplayReader, AnswerDropper]:
         """(stdin, stdout) text files for the SDK's `stdio_server`."""
         check = None if self.answer is None else self._check
-        return ReplayReader(self.first, self.wire_in), AnswerDropper(self.wire_out, self.request_id, check)
+        out = AnswerDropper(self.wire_out, self.request_id, check)
+        return ReplayReader(self.first, self.wire_in, out.refuse), out

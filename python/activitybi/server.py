@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO, cast
 
@@ -44,7 +44,7 @@ README), so that cost can be attributed by model and session."""
 class Runtime:
     """What the tools act on, for the life of the process."""
 
-    queue: Queue
+    queue_dir: Path
     context: ContextService
     journal: MemoryJournal
     session_id: str
@@ -52,7 +52,26 @@ class Runtime:
     source: str
     tickets: TicketStore
     limits: RateLimits
-    metrics: ServerMetrics
+    metrics: ServerMetrics = field(init=False)
+    _queue: Queue | None = None
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.queue_stats, self.context.tier_stats)
+
+    @property
+    def queue(self) -> Queue:
+        """The queue, opened on first use and again after a failure, so that a queue that
+        cannot open (a full disk at start) gives the tools a clear error, not a dead server."""
+        if self._queue is None:
+            self._queue = Queue(str(self.queue_dir))
+        return self._queue
+
+    def queue_stats(self) -> dict[str, int]:
+        try:
+            return self.queue.stats()
+        except OSError:
+            keys = ("appended", "bytes", "rotations", "fsyncs", "rejected", "pending")
+            return dict.fromkeys(keys, 0)
 
     @classmethod
     def open(cls, *, customer: str | None, source: str) -> Runtime:
@@ -63,19 +82,21 @@ class Runtime:
         redis = RedisTier.from_env()
         if redis is not None:
             redis.warm()
-        queue = Queue(str(config.queue_dir()))
-        context = ContextService(journal, home / "context", redis)
-        return cls(
-            queue=queue,
-            context=context,
+        rt = cls(
+            queue_dir=config.queue_dir(),
+            context=ContextService(journal, home / "context", redis),
             journal=journal,
             session_id=ulid(),
             stdio_customer=customer,
             source=source,
             tickets=TicketStore(home / "tickets"),
             limits=RateLimits(),
-            metrics=ServerMetrics(queue.stats, context.tier_stats),
         )
+        try:
+            _ = rt.queue  # now, when it can
+        except OSError as e:
+            log.warning("the queue cannot be opened yet (%s); tools will say so and retry", e)
+        return rt
 
     def customer(self) -> str:
         """The connection's customer: the token's over HTTP, the configured one on stdio."""
@@ -139,11 +160,12 @@ class Runtime:
                     "_source": self.source,
                 }
             )
-        except Exception:
-            log.exception("could not log a tool call")
+        except Exception as e:
+            log.warning("could not log a %s call: %s", tool, e)
 
     def close(self) -> None:
-        self.queue.close()
+        if self._queue is not None:
+            self._queue.close()
 
 
 def stdio_customer() -> str:

@@ -112,7 +112,7 @@ class TicketStore:
             return None
 
     def save_result(self, ticket_id: str, result: dict[str, Any]) -> None:
-        self._write(self._path(ticket_id, "result"), orjson.dumps(result, default=str))
+        self._write(self._path(ticket_id, "result"), orjson.dumps(result))
 
     def cancel(self, ticket_id: str) -> None:
         self._path(ticket_id, "cancel").touch()
@@ -130,11 +130,23 @@ class TicketStore:
         return out
 
 
+def _jsonable(value: Any) -> Any:
+    """A warehouse value as JSON carries it: integers past 64 bits (a HUGEINT sum) and
+    decimals as text, dates as ISO text."""
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
+        return str(value)
+    if isinstance(value, dt.date | dt.time | dt.timedelta) or not isinstance(
+        value, str | int | float | bool | list | dict | type(None)
+    ):
+        return value.isoformat() if hasattr(value, "isoformat") else str(value)
+    return value
+
+
 def cap_rows(columns: list[str], rows: list[tuple[Any, ...]], byte_cap: int) -> dict[str, Any]:
     """Rows as JSON objects within `byte_cap`; past it, a deterministic sample of whole
     rows (the rows whose index hashes lowest), in their original order."""
-    records = [dict(zip(columns, r, strict=True)) for r in rows]
-    encoded = [orjson.dumps(r, default=str) for r in records]
+    records = [dict(zip(columns, map(_jsonable, r), strict=True)) for r in rows]
+    encoded = [orjson.dumps(r) for r in records]
     total = sum(len(e) + 1 for e in encoded) + 2
     out: dict[str, Any] = {
         "columns": columns,
@@ -215,6 +227,9 @@ class TicketExecutor(threading.Thread):
                 cancelled=lambda: self.store.cancel_requested(ticket.ticket_id),
                 progress=progress,
             )
+            capped = cap_rows(result.columns, result.rows, ticket.byte_cap)
+            size = len(orjson.dumps(capped))
+            self.store.save_result(ticket.ticket_id, capped)
         except QueryStopped as e:
             reason = (
                 f"stopped: over the {self.timeout_s:g} s statement timeout"
@@ -224,15 +239,12 @@ class TicketExecutor(threading.Thread):
             status = "failed" if e.reason == "timeout" else "cancelled"
             self._finish(ticket, status, reason, 0, 0, time.perf_counter() - start)
             return
-        except Exception as e:
+        except Exception as e:  # any failure ends this ticket, never the executor
             log.warning("ticket %s failed: %s", ticket.ticket_id, e)
             self._finish(ticket, "failed", str(e)[:500], 0, 0, time.perf_counter() - start)
             return
-        capped = cap_rows(result.columns, result.rows, ticket.byte_cap)
-        payload = orjson.dumps(capped, default=str)
-        self.store.save_result(ticket.ticket_id, capped)
         ticket.progress = 100.0
-        self._finish(ticket, "succeeded", None, len(result.rows), len(payload), time.perf_counter() - start)
+        self._finish(ticket, "succeeded", None, len(result.rows), size, time.perf_counter() - start)
 
     def _finish(
         self, ticket: Ticket, status: str, error: str | None, rows: int, size: int, seconds: float

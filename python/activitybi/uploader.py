@@ -218,3 +218,30 @@ class Uploader:
 
     def close(self) -> None:
         self.reader.close()
+
+
+def open_uploader(
+    queue_dir: Path, stop: threading.Event, on_wait: Callable[[str], object] | None = None
+) -> Uploader | None:
+    """The queue's uploader, on the configured warehouse. Raises BlockingIOError when
+    another process reads the queue; waits, with backoff, while the warehouse is away or
+    busy (`on_wait` hears about it once); returns None if stopped meanwhile."""
+    from activitybi.warehouse import open_warehouse
+
+    QueueReader(str(queue_dir)).close()  # BlockingIOError now, before any warehouse work
+    backoff = Backoff()
+    while not stop.is_set():
+        try:
+            warehouse = open_warehouse()
+        except TransientError as e:
+            if on_wait is not None and backoff.attempt == 0:
+                on_wait(f"waiting for the warehouse: {e}")
+            stop.wait(backoff.next_delay())
+            continue
+        try:
+            warehouse.init()
+            return Uploader(queue_dir, warehouse, stop=stop)
+        except BaseException:
+            warehouse.close()
+            raise
+    return None
