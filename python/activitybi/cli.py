@@ -169,6 +169,8 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
     console = Console(stderr=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if parent is not None:
+        os.nice(10)  # a server's owner: loading yields the CPU to tools (on 2 cores it sets their p95)
     try:
         up = open_uploader(config.queue_dir(), stop, on_wait=None if quiet else console.print)
     except BlockingIOError:

@@ -524,4 +524,9 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
 
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return server.streamable_http_app(stateless_http=stateless, json_response=True)
+    app = server.streamable_http_app(stateless_http=stateless, json_response=True)
+    if os.environ.get("ACTIVITYBI_FAST_HTTP", "1") == "0":  # the SDK's transport alone
+        return app
+    from activitybi.fast_http import FastFront
+
+    return FastFront(app, server, rt, tokens)
