@@ -60,14 +60,17 @@ def _redis(root: Path, args: argparse.Namespace) -> ch.Outcome:
 
 FAULTS: dict[str, Callable[[Path, argparse.Namespace], ch.Outcome]] = {
     "server-kill-http": lambda root, a: ch.fault_server_kill(
-        root, transport="http", seconds=a.seconds, kills=4, clients=8),
+        root, transport="http", seconds=a.seconds, kills=4, clients=8
+    ),
     "server-kill-stdio": lambda root, a: ch.fault_server_kill(
-        root, transport="stdio", seconds=a.seconds, kills=3, clients=2),
+        root, transport="stdio", seconds=a.seconds, kills=3, clients=2
+    ),
     "uploader-kill": lambda root, a: ch.fault_uploader_kill(root, kills=5, clients=4),
     "redis": _redis,
     "warehouse-down": lambda root, a: ch.fault_warehouse_down(root, outage=a.outage, clients=4),
     "warehouse-down-standalone": lambda root, a: ch.fault_warehouse_down_standalone(
-        root, outage=a.outage, events=20_000),
+        root, outage=a.outage, events=20_000
+    ),
     "disk-full": lambda root, a: ch.fault_disk_full(root),
     "disk-full-at-start": lambda root, a: ch.fault_full_disk_at_start(root),
     "flip-structural": lambda root, a: ch.fault_flipped_bytes(root, events=2000, flips=20),
@@ -98,11 +101,22 @@ def run_isolated(name: str, root: Path, args: argparse.Namespace) -> ch.Outcome:
     started) past its time limit."""
     limit = args.limit + 2 * args.outage + 2 * args.seconds
     result = root / f"{name}.json"
-    cmd = [sys.executable, __file__, "--fault", name, "--root", str(root), "--result", str(result),
-           "--outage", str(args.outage), "--seconds", str(args.seconds)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--fault",
+        name,
+        "--root",
+        str(root),
+        "--result",
+        str(result),
+        "--outage",
+        str(args.outage),
+        "--seconds",
+        str(args.seconds),
+    ]
     start = time.monotonic()
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=sys.stdout, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
     try:
         _, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
@@ -133,8 +147,12 @@ def run_isolated(name: str, root: Path, args: argparse.Namespace) -> ch.Outcome:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--outage", type=float, default=30.0, help="seconds the warehouse stays unavailable "
-                    "(Redis stays down a third of it)")
+    ap.add_argument(
+        "--outage",
+        type=float,
+        default=30.0,
+        help="seconds the warehouse stays unavailable (Redis stays down a third of it)",
+    )
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of load around server kills")
     ap.add_argument("--only", help="comma-separated fault names")
     ap.add_argument("--limit", type=float, default=240.0, help="base time limit of a fault, in seconds")
@@ -176,8 +194,10 @@ def main() -> None:
     if args.keep:
         print(f"\nworking directory kept: {root}")
     failed = [o.fault for o in outcomes if not o.ok]
-    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} faults ended in a recovery or a clear error"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\n{len(outcomes) - len(failed)} of {len(outcomes)} faults ended in a recovery or a clear error"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     sys.exit(1 if failed else 0)
 
 

@@ -31,16 +31,22 @@ def main() -> None:
         home = tempfile.mkdtemp(prefix="abi-demo-bench-")
         try:
             start = time.perf_counter()
-            proc = subprocess.run([exe, "demo"], capture_output=True, text=True,
-                                  env={**os.environ, "ACTIVITYBI_HOME": home, "COLUMNS": "160"})
+            proc = subprocess.run(
+                [exe, "demo"],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "ACTIVITYBI_HOME": home, "COLUMNS": "160"},
+            )
             wall = time.perf_counter() - start
             if proc.returncode != 0:
                 raise SystemExit(f"demo failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
             own = re.search(r"done in ([\d.]+) s", proc.stdout)
             events = re.search(r"([\d,]+) events in DuckDB", proc.stdout)
             walls.append(wall)
-            print(f"run {i + 1}: {wall:5.1f} s wall (demo says {own.group(1) if own else '?'} s, "
-                  f"{events.group(1) if events else '?'} events in DuckDB)")
+            print(
+                f"run {i + 1}: {wall:5.1f} s wall (demo says {own.group(1) if own else '?'} s, "
+                f"{events.group(1) if events else '?'} events in DuckDB)"
+            )
         finally:
             shutil.rmtree(home, ignore_errors=True)
     print(f"median {statistics.median(walls):.1f} s, max {max(walls):.1f} s (target < 60 s)")

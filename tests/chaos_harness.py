@@ -90,9 +90,11 @@ class Outcome:
         return self
 
     def summary(self) -> str:
-        return (f"{self.fault}: acknowledged {self.acknowledged}, found {self.found}, lost "
-                f"{self.lost}, duplicated {self.duplicated}, quarantined {self.quarantined}: "
-                f"{self.outcome}")
+        return (
+            f"{self.fault}: acknowledged {self.acknowledged}, found {self.found}, lost "
+            f"{self.lost}, duplicated {self.duplicated}, quarantined {self.quarantined}: "
+            f"{self.outcome}"
+        )
 
 
 @dataclass
@@ -121,9 +123,14 @@ class Ledger:
         with self.lock:
             start = self.seqs[DIRECT]
             self.seqs[DIRECT] += n
-        events = [{"activity": ACTIVITY, "customer": "direct@chaos.io",
-                   "feature_json": {"chaos": self.run, "c": DIRECT, "seq": start + i}}
-                  for i in range(n)]
+        events = [
+            {
+                "activity": ACTIVITY,
+                "customer": "direct@chaos.io",
+                "feature_json": {"chaos": self.run, "c": DIRECT, "seq": start + i},
+            }
+            for i in range(n)
+        ]
         ids = q.append_many(events)
         with self.lock:
             for i, aid in enumerate(ids):
@@ -135,8 +142,9 @@ def text(result: Any) -> str:
     return str(getattr(content[0], "text", "")) if content else ""
 
 
-async def log_one(session: Any, ledger: Ledger, client: int, *, pad: int = 0,
-                  timeout: float = CALL_TIMEOUT) -> str | None:
+async def log_one(
+    session: Any, ledger: Ledger, client: int, *, pad: int = 0, timeout: float = CALL_TIMEOUT
+) -> str | None:
     """Logs one event; returns its id, or None when the server answered with an error
     (the error text goes to `ledger.refused`). Raises when the connection is gone; the
     event then stays in `ledger.in_flight`: the server may or may not have stored it."""
@@ -218,8 +226,9 @@ def wait_for(what: str, cond: Callable[[], Any], timeout: float, every: float = 
 
 
 def owner_pid(home: Path, timeout: float = 20.0) -> int:
-    pids = wait_for("the warehouse owner (upload --follow)", lambda: pids_of(home, "upload --follow"),
-                    timeout)
+    pids = wait_for(
+        "the warehouse owner (upload --follow)", lambda: pids_of(home, "upload --follow"), timeout
+    )
     return int(pids[0])
 
 
@@ -259,7 +268,11 @@ class HttpServer:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [EXE, "serve", "--http", "--port", str(self.port), "--tokens", str(self.token_file)],
-                env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         self.starts += 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -268,8 +281,10 @@ class HttpServer:
                 return
             except OSError:
                 if self.proc.poll() is not None:
-                    raise ChaosFailure(f"the HTTP server exited with {self.proc.returncode}:\n"
-                                       + self.log.read_text(errors="replace")[-2000:]) from None
+                    raise ChaosFailure(
+                        f"the HTTP server exited with {self.proc.returncode}:\n"
+                        + self.log.read_text(errors="replace")[-2000:]
+                    ) from None
                 time.sleep(0.05)
         raise ChaosFailure(f"the HTTP server did not listen within {timeout:g} s")
 
@@ -297,23 +312,26 @@ async def http_session(url: str, token: str) -> AsyncIterator[Any]:
     from mcp import ClientSession
     from mcp.client.streamable_http import streamable_http_client
 
-    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"},
-                                  timeout=httpx2.Timeout(CALL_TIMEOUT)) as http, \
-            streamable_http_client(url, http_client=http) as (read, write), \
-            ClientSession(read, write) as s:
+    async with (
+        httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(CALL_TIMEOUT)
+        ) as http,
+        streamable_http_client(url, http_client=http) as (read, write),
+        ClientSession(read, write) as s,
+    ):
         with anyio.fail_after(CONNECT_TIMEOUT):
             await s.initialize()
         yield s
 
 
 @asynccontextmanager
-async def stdio_session(home: Path, customer: str, errlog: Any = None,
-                        **env: str) -> AsyncIterator[Any]:
+async def stdio_session(home: Path, customer: str, errlog: Any = None, **env: str) -> AsyncIterator[Any]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
-    params = StdioServerParameters(command=EXE, args=["serve"],
-                                   env=env_for(home, ACTIVITYBI_CUSTOMER=customer, **env))
+    params = StdioServerParameters(
+        command=EXE, args=["serve"], env=env_for(home, ACTIVITYBI_CUSTOMER=customer, **env)
+    )
     kwargs = {"errlog": errlog} if errlog is not None else {}
     async with stdio_client(params, **kwargs) as (read, write), ClientSession(read, write) as s:
         with anyio.fail_after(CONNECT_TIMEOUT):
@@ -322,9 +340,15 @@ async def stdio_session(home: Path, customer: str, errlog: Any = None,
         yield s
 
 
-async def keep_logging(connect: Callable[[], Any], ledger: Ledger, client: int,
-                       stop: anyio.Event, *, pad: int = 0,
-                       per_session: Callable[[Any], Awaitable[None]] | None = None) -> None:
+async def keep_logging(
+    connect: Callable[[], Any],
+    ledger: Ledger,
+    client: int,
+    stop: anyio.Event,
+    *,
+    pad: int = 0,
+    per_session: Callable[[Any], Awaitable[None]] | None = None,
+) -> None:
     """Logs events in a loop until `stop`; reconnects (a new session, for stdio a new
     server) whenever the connection is lost."""
     while not stop.is_set():
@@ -388,9 +412,13 @@ def wait_caught_up(qdir: Path, timeout: float) -> float:
 
 def upload_once(home: Path, timeout: float = 120.0) -> str:
     """`activitybi upload --once`; returns its summary line."""
-    proc = subprocess.run([EXE, "upload", "--once"],
-                          env={**os.environ, "ACTIVITYBI_HOME": str(home), "COLUMNS": "300"},
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [EXE, "upload", "--once"],
+        env={**os.environ, "ACTIVITYBI_HOME": str(home), "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if proc.returncode != 0:
         raise ChaosFailure(f"upload --once failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
@@ -443,8 +471,14 @@ def torn_files(home: Path) -> list[Path]:
     return sorted(qdir.iterdir()) if qdir.exists() else []
 
 
-def account(out: Outcome, home: Path, ledger: Ledger, *, corrupted: frozenset[str] = frozenset(),
-            altered: frozenset[str] = frozenset()) -> None:
+def account(
+    out: Outcome,
+    home: Path,
+    ledger: Ledger,
+    *,
+    corrupted: frozenset[str] = frozenset(),
+    altered: frozenset[str] = frozenset(),
+) -> None:
     """Compares what was acknowledged with what is in DuckDB and still in the queue.
     `corrupted`: acknowledged ids whose line was damaged on purpose (not lost if missing);
     `altered`: ids of damaged lines that still loaded (their content is not compared)."""
@@ -463,8 +497,11 @@ def account(out: Outcome, home: Path, ledger: Ledger, *, corrupted: frozenset[st
     out.duplicated = (len(ids) - len(present)) + sum(len(v) - 1 for v in by_key.values())
     out.in_flight = len(ledger.in_flight)
     out.in_flight_stored = sum(1 for k in ledger.in_flight if k in by_key)
-    wrong = [aid for aid, key in ledger.acked.items()
-             if aid in present and aid not in altered and aid not in by_key.get(key, ())]
+    wrong = [
+        aid
+        for aid, key in ledger.acked.items()
+        if aid in present and aid not in altered and aid not in by_key.get(key, ())
+    ]
     out.require(not wrong, f"{len(wrong)} acknowledged ids stored with another event's content")
     out.errors += len(ledger.refused) + len(ledger.disconnects)
 
@@ -472,8 +509,15 @@ def account(out: Outcome, home: Path, ledger: Ledger, *, corrupted: frozenset[st
 # -- (a) SIGKILL the server during load -------------------------------------------------
 
 
-def fault_server_kill(root: Path, *, transport: str = "http", seconds: float = 6.0,
-                      kills: int = 2, clients: int = 3, seed: int = 1) -> Outcome:
+def fault_server_kill(
+    root: Path,
+    *,
+    transport: str = "http",
+    seconds: float = 6.0,
+    kills: int = 2,
+    clients: int = 3,
+    seed: int = 1,
+) -> Outcome:
     """Clients log events as fast as they can while the server is SIGKILLed `kills` times
     and started again; afterwards the restarted server's owner must load everything."""
     t0 = time.monotonic()
@@ -504,7 +548,8 @@ def fault_server_kill(root: Path, *, transport: str = "http", seconds: float = 6
                 await anyio.to_thread.run_sync(http.start)
             else:
                 pids = await anyio.to_thread.run_sync(
-                    lambda: wait_for("a stdio server", lambda: pids_of(home, " serve"), 20))
+                    lambda: wait_for("a stdio server", lambda: pids_of(home, " serve"), 20)
+                )
                 pid = rng.choice(pids)
                 os.kill(pid, signal.SIGKILL)
             killed.append(pid)
@@ -525,6 +570,7 @@ def fault_server_kill(root: Path, *, transport: str = "http", seconds: float = 6
         if http is not None:
             out.notes.append(f"owner caught up {wait_caught_up(home / 'queue', 60):.2f} s after the load")
         else:
+
             async def observe() -> float:
                 async with stdio_session(home, "observer@chaos.io"):
                     return await anyio.to_thread.run_sync(lambda: wait_caught_up(home / "queue", 60))
@@ -537,9 +583,11 @@ def fault_server_kill(root: Path, *, transport: str = "http", seconds: float = 6
         wait_for("owners to exit", lambda: not pids_of(home, "upload --follow"), 20)
     out.notes.append(f"final upload --once: {upload_once(home)}")
     account(out, home, ledger)
-    out.notes.append(f"{len(killed)} kills, {len(ledger.disconnects)} lost connections, "
-                     f"{out.in_flight} calls in flight when killed ({out.in_flight_stored} stored), "
-                     f"{len(torn_files(home))} torn tails quarantined")
+    out.notes.append(
+        f"{len(killed)} kills, {len(ledger.disconnects)} lost connections, "
+        f"{out.in_flight} calls in flight when killed ({out.in_flight_stored} stored), "
+        f"{len(torn_files(home))} torn tails quarantined"
+    )
     out.require(not ledger.refused, f"{len(ledger.refused)} calls refused: {ledger.refused[:3]}")
     out.require(not quarantine_records(home), "the uploader quarantined lines")
     out.seconds = time.monotonic() - t0
@@ -549,8 +597,9 @@ def fault_server_kill(root: Path, *, transport: str = "http", seconds: float = 6
 # -- (b) SIGKILL the uploader mid-batch -------------------------------------------------
 
 
-def fault_uploader_kill(root: Path, *, kills: int = 2, clients: int = 2, burst: int = 5000,
-                        seed: int = 2) -> Outcome:
+def fault_uploader_kill(
+    root: Path, *, kills: int = 2, clients: int = 2, burst: int = 5000, seed: int = 2
+) -> Outcome:
     """The server runs with clients logging through it, while this process appends
     bursts straight to the queue so the owner always has big batches to load; the owner
     (`upload --follow`) is SIGKILLed mid-batch `kills` times and the server restarts it."""
@@ -581,6 +630,7 @@ def fault_uploader_kill(root: Path, *, kills: int = 2, clients: int = 2, burst: 
             # Mid-batch: after the owner has committed a batch and is loading the next.
             wait_for("a backlog for the owner", lambda: backlog(qdir) > 1000, 20)
             before = backlog(qdir)
+
             def committed(before: int = before) -> bool:
                 return backlog(qdir) < before
 
@@ -628,7 +678,8 @@ def fault_uploader_kill(root: Path, *, kills: int = 2, clients: int = 2, burst: 
 
 def _redis_command(port: int, *args: str) -> bytes:
     payload = f"*{len(args)}\r\n".encode() + b"".join(
-        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args)
+        f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+    )
     with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
         s.sendall(payload)
         return s.recv(256)
@@ -642,8 +693,9 @@ def redis_keys(port: int) -> int:
     return int(reply[1:].split(b"\r\n")[0]) if reply.startswith(b":") else -1
 
 
-def fault_redis(root: Path, redis: Any, *, before: float = 1.5, outage: float = 2.0,
-                after: float = 4.0, clients: int = 2) -> Outcome:
+def fault_redis(
+    root: Path, redis: Any, *, before: float = 1.5, outage: float = 2.0, after: float = 4.0, clients: int = 2
+) -> Outcome:
     """The server runs with REDIS_URL; clients log events, write insights and read them
     back with get_context while Redis is SIGKILLed and, `outage` seconds later, started
     again (empty). Tools must keep answering, right, and fast; the tier must come back."""
@@ -676,6 +728,7 @@ def fault_redis(root: Path, redis: Any, *, before: float = 1.5, outage: float = 
             latest = {i["metric"]: i["latest"] for i in ctx["insights"]}
             if latest.get(f"m{c}") != value:
                 stale.append(f"{phase[0]}: m{c} latest {latest.get(f'm{c}')} != {value}")
+
         return step
 
     async def chaos(stop: anyio.Event) -> None:
@@ -699,9 +752,16 @@ def fault_redis(root: Path, redis: Any, *, before: float = 1.5, outage: float = 
         async with anyio.create_task_group() as tg:
             tg.start_soon(chaos, stop)
             for c in range(clients):
-                tg.start_soon(functools.partial(
-                    keep_logging, functools.partial(http_session, http.url, f"tok-{c}"), ledger, c,
-                    stop, per_session=per_client(c)))
+                tg.start_soon(
+                    functools.partial(
+                        keep_logging,
+                        functools.partial(http_session, http.url, f"tok-{c}"),
+                        ledger,
+                        c,
+                        stop,
+                        per_session=per_client(c),
+                    )
+                )
 
     try:
         run_async(load, before + outage + after + 60)
@@ -712,12 +772,16 @@ def fault_redis(root: Path, redis: Any, *, before: float = 1.5, outage: float = 
     account(out, home, ledger)
     for name, values in latency.items():
         values.sort()
-        out.notes.append(f"log_insight + get_context {name} the outage: {len(values)} calls, p50 "
-                         f"{values[len(values) // 2] * 1000:.1f} ms, p95 "
-                         f"{values[int(len(values) * 0.95)] * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms")
+        out.notes.append(
+            f"log_insight + get_context {name} the outage: {len(values)} calls, p50 "
+            f"{values[len(values) // 2] * 1000:.1f} ms, p95 "
+            f"{values[int(len(values) * 0.95)] * 1000:.1f} ms, max {values[-1] * 1000:.1f} ms"
+        )
     worst = max(latency.get("during", [0.0]))
-    out.notes.append("Redis held contexts again " + (
-        f"{repopulated[0]:.2f} s after its restart" if repopulated else "never after its restart"))
+    out.notes.append(
+        "Redis held contexts again "
+        + (f"{repopulated[0]:.2f} s after its restart" if repopulated else "never after its restart")
+    )
     out.require(bool(repopulated), "the Redis tier did not come back after Redis restarted")
     out.require(not stale, f"{len(stale)} get_context answers missed the insight just written: {stale[:3]}")
     out.require(not ledger.refused, f"{len(ledger.refused)} calls refused: {ledger.refused[:3]}")
@@ -767,8 +831,11 @@ def fault_warehouse_down(root: Path, *, outage: float = 3.0, clients: int = 2) -
     def outage_window() -> None:
         pid = owner_pid(home)
         time.sleep(0.5)  # some load first
-        holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"), str(outage)],
-                                  stdout=subprocess.PIPE, text=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"), str(outage)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert holder.stdout is not None
             # Stop the owner; the holder takes the file at once. Should the server start a
@@ -807,14 +874,18 @@ def fault_warehouse_down(root: Path, *, outage: float = 3.0, clients: int = 2) -
     try:
         run_async(load, outage + 90)
         caught = wait_caught_up(qdir, 60)
-        out.notes.append(f"owner caught up {time.monotonic() - timeline['released']:.2f} s after the file "
-                         f"was released ({caught:.2f} s after the load stopped)")
+        out.notes.append(
+            f"owner caught up {time.monotonic() - timeline['released']:.2f} s after the file "
+            f"was released ({caught:.2f} s after the load stopped)"
+        )
     finally:
         http.stop()
     log = http.log.read_text(errors="replace")
     refused_opens = log.count("TransientError: DuckDB file")
-    out.notes.append(f"{timeline.get('backlog_mid_outage', 0):,} events waiting mid-outage; the server "
-                     f"tried to start an owner {refused_opens} times while the file was held")
+    out.notes.append(
+        f"{timeline.get('backlog_mid_outage', 0):,} events waiting mid-outage; the server "
+        f"tried to start an owner {refused_opens} times while the file was held"
+    )
     out.notes.append(f"final upload --once: {upload_once(home)}")
     account(out, home, ledger)
     out.require(timeline.get("rows_loaded_during_outage") == 0, "rows were loaded while the file was held")
@@ -839,21 +910,31 @@ def fault_warehouse_down_standalone(root: Path, *, outage: float = 3.0, events: 
     subprocess.run([EXE, "init"], env=env, capture_output=True, check=True, timeout=60)
     with Queue(str(qdir)) as q:
         ledger.direct(q, events)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"), str(outage)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"), str(outage)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     follower: subprocess.Popen[str] | None = None
     try:
         assert holder.stdout is not None
         if holder.stdout.readline().split()[:1] != ["held"]:
             raise ChaosFailure("the holder could not take the DuckDB file")
-        follower = subprocess.Popen([EXE, "upload", "--follow", "--quiet"], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        follower = subprocess.Popen(
+            [EXE, "upload", "--follow", "--quiet"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(outage / 2)
         if follower.poll() is not None:
             assert follower.stderr is not None
             last = follower.stderr.read().strip().splitlines()[-1:] or [""]
-            out.problems.append(f"upload --follow exited with {follower.returncode} while the file was "
-                                f"held instead of retrying: {last[0][:200]}")
+            out.problems.append(
+                f"upload --follow exited with {follower.returncode} while the file was "
+                f"held instead of retrying: {last[0][:200]}"
+            )
         holder.wait(outage + 30)
         released = time.monotonic()
         if follower.poll() is None:
@@ -891,16 +972,22 @@ def small_filesystem(path: Path, size_mb: int, scratch: Path) -> Iterator[str]:
     path.mkdir(parents=True, exist_ok=True)
     tried = []
     kind = None
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if r.returncode == 0:
         kind = "tmpfs"
     else:
         tried.append(f"mount -t tmpfs: {r.stderr.strip() or r.returncode}")
         image = scratch / f"disk-{ulid()}.img"
-        steps = [["dd", "if=/dev/zero", f"of={image}", "bs=1M", f"count={size_mb}", "status=none"],
-                 ["mkfs.ext4", "-q", "-m", "0", "-F", str(image)],
-                 ["mount", "-o", "loop", str(image), str(path)]]
+        steps = [
+            ["dd", "if=/dev/zero", f"of={image}", "bs=1M", f"count={size_mb}", "status=none"],
+            ["mkfs.ext4", "-q", "-m", "0", "-F", str(image)],
+            ["mount", "-o", "loop", str(image), str(path)],
+        ]
         for step in steps:
             try:
                 r = subprocess.run(step, capture_output=True, text=True, timeout=60)
@@ -914,7 +1001,8 @@ def small_filesystem(path: Path, size_mb: int, scratch: Path) -> Iterator[str]:
     if kind is None:
         raise MountError(
             f"cannot mount a small filesystem on {path} (needs root and mount permission, "
-            f"e.g. a privileged container): " + " | ".join(tried))
+            f"e.g. a privileged container): " + " | ".join(tried)
+        )
     try:
         yield kind
     finally:
@@ -981,10 +1069,12 @@ def fault_disk_full(root: Path, *, size_mb: int = 40, pad: int = 64 * 1024) -> O
         out.notes.append(f"queue on a {size_mb} MiB {kind}")
         reader = QueueReader(str(qdir))  # no owner may start: nothing is uploaded meanwhile
         try:
+
             async def run() -> None:
                 async with stdio_session(home, "disk@chaos.io", errlog=errlog) as s:
-                    await anyio.to_thread.run_sync(lambda: wait_for(
-                        "the server's queue", lambda: (qdir / "queue.state").exists(), 20))
+                    await anyio.to_thread.run_sync(
+                        lambda: wait_for("the server's queue", lambda: (qdir / "queue.state").exists(), 20)
+                    )
                     set_free(qdir, ballast, 4 << 20)  # less than one segment
                     phases["free_at_start"] = free_bytes(qdir)
                     first = await log_one(s, ledger, 0)  # the segment shrinks to what fits
@@ -1020,26 +1110,40 @@ def fault_disk_full(root: Path, *, size_mb: int = 40, pad: int = 64 * 1024) -> O
     errlog.close()
     messages = sorted(set(ledger.refused))
     first_error = phases.get("first_error")
-    out.require(first_error is None,
-                f"with less than a segment free, a small event was refused: {first_error!r}")
+    out.require(
+        first_error is None, f"with less than a segment free, a small event was refused: {first_error!r}"
+    )
     out.require(phases.get("acked_before_full", 0) > 0, "no event was acknowledged before the disk filled")
-    out.require(phases.get("ok_while_full") == 0,
-                f"{phases.get('ok_while_full')} events were acknowledged while the disk stayed full")
-    out.require(all("No space left on device" in m for m in messages),
-                f"errors without a clear reason: {messages}")
-    out.require(bool(phases.get("ping_while_full") and phases.get("get_context_while_full")),
-                "the server stopped answering while the disk was full")
-    out.require(phases.get("ok_after_freeing") == 20,
-                f"only {phases.get('ok_after_freeing')} of 20 events were acknowledged after freeing space")
-    out.require(not phases.get("segments_while_full") and not seg_problems,
-                f"half-written segments: {phases.get('segments_while_full') or seg_problems}")
+    out.require(
+        phases.get("ok_while_full") == 0,
+        f"{phases.get('ok_while_full')} events were acknowledged while the disk stayed full",
+    )
+    out.require(
+        all("No space left on device" in m for m in messages), f"errors without a clear reason: {messages}"
+    )
+    out.require(
+        bool(phases.get("ping_while_full") and phases.get("get_context_while_full")),
+        "the server stopped answering while the disk was full",
+    )
+    out.require(
+        phases.get("ok_after_freeing") == 20,
+        f"only {phases.get('ok_after_freeing')} of 20 events were acknowledged after freeing space",
+    )
+    out.require(
+        not phases.get("segments_while_full") and not seg_problems,
+        f"half-written segments: {phases.get('segments_while_full') or seg_problems}",
+    )
     out.require(not quarantine_records(home), "the uploader quarantined lines")
-    out.notes.append(f"server stderr: {server_log.count('could not log a tool call')} tool-call log "
-                     f"lines could not be written, {server_log.count('Traceback')} tracebacks")
+    out.notes.append(
+        f"server stderr: {server_log.count('could not log a tool call')} tool-call log "
+        f"lines could not be written, {server_log.count('Traceback')} tracebacks"
+    )
     out.errors = len(ledger.refused)
-    out.notes.append(f"{phases.get('acked_before_full')} events of {pad // 1024} KiB acknowledged "
-                     f"before ENOSPC, then {phases.get('errors_while_full')} clear errors: "
-                     f"{messages[:1]}")
+    out.notes.append(
+        f"{phases.get('acked_before_full')} events of {pad // 1024} KiB acknowledged "
+        f"before ENOSPC, then {phases.get('errors_while_full')} clear errors: "
+        f"{messages[:1]}"
+    )
     out.seconds = time.monotonic() - t0
     return out.finish("clear error (No space left on device), then recovered")
 
@@ -1056,12 +1160,22 @@ def fault_full_disk_at_start(root: Path) -> Outcome:
     errlog = open(root / "full-at-start.log", "w+")  # noqa: SIM115
     with small_filesystem(qdir, 1, root):
         set_free(qdir, qdir / "ballast.bin", 0)
-        proc = subprocess.run([sys.executable, "-c", "import sys; from activitybi import Queue; "
-                               "Queue(sys.argv[1]).close()", str(qdir)],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from activitybi import Queue; Queue(sys.argv[1]).close()",
+                str(qdir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if proc.returncode < 0:
-            out.problems.append(f"Queue(dir) on a full filesystem killed the process with "
-                                f"{signal.Signals(-proc.returncode).name}")
+            out.problems.append(
+                f"Queue(dir) on a full filesystem killed the process with "
+                f"{signal.Signals(-proc.returncode).name}"
+            )
         elif proc.returncode != 0 and "No space left" not in proc.stderr:
             out.problems.append(f"Queue(dir) on a full filesystem failed unclearly: {proc.stderr[-300:]}")
         out.notes.append(f"Queue(dir) exit status {proc.returncode}: {proc.stderr.strip()[-120:]}")
@@ -1093,15 +1207,16 @@ def corrupt_line(line: bytes, rng: random.Random, mode: str) -> bytes:
     """One byte of `line` changed: in "structural" mode a brace, quote, colon or comma
     (the line stops being JSON); in "random" mode any byte, one bit (bit rot). Never a
     newline or a zero byte in or out."""
-    positions = [i for i, b in enumerate(line) if b in STRUCTURAL] if mode == "structural" else \
-        list(range(len(line)))
+    positions = (
+        [i for i, b in enumerate(line) if b in STRUCTURAL] if mode == "structural" else list(range(len(line)))
+    )
     for _ in range(1000):
         i = rng.choice(positions)
         mask = rng.randrange(1, 128) if mode == "structural" else 1 << rng.randrange(8)
         new = line[i] ^ mask
         if new in (0, 10) or line[i] in (0, 10):
             continue
-        bad = line[:i] + bytes([new]) + line[i + 1:]
+        bad = line[:i] + bytes([new]) + line[i + 1 :]
         if mode == "structural":
             try:
                 orjson.loads(bad)
@@ -1112,8 +1227,9 @@ def corrupt_line(line: bytes, rng: random.Random, mode: str) -> bytes:
     raise ChaosFailure(f"could not corrupt {line[:80]!r}")
 
 
-def fault_flipped_bytes(root: Path, *, events: int = 300, flips: int = 10, mode: str = "structural",
-                        seed: int = 3) -> Outcome:
+def fault_flipped_bytes(
+    root: Path, *, events: int = 300, flips: int = 10, mode: str = "structural", seed: int = 3
+) -> Outcome:
     """The server logs `events` while no owner runs (the test holds the reader lock);
     then one byte of `flips` lines of the sealed segments is changed; then the uploader
     runs (twice). Unreadable lines go to quarantine with a reason, the others load once."""
@@ -1128,6 +1244,7 @@ def fault_flipped_bytes(root: Path, *, events: int = 300, flips: int = 10, mode:
     qdir.mkdir(parents=True, exist_ok=True)
     reader = QueueReader(str(qdir))
     try:
+
         async def run() -> None:
             async with stdio_session(home, "flip@chaos.io") as s:
                 for _ in range(events):
@@ -1168,19 +1285,24 @@ def fault_flipped_bytes(root: Path, *, events: int = 300, flips: int = 10, mode:
     account(out, home, ledger, corrupted=frozenset(corrupted), altered=frozenset(altered_ids))
     present = {aid for aid, _ in stream_rows(home)}
     quarantined_lines = {r["line"] for r in records}
-    out.quarantined = sum(1 for aid in expect_bad
-                          if corrupted[aid].decode("utf-8", "replace") in quarantined_lines)
+    out.quarantined = sum(
+        1 for aid in expect_bad if corrupted[aid].decode("utf-8", "replace") in quarantined_lines
+    )
     out.altered = len(corrupted) - len(expect_bad)
     altered_lost = sum(1 for aid in corrupted if aid not in expect_bad and aid not in present)
-    out.require(out.quarantined == len(expect_bad),
-                f"only {out.quarantined} of {len(expect_bad)} unreadable lines are in quarantine")
+    out.require(
+        out.quarantined == len(expect_bad),
+        f"only {out.quarantined} of {len(expect_bad)} unreadable lines are in quarantine",
+    )
     out.require(all(r.get("reason") for r in records), "a quarantined line has no reason")
     out.require(len(records) == len(quarantine_after_first), "the second upload quarantined lines again")
     out.require(not any(aid in present for aid in expect_bad), "an unreadable line was loaded")
     out.found = sum(1 for aid in ledger.acked if aid in present and aid not in corrupted)
-    out.notes.append(f"{len(corrupted)} lines corrupted: {len(expect_bad)} unreadable (quarantined "
-                     f"{out.quarantined}), {out.altered} still valid and loaded with other content "
-                     f"({altered_lost} of them under another activity_id)")
+    out.notes.append(
+        f"{len(corrupted)} lines corrupted: {len(expect_bad)} unreadable (quarantined "
+        f"{out.quarantined}), {out.altered} still valid and loaded with other content "
+        f"({altered_lost} of them under another activity_id)"
+    )
     if mode == "random" and out.altered:
         out.notes.append("segments carry no checksum, so a flipped bit inside a value loads silently")
     out.seconds = time.monotonic() - t0
@@ -1188,12 +1310,35 @@ def fault_flipped_bytes(root: Path, *, events: int = 300, flips: int = 10, mode:
 
 
 def format_table(outcomes: list[Outcome]) -> str:
-    head = ("fault", "acked", "found", "lost", "dup", "quar.", "altered", "in flight", "errors", "s",
-            "outcome")
-    rows = [(o.fault, f"{o.acknowledged:,}", f"{o.found:,}", str(o.lost), str(o.duplicated),
-             str(o.quarantined), str(o.altered), f"{o.in_flight} ({o.in_flight_stored} stored)",
-             str(o.errors), f"{o.seconds:.1f}", o.outcome if len(o.outcome) <= 60 else o.outcome[:57] + "...")
-            for o in outcomes]
+    head = (
+        "fault",
+        "acked",
+        "found",
+        "lost",
+        "dup",
+        "quar.",
+        "altered",
+        "in flight",
+        "errors",
+        "s",
+        "outcome",
+    )
+    rows = [
+        (
+            o.fault,
+            f"{o.acknowledged:,}",
+            f"{o.found:,}",
+            str(o.lost),
+            str(o.duplicated),
+            str(o.quarantined),
+            str(o.altered),
+            f"{o.in_flight} ({o.in_flight_stored} stored)",
+            str(o.errors),
+            f"{o.seconds:.1f}",
+            o.outcome if len(o.outcome) <= 60 else o.outcome[:57] + "...",
+        )
+        for o in outcomes
+    ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))

@@ -69,9 +69,7 @@ class RedisServer:
         for name, value in options.items():
             argv += [f"--{name}", value]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.paused = False
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:

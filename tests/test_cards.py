@@ -30,8 +30,7 @@ from activitybi.tickets import TicketStore
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 from tests.mcp_clients import free_port, stdio_session, text
 
-PROVENANCE = {"template": "usage_by_day", "params_hash": "9f" * 32,
-              "created_at": "2026-11-23T18:00:00.000"}
+PROVENANCE = {"template": "usage_by_day", "params_hash": "9f" * 32, "created_at": "2026-11-23T18:00:00.000"}
 
 
 def result(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -39,17 +38,16 @@ def result(rows: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
     return {"columns": columns, "rows": rows, "total_rows": len(rows), "sampled": False, **extra}
 
 
-DAYS = result([{"day": f"2026-11-{d:02d}", "events": d * 3, "sessions": d % 4}
-               for d in range(1, 21)])
+DAYS = result([{"day": f"2026-11-{d:02d}", "events": d * 3, "sessions": d % 4} for d in range(1, 21)])
 
 
 def chunks(png: bytes) -> list[tuple[bytes, bytes]]:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     out, i = [], 8
     while i < len(png):
-        (length,) = struct.unpack(">I", png[i:i + 4])
-        kind, data = png[i + 4:i + 8], png[i + 8:i + 8 + length]
-        (crc,) = struct.unpack(">I", png[i + 8 + length:i + 12 + length])
+        (length,) = struct.unpack(">I", png[i : i + 4])
+        kind, data = png[i + 4 : i + 8], png[i + 8 : i + 8 + length]
+        (crc,) = struct.unpack(">I", png[i + 8 + length : i + 12 + length])
         assert crc == zlib.crc32(kind + data), kind
         out.append((kind, data))
         i += 12 + length
@@ -94,9 +92,11 @@ def _differs(a: Image.Image, b: Image.Image, box: tuple[int, int, int, int]) -> 
 def test_the_footer_shows_the_provenance_and_the_plot_the_data() -> None:
     base = render_card(DAYS, title="Usage by day", **PROVENANCE)
     other_hash = render_card(DAYS, title="Usage by day", **{**PROVENANCE, "params_hash": "ab" * 32})
-    other_data = render_card(result([{**r, "events": r["events"] * (1 + (i % 3))}
-                                     for i, r in enumerate(DAYS["rows"])]),
-                             title="Usage by day", **PROVENANCE)
+    other_data = render_card(
+        result([{**r, "events": r["events"] * (1 + (i % 3))} for i, r in enumerate(DAYS["rows"])]),
+        title="Usage by day",
+        **PROVENANCE,
+    )
     a, b, c = _pixels(base), _pixels(other_hash), _pixels(other_data)
     footer, plot, title = (0, 560, 1000, 600), (60, 60, 1000, 530), (0, 0, 1000, 55)
     assert min(a.crop(footer).tobytes()) < 128  # there is dark text in the footer
@@ -110,8 +110,12 @@ def test_kinds_and_what_is_drawn() -> None:
     assert auto["kind"] == "line" and auto["x"] == "day" and auto["y"] == ["events", "sessions"]
     _, bar = render(DAYS, title="t", kind="bar", **PROVENANCE)
     assert bar["kind"] == "bar" and bar["y"] == ["events"]
-    models = result([{"model": "sonnet", "exchanges": 3, "cost_usd": "0.25"},
-                     {"model": "haiku", "exchanges": 9, "cost_usd": 0.01}])
+    models = result(
+        [
+            {"model": "sonnet", "exchanges": 3, "cost_usd": "0.25"},
+            {"model": "haiku", "exchanges": 9, "cost_usd": 0.01},
+        ]
+    )
     _, drawn = render(models, title="t", y="cost_usd", **PROVENANCE)
     assert drawn["kind"] == "bar" and drawn["x"] == "model" and drawn["y"] == ["cost_usd"]
     many = result([{"tool": f"t{i}", "calls": i} for i in range(500)], sampled=True)
@@ -123,13 +127,16 @@ def test_kinds_and_what_is_drawn() -> None:
     assert render(numbers, title="t", **PROVENANCE)[1]["x"] is None
 
 
-@pytest.mark.parametrize(("bad", "needle"), [
-    (result([]), "no rows"),
-    ({"columns": ["a"], "rows": []}, "no rows"),
-    (result([{"tool": "a", "note": "x"}, {"tool": "b", "note": None}]), "no plottable column"),
-    (result([{"day": "2026-11-01", "who": "ana"}]), "no plottable column"),
-    ({"columns": ["a"]}, "'rows'"),
-])
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (result([]), "no rows"),
+        ({"columns": ["a"], "rows": []}, "no rows"),
+        (result([{"tool": "a", "note": "x"}, {"tool": "b", "note": None}]), "no plottable column"),
+        (result([{"day": "2026-11-01", "who": "ana"}]), "no plottable column"),
+        ({"columns": ["a"]}, "'rows'"),
+    ],
+)
 def test_bad_results_are_clear_errors(bad: dict[str, Any], needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         render_card(bad, title="t", **PROVENANCE)
@@ -142,8 +149,14 @@ def test_an_unknown_kind_is_refused() -> None:
 
 def test_ten_thousand_rows_render_well_under_a_second() -> None:
     start = dt.datetime(2026, 11, 1)
-    rows = [{"ts": (start + dt.timedelta(minutes=i)).isoformat(), "events": (i * 7919) % 101,
-             "cost_usd": ((i * 104729) % 1000) / 1000} for i in range(10_000)]
+    rows = [
+        {
+            "ts": (start + dt.timedelta(minutes=i)).isoformat(),
+            "events": (i * 7919) % 101,
+            "cost_usd": ((i * 104729) % 1000) / 1000,
+        }
+        for i in range(10_000)
+    ]
     big = result(rows)
     render_card(big, title="warm-up", **PROVENANCE)  # imports matplotlib
     best = {}
@@ -159,8 +172,14 @@ def test_ten_thousand_rows_render_well_under_a_second() -> None:
 
 # ----------------------------------------------------------------------- tickets → cards
 
-def _ticket(store: TicketStore, customer: str, status: str, rows: list[dict[str, Any]] | None,
-            template: str = "usage_by_day") -> str:
+
+def _ticket(
+    store: TicketStore,
+    customer: str,
+    status: str,
+    rows: list[dict[str, Any]] | None,
+    template: str = "usage_by_day",
+) -> str:
     t = store.submit(customer, template, {"since": "2026-11-01"}, 65536)
     t.status = status
     if status == "failed":
@@ -186,16 +205,20 @@ def test_card_for_a_ticket_is_drawn_and_stored(_home: Path) -> None:
     assert [a.artifact_id for a in store.list("ana@x.io")] == [card.artifact.artifact_id]
 
 
-@pytest.mark.parametrize(("owner", "status", "rows", "needle"), [
-    ("bo@y.io", "succeeded", DAYS["rows"], "no ticket"),  # another customer's: not disclosed
-    ("ana@x.io", "queued", None, "has not started yet"),
-    ("ana@x.io", "running", None, "still running"),
-    ("ana@x.io", "failed", None, "it failed: stopped"),
-    ("ana@x.io", "succeeded", [], "no rows"),
-    ("ana@x.io", "succeeded", [{"activity": "x", "first": "y"}], "no plottable column"),
-])
-def test_tickets_that_cannot_be_drawn(_home: Path, owner: str, status: str,
-                                      rows: list[dict[str, Any]] | None, needle: str) -> None:
+@pytest.mark.parametrize(
+    ("owner", "status", "rows", "needle"),
+    [
+        ("bo@y.io", "succeeded", DAYS["rows"], "no ticket"),  # another customer's: not disclosed
+        ("ana@x.io", "queued", None, "has not started yet"),
+        ("ana@x.io", "running", None, "still running"),
+        ("ana@x.io", "failed", None, "it failed: stopped"),
+        ("ana@x.io", "succeeded", [], "no rows"),
+        ("ana@x.io", "succeeded", [{"activity": "x", "first": "y"}], "no plottable column"),
+    ],
+)
+def test_tickets_that_cannot_be_drawn(
+    _home: Path, owner: str, status: str, rows: list[dict[str, Any]] | None, needle: str
+) -> None:
     tickets = TicketStore(_home / "tickets")
     tid = _ticket(tickets, owner, status, rows)
     with pytest.raises(CardError, match=needle):
@@ -211,6 +234,7 @@ def test_an_unknown_ticket_is_a_clear_error(_home: Path) -> None:
 
 
 # ----------------------------------------------------------------------- artifacts
+
 
 def test_local_artifacts_expire_with_their_rows(_home: Path, tmp_path: Path) -> None:
     store = ArtifactStore(_home, ttl=dt.timedelta(hours=1))
@@ -228,11 +252,14 @@ def test_local_artifacts_expire_with_their_rows(_home: Path, tmp_path: Path) -> 
     wh.init()
     assert sync_to_warehouse(wh, _home, now=now) == (2, 0)  # `old` has expired already
     assert sync_to_warehouse(wh, _home, now=now) == (0, 0)  # idempotent
-    rows = wh.execute("SELECT artifact_id, customer_id, size_bytes, content_type, created_at, "
-                      "expires_at FROM artifacts ORDER BY created_at").rows
+    rows = wh.execute(
+        "SELECT artifact_id, customer_id, size_bytes, content_type, created_at, "
+        "expires_at FROM artifacts ORDER BY created_at"
+    ).rows
     assert rows == [
         (new.artifact_id, "ana@x.io", 8, "image/png", now, now + dt.timedelta(hours=1)),
-        (forever.artifact_id, "bo@y.io", 6, "text/html", now, now + dt.timedelta(days=3650))]
+        (forever.artifact_id, "bo@y.io", 6, "text/html", now, now + dt.timedelta(days=3650)),
+    ]
 
     later = now + dt.timedelta(hours=1, seconds=1)
     gone = store.expire(later)
@@ -271,8 +298,12 @@ def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
             assert proc.poll() is None, (tmp_path / "moto.log").read_text()
             assert time.monotonic() < deadline, "moto_server did not start"
             time.sleep(0.1)
-    aws = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    aws = {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     for key, value in aws.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
@@ -285,8 +316,9 @@ def s3(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_s3_artifacts_against_a_real_s3_endpoint(_home: Path, s3: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_artifacts_against_a_real_s3_endpoint(
+    _home: Path, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import boto3
 
     client = boto3.client("s3")
@@ -296,8 +328,7 @@ def test_s3_artifacts_against_a_real_s3_endpoint(_home: Path, s3: str,
     png = render_card(DAYS, title="Usage by day", **PROVENANCE)
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     a = store.put("ana@x.io", png, now=now)
-    short = store.put("ana@x.io", b"brief", "application/json", ttl=dt.timedelta(seconds=1),
-                      now=now)
+    short = store.put("ana@x.io", b"brief", "application/json", ttl=dt.timedelta(seconds=1), now=now)
     assert a.s3_url.startswith("s3://cards/team/prod/") and a.s3_url.endswith(".png")
     key = a.s3_url.removeprefix("s3://cards/")
     head = client.head_object(Bucket="cards", Key=key)
@@ -315,7 +346,8 @@ def test_s3_artifacts_against_a_real_s3_endpoint(_home: Path, s3: str,
 
 
 def test_an_s3_outage_keeps_the_artifact_listed_until_it_can_be_deleted(
-        _home: Path, s3: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _home: Path, s3: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import boto3
 
     boto3.client("s3").create_bucket(Bucket="cards")
@@ -332,6 +364,7 @@ def test_an_s3_outage_keeps_the_artifact_listed_until_it_can_be_deleted(
 
 # ----------------------------------------------------------------------- through MCP
 
+
 def test_render_card_over_stdio(_home: Path) -> None:
     """A real `activitybi serve`: log, query, draw; the card comes back as image content
     and is stored; bad tickets are errors naming the problem."""
@@ -342,16 +375,17 @@ def test_render_card_over_stdio(_home: Path) -> None:
             assert "render_card" in tools, "paste the render_card tool into server.build()"
             assert tools["render_card"].input_schema["required"] == ["ticket"]
             for i in range(5):
-                await s.call_tool("log_event", {"activity": "asked_question",
-                                                "model": "sonnet", "cost_usd": 0.01 * (i + 1)})
+                await s.call_tool(
+                    "log_event", {"activity": "asked_question", "model": "sonnet", "cost_usd": 0.01 * (i + 1)}
+                )
             deadline = time.monotonic() + 30
             ticket = None
             while time.monotonic() < deadline:  # until the owner has loaded them
-                ticket = orjson.loads(text(await s.call_tool(
-                    "submit_query", {"template": "cost_by_model"})))["ticket"]
+                ticket = orjson.loads(text(await s.call_tool("submit_query", {"template": "cost_by_model"})))[
+                    "ticket"
+                ]
                 while True:
-                    status = orjson.loads(text(await s.call_tool("get_query_result",
-                                                                 {"ticket": ticket})))
+                    status = orjson.loads(text(await s.call_tool("get_query_result", {"ticket": ticket})))
                     if status["status"] in ("succeeded", "failed"):
                         break
                     await anyio.sleep(0.05)
@@ -378,8 +412,9 @@ def test_render_card_over_stdio(_home: Path) -> None:
             assert unknown.is_error and "no ticket" in text(unknown)
             bad_kind = await s.call_tool("render_card", {"ticket": ticket, "kind": "pie"})
             assert bad_kind.is_error and "kind" in text(bad_kind)
-            empty = orjson.loads(text(await bo.call_tool(
-                "submit_query", {"template": "cost_by_model"})))["ticket"]
+            empty = orjson.loads(text(await bo.call_tool("submit_query", {"template": "cost_by_model"})))[
+                "ticket"
+            ]
             res = await bo.call_tool("render_card", {"ticket": empty})
             assert res.is_error and ("has no result to draw" in text(res) or "no rows" in text(res))
 

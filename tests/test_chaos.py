@@ -19,8 +19,9 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def check(outcome: ch.Outcome) -> ch.Outcome:
-    report = "\n".join([outcome.summary(), *(f"  - {n}" for n in outcome.notes),
-                        *(f"  ! {p}" for p in outcome.problems)])
+    report = "\n".join(
+        [outcome.summary(), *(f"  - {n}" for n in outcome.notes), *(f"  ! {p}" for p in outcome.problems)]
+    )
     print(report)
     assert outcome.ok, report
     assert outcome.acknowledged > 0 or outcome.fault.startswith("queue opened"), report

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from activitybi import claude_desktop
 from activitybi.claude_desktop import ClaudeConfigError, default_config_path, install
 

@@ -25,15 +25,19 @@ import pytest
 from activitybi.safesql.dataset import build_dataset_sql, to_snowflake
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "activityschema"
-STREAM_COLUMNS = ("activity_id, ts, customer, activity, anonymous_customer_id, feature_json, "
-                  "revenue_impact, link")
+STREAM_COLUMNS = (
+    "activity_id, ts, customer, activity, anonymous_customer_id, feature_json, revenue_impact, link"
+)
 
 
 def _manifest() -> dict[str, Any]:
     path = CORPUS / "manifest.json"
     if not path.is_file():
-        pytest.fail(f"conformance corpus not found at {CORPUS} (expected ../shared next to the "
-                    "repository; it is read in place, never copied)", pytrace=False)
+        pytest.fail(
+            f"conformance corpus not found at {CORPUS} (expected ../shared next to the "
+            "repository; it is read in place, never copied)",
+            pytrace=False,
+        )
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
@@ -64,8 +68,9 @@ def con() -> duckdb.DuckDBPyConnection:
 
 
 def _customers(c: duckdb.DuckDBPyConnection) -> list[str]:
-    rows = c.execute("SELECT DISTINCT coalesce(customer, anonymous_customer_id) "
-                     "FROM claude_stream ORDER BY 1").fetchall()
+    rows = c.execute(
+        "SELECT DISTINCT coalesce(customer, anonymous_customer_id) FROM claude_stream ORDER BY 1"
+    ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -78,8 +83,9 @@ def _kind(col: dict[str, Any]) -> str:
         return "boolean"
     if agg in ("listagg", "listagg_distinct"):
         return "string"
-    return {"integer": "number", "float": "number", "timestamp": "timestamp",
-            "boolean": "boolean"}.get(col["type"], "string")
+    return {"integer": "number", "float": "number", "timestamp": "timestamp", "boolean": "boolean"}.get(
+        col["type"], "string"
+    )
 
 
 def _expected_cell(kind: str, text: str) -> object:
@@ -135,8 +141,12 @@ def test_case(con: duckdb.DuckDBPyConnection, name: str) -> None:
         assert names == [c["as"] for c in columns], "output columns in spec order"
         idx = [names.index(h) for h in header]
         for row in cur.fetchall():
-            got[tuple(_result_cell(kinds[h], row[i], f"{name}.{h}={row[i]!r}")
-                      for h, i in zip(header, idx, strict=True))] += 1
+            got[
+                tuple(
+                    _result_cell(kinds[h], row[i], f"{name}.{h}={row[i]!r}")
+                    for h, i in zip(header, idx, strict=True)
+                )
+            ] += 1
     assert len(sql_texts) == 1, "the SQL text must not depend on the customer"
     missing, extra = sorted(map(str, expected - got)), sorted(map(str, got - expected))
     assert got == expected, f"{name}: missing {missing}, extra {extra}"

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 import pytest
 import redis
-from activitybi.redis_tier import KEY_PREFIX, RedisTier, from_env
 
+from activitybi.redis_tier import KEY_PREFIX, RedisTier, from_env
 from tests.redis_server import RedisServer, free_port, redis_server  # noqa: F401
 
 T = TypeVar("T")
@@ -104,9 +104,7 @@ def test_concurrent_writers_leave_the_newest(redis_server: RedisServer) -> None:
     assert t.stats()["errors"] == 0
 
 
-def test_a_foreign_value_at_the_key_is_replaced(
-    redis_server: RedisServer, raw: redis.Redis
-) -> None:
+def test_a_foreign_value_at_the_key_is_replaced(redis_server: RedisServer, raw: redis.Redis) -> None:
     t = tier(redis_server.url)
     raw.set(t.key("c"), b"not a hash")
     assert t.get("c") is None  # WRONGTYPE: an error, but Redis is up

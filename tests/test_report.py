@@ -33,15 +33,30 @@ from activitybi.warehouse.duckdb import DuckDBWarehouse
 T0 = dt.datetime(2026, 11, 20, 9, 0, 0)
 
 
-def _event(wh: DuckDBWarehouse, n: int, activity: str, customer: str, session: str,
-           features: dict[str, Any] | None = None, *, at: dt.datetime | None = None) -> None:
+def _event(
+    wh: DuckDBWarehouse,
+    n: int,
+    activity: str,
+    customer: str,
+    session: str,
+    features: dict[str, Any] | None = None,
+    *,
+    at: dt.datetime | None = None,
+) -> None:
     ts = at or T0 + dt.timedelta(seconds=n)
     wh.execute(
         "INSERT INTO claude_stream (activity_id, ts, customer, activity, feature_json, "
         "_session_id, _source, _ingested_at) VALUES (?, ?, ?, ?, ?, ?, 'stdio', ?)",
-        [f"a{n:04d}", ts, customer, activity,
-         orjson.dumps(features).decode() if features else None, session,
-         ts + dt.timedelta(milliseconds=100 * (n % 5 + 1))])
+        [
+            f"a{n:04d}",
+            ts,
+            customer,
+            activity,
+            orjson.dumps(features).decode() if features else None,
+            session,
+            ts + dt.timedelta(milliseconds=100 * (n % 5 + 1)),
+        ],
+    )
 
 
 @pytest.fixture
@@ -53,29 +68,77 @@ def stream(tmp_path: Path) -> Path:
     wh.init()
     n = iter(range(1, 1000))
     for latency, outcome in ((10, "ok"), (20, "ok"), (30, "ok"), (40, "error"), (100, "ok")):
-        _event(wh, next(n), "called_tool", "ana@x.io", "s1",
-               {"tool": "log_event", "latency_ms": latency, "outcome": outcome})
+        _event(
+            wh,
+            next(n),
+            "called_tool",
+            "ana@x.io",
+            "s1",
+            {"tool": "log_event", "latency_ms": latency, "outcome": outcome},
+        )
     for latency in (1, 3):
-        _event(wh, next(n), "called_tool", "ana@x.io", "s1",
-               {"tool": "get_context", "latency_ms": latency, "outcome": "ok"})
+        _event(
+            wh,
+            next(n),
+            "called_tool",
+            "ana@x.io",
+            "s1",
+            {"tool": "get_context", "latency_ms": latency, "outcome": "ok"},
+        )
     _event(wh, next(n), "asked_question", "ana@x.io", "s1", {"question": "why?"})
-    _event(wh, next(n), "received_answer", "ana@x.io", "s1",
-           {"model": "sonnet", "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.006})
-    _event(wh, next(n), "received_answer", "ana@x.io", "s2",
-           {"model": "sonnet", "input_tokens": 500, "output_tokens": 100, "cost_usd": 0.003})
-    _event(wh, next(n), "received_answer", "ana@x.io", "s2",
-           {"model": "haiku", "input_tokens": 300, "output_tokens": 50, "cost_usd": 0.00055})
+    _event(
+        wh,
+        next(n),
+        "received_answer",
+        "ana@x.io",
+        "s1",
+        {"model": "sonnet", "input_tokens": 1000, "output_tokens": 200, "cost_usd": 0.006},
+    )
+    _event(
+        wh,
+        next(n),
+        "received_answer",
+        "ana@x.io",
+        "s2",
+        {"model": "sonnet", "input_tokens": 500, "output_tokens": 100, "cost_usd": 0.003},
+    )
+    _event(
+        wh,
+        next(n),
+        "received_answer",
+        "ana@x.io",
+        "s2",
+        {"model": "haiku", "input_tokens": 300, "output_tokens": 50, "cost_usd": 0.00055},
+    )
     _event(wh, next(n), "asked_question", "bo@y.io", "s3", {"question": "how much?"})
-    _event(wh, next(n), "received_answer", "bo@y.io", "s3",
-           {"model": "opus", "input_tokens": 10_000, "output_tokens": 2_000, "cost_usd": 1.0})
-    _event(wh, next(n), "called_tool", "ana@x.io", "s0",
-           {"tool": "log_event", "latency_ms": 5000, "outcome": "ok"}, at=dt.datetime(2020, 1, 1))
-    for i, (customer, subject, metric, value) in enumerate((
-            ("ana@x.io", "repo", "ci_minutes", 14.2), ("ana@x.io", "preferences", "tone", "terse"),
-            ("bo@y.io", "spend", "budget", 100))):
-        wh.execute("INSERT INTO insight_atoms VALUES (?, ?, ?, ?, ?, NULL, ?)",
-                   [f"i{i}", customer, subject, metric, orjson.dumps(value).decode(),
-                    T0 + dt.timedelta(minutes=i)])
+    _event(
+        wh,
+        next(n),
+        "received_answer",
+        "bo@y.io",
+        "s3",
+        {"model": "opus", "input_tokens": 10_000, "output_tokens": 2_000, "cost_usd": 1.0},
+    )
+    _event(
+        wh,
+        next(n),
+        "called_tool",
+        "ana@x.io",
+        "s0",
+        {"tool": "log_event", "latency_ms": 5000, "outcome": "ok"},
+        at=dt.datetime(2020, 1, 1),
+    )
+    for i, (customer, subject, metric, value) in enumerate(
+        (
+            ("ana@x.io", "repo", "ci_minutes", 14.2),
+            ("ana@x.io", "preferences", "tone", "terse"),
+            ("bo@y.io", "spend", "budget", 100),
+        )
+    ):
+        wh.execute(
+            "INSERT INTO insight_atoms VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            [f"i{i}", customer, subject, metric, orjson.dumps(value).decode(), T0 + dt.timedelta(minutes=i)],
+        )
     wh.close()
     return path
 
@@ -97,13 +160,24 @@ def test_figures_of_a_hand_built_stream(stream: Path, _home: Path) -> None:
     assert (tools["get_context"]["p50_ms"], tools["get_context"]["p95_ms"]) == (2, 2.9)
     models = {m["model"]: m for m in r["cost_by_model"]}
     assert [m["model"] for m in r["cost_by_model"]] == ["opus", "sonnet", "haiku"]
-    assert models["sonnet"] == {"model": "sonnet", "exchanges": 2, "input_tokens": 1500,
-                                "output_tokens": 300, "cost_usd": 0.009}
+    assert models["sonnet"] == {
+        "model": "sonnet",
+        "exchanges": 2,
+        "input_tokens": 1500,
+        "output_tokens": 300,
+        "cost_usd": 0.009,
+    }
     assert [(s["session_id"], s["cost_usd"]) for s in r["cost_by_session"]] == [
-        ("s3", 1.0), ("s1", 0.006), ("s2", 0.00355)]
+        ("s3", 1.0),
+        ("s1", 0.006),
+        ("s2", 0.00355),
+    ]
     assert r["sessions_total"] == 3  # s0 is from 2020
     assert {a["activity"]: a["events"] for a in r["activities"]} == {
-        "called_tool": 7, "received_answer": 4, "asked_question": 2}
+        "called_tool": 7,
+        "received_answer": 4,
+        "asked_question": 2,
+    }
     assert r["timeline"]["bucket"] == "second"
     assert sum(p["events"] for p in r["timeline"]["points"]) == 13
     assert r["totals"]["lag_p95_ms"] == 500
@@ -112,16 +186,29 @@ def test_figures_of_a_hand_built_stream(stream: Path, _home: Path) -> None:
     assert mine["totals"]["customers"] == 1 and mine["totals"]["events"] == 12
     assert "opus" not in {m["model"] for m in mine["cost_by_model"]}
     assert [(i["subject"], i["value"]) for i in mine["insights"]] == [
-        ("preferences", "terse"), ("repo", 14.2)]
+        ("preferences", "terse"),
+        ("repo", 14.2),
+    ]
 
 
 def test_terminal_report_shows_the_figures(stream: Path, _home: Path) -> None:
     console = Console(record=True, width=140, file=io.StringIO())
     render_terminal(build_report(stream, since=dt.date(2026, 1, 1), home=_home), console)
     out = console.export_text()
-    for needle in ("13 events", "3 sessions", "Tool calls", "88.00 ms", "20.0%", "Cost by model",
-                   "opus", "$1.00", "Recent insights", "ci_minutes", "Health",
-                   "0 events pending"):
+    for needle in (
+        "13 events",
+        "3 sessions",
+        "Tool calls",
+        "88.00 ms",
+        "20.0%",
+        "Cost by model",
+        "opus",
+        "$1.00",
+        "Recent insights",
+        "ci_minutes",
+        "Health",
+        "0 events pending",
+    ):
         assert needle in out, needle
 
 
@@ -130,7 +217,8 @@ def test_health_counts_pending_events_and_quarantined_lines(stream: Path, _home:
         q.append_many([{"activity": "asked_question"}] * 7)
     (_home / "quarantine").mkdir(parents=True)
     (_home / "quarantine" / "uploader.jsonl").write_text(
-        '{"reason": "not JSON", "line": "x"}\n{"reason": "no activity", "line": "{}"}\n')
+        '{"reason": "not JSON", "line": "x"}\n{"reason": "no activity", "line": "{}"}\n'
+    )
     h = build_report(stream, home=_home)["health"]
     assert h["queue"]["pending"] == 7 and h["queue"]["sealed_segments"] == 1
     assert h["quarantine"]["lines"] == 2 and h["quarantine"]["last_reason"] == "no activity"
@@ -139,9 +227,16 @@ def test_health_counts_pending_events_and_quarantined_lines(stream: Path, _home:
 
 def test_a_warehouse_held_by_its_owner_is_a_clear_error(stream: Path) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
-         "print('ready', flush=True); time.sleep(60)", str(stream)],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+            "print('ready', flush=True); time.sleep(60)",
+            str(stream),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         with pytest.raises(WarehouseBusy) as caught:
@@ -153,8 +248,7 @@ def test_a_warehouse_held_by_its_owner_is_a_clear_error(stream: Path) -> None:
         holder.wait()
 
 
-def test_while_a_server_owns_the_warehouse_the_report_comes_through_its_tickets(
-        _home: Path) -> None:
+def test_while_a_server_owns_the_warehouse_the_report_comes_through_its_tickets(_home: Path) -> None:
     """A running `activitybi serve` (Claude Desktop open) holds DuckDB through its owner
     process: `activitybi report` then asks that owner, with SafeSQL tickets."""
     from tests.mcp_clients import stdio_session
@@ -162,19 +256,31 @@ def test_while_a_server_owns_the_warehouse_the_report_comes_through_its_tickets(
     async def run() -> None:
         async with stdio_session(_home, "ana@x.io") as s:
             for i in range(3):
-                await s.call_tool("log_event", {"activity": "asked_question", "model": "sonnet",
-                                                "input_tokens": 100, "cost_usd": 0.5 * (i + 1)})
-            await s.call_tool("log_insight", {"subject": "repo", "metric": "ci_minutes",
-                                              "value": 9})
+                await s.call_tool(
+                    "log_event",
+                    {
+                        "activity": "asked_question",
+                        "model": "sonnet",
+                        "input_tokens": 100,
+                        "cost_usd": 0.5 * (i + 1),
+                    },
+                )
+            await s.call_tool("log_insight", {"subject": "repo", "metric": "ci_minutes", "value": 9})
             await s.call_tool("log_event", {"activity": "Bad Name"})  # a failed call
             with Queue(str(_home / "queue")) as q:
                 deadline = time.monotonic() + 30
                 while q.stats()["pending"] and time.monotonic() < deadline:
                     await anyio.sleep(0.05)
             proc = await anyio.run_process(
-                ["activitybi", "report", "--html", str(_home / "r.html")], check=False,
-                env={**os.environ, "ACTIVITYBI_HOME": str(_home),
-                     "ACTIVITYBI_CUSTOMER": "ana@x.io", "COLUMNS": "160"})
+                ["activitybi", "report", "--html", str(_home / "r.html")],
+                check=False,
+                env={
+                    **os.environ,
+                    "ACTIVITYBI_HOME": str(_home),
+                    "ACTIVITYBI_CUSTOMER": "ana@x.io",
+                    "COLUMNS": "160",
+                },
+            )
             out = proc.stdout.decode()
             assert proc.returncode == 0, out + proc.stderr.decode()
             assert "came through query tickets" in out and "ana@x.io" in out
@@ -197,6 +303,7 @@ def test_a_missing_warehouse_says_what_to_run(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------- headless Chromium
 
+
 class Chromium:
     """Headless Chromium over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
     it reads commands on fd 3 and answers on fd 4, NUL-separated), so no websocket
@@ -214,11 +321,23 @@ class Chromium:
             os.dup2(b, 4)
 
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             "--no-first-run", "--no-default-browser-check", f"--user-data-dir={profile}",
-             "about:blank"],
-            pass_fds=(3, 4), preexec_fn=wire, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                exe,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                "--no-default-browser-check",
+                f"--user-data-dir={profile}",
+                "about:blank",
+            ],
+            pass_fds=(3, 4),
+            preexec_fn=wire,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(cmd_r)
         os.close(out_w)
         self._buf = b""
@@ -243,8 +362,9 @@ class Chromium:
                 raise EOFError("chromium exited")
             self._buf += chunk
 
-    def call(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None) -> dict[str, Any]:
+    def call(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
+    ) -> dict[str, Any]:
         self._id += 1
         msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
         if session:
@@ -270,8 +390,7 @@ class Chromium:
         problems = []
         for e in self.events:
             p = e.get("params", {})
-            if e["method"] == "Runtime.consoleAPICalled" and p.get("type") in (
-                    "error", "warning", "assert"):
+            if e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "warning", "assert"):
                 args = [a.get("value") for a in p.get("args", [])]
                 problems.append(f"console.{p['type']}: {args}")
             elif e["method"] == "Runtime.exceptionThrown":
@@ -283,8 +402,9 @@ class Chromium:
         return s, problems
 
     def evaluate(self, session: str, expression: str) -> Any:
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                           session=session)
+        result = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=session
+        )
         return result["result"].get("value")
 
     def close(self) -> None:
@@ -307,16 +427,20 @@ def chromium(tmp_path: Path) -> Any:
 
 
 def test_the_html_page_loads_in_chromium_without_errors_and_shows_its_charts(
-        stream: Path, _home: Path, tmp_path: Path, chromium: Chromium) -> None:
+    stream: Path, _home: Path, tmp_path: Path, chromium: Chromium
+) -> None:
     page = tmp_path / "report.html"
     page.write_text(render_html(build_report(stream, home=_home)), encoding="utf-8")
     assert "http://" not in page.read_text() and "https://" not in page.read_text()
     session, problems = chromium.load(page.as_uri())
     assert problems == []
-    charts = chromium.evaluate(session, """JSON.stringify([...document.querySelectorAll('svg')]
+    charts = chromium.evaluate(
+        session,
+        """JSON.stringify([...document.querySelectorAll('svg')]
         .map(s => { const r = s.getBoundingClientRect();
                     return [s.getAttribute('aria-label'), r.width, r.height,
-                            s.querySelectorAll('rect').length]; }))""")
+                            s.querySelectorAll('rect').length]; }))""",
+    )
     charts = orjson.loads(charts)
     labels = [c[0] for c in charts]
     assert labels[0] == "Events per month (UTC)"  # from 2020 to 2026
@@ -331,8 +455,7 @@ def test_the_html_page_loads_in_chromium_without_errors_and_shows_its_charts(
 def test_the_chromium_check_does_see_errors(tmp_path: Path, chromium: Chromium) -> None:
     """The harness is not blind: a broken page is reported."""
     page = tmp_path / "broken.html"
-    page.write_text('<!doctype html><img src="missing.png"><script>console.error("boom");'
-                    "nothing();</script>")
+    page.write_text('<!doctype html><img src="missing.png"><script>console.error("boom");nothing();</script>')
     _, problems = chromium.load(page.as_uri())
     assert any("boom" in p for p in problems)
     assert any(p.startswith("exception") for p in problems)

@@ -28,8 +28,7 @@ from activitybi.memory import customer_key
 S3_ENV = "ACTIVITYBI_ARTIFACTS_S3"
 TTL_ENV = "ACTIVITYBI_ARTIFACTS_TTL_DAYS"
 DEFAULT_TTL = dt.timedelta(days=30)
-_SUFFIX = {"image/png": ".png", "image/svg+xml": ".svg", "text/html": ".html",
-           "application/json": ".json"}
+_SUFFIX = {"image/png": ".png", "image/svg+xml": ".svg", "text/html": ".html", "application/json": ".json"}
 
 
 def _utcnow() -> dt.datetime:
@@ -51,15 +50,17 @@ class Artifact:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["created_at"] = self.created_at.isoformat(timespec="milliseconds")
-        out["expires_at"] = (self.expires_at.isoformat(timespec="milliseconds")
-                             if self.expires_at else None)
+        out["expires_at"] = self.expires_at.isoformat(timespec="milliseconds") if self.expires_at else None
         return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Artifact:
         return cls(
-            artifact_id=d["artifact_id"], customer_id=d["customer_id"], s3_url=d["s3_url"],
-            size_bytes=int(d["size_bytes"]), content_type=d.get("content_type"),
+            artifact_id=d["artifact_id"],
+            customer_id=d["customer_id"],
+            s3_url=d["s3_url"],
+            size_bytes=int(d["size_bytes"]),
+            content_type=d.get("content_type"),
             created_at=dt.datetime.fromisoformat(d["created_at"]),
             expires_at=dt.datetime.fromisoformat(d["expires_at"]) if d.get("expires_at") else None,
         )
@@ -80,16 +81,19 @@ def s3_client() -> Any:
     import boto3  # type: ignore[import-untyped,unused-ignore]
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", region_name=region,
-                        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3")
-                        or os.environ.get("AWS_ENDPOINT_URL") or None)
+    return boto3.client(
+        "s3",
+        region_name=region,
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None,
+    )
 
 
 class ArtifactStore:
     """Stores bytes for a customer and keeps the index of what is stored."""
 
-    def __init__(self, home: Path | None = None, *, s3_url: str | None = None,
-                 ttl: dt.timedelta | None = DEFAULT_TTL) -> None:
+    def __init__(
+        self, home: Path | None = None, *, s3_url: str | None = None, ttl: dt.timedelta | None = DEFAULT_TTL
+    ) -> None:
         self.root = (home or config.home()) / "artifacts"
         self.index_path = self.root / "index.jsonl"
         self.s3_url = s3_url
@@ -102,8 +106,9 @@ class ArtifactStore:
         """Local by default; S3 when `ACTIVITYBI_ARTIFACTS_S3` is set; expiry after
         `ACTIVITYBI_ARTIFACTS_TTL_DAYS` (30; 0 keeps them forever)."""
         days = float(os.environ.get(TTL_ENV, DEFAULT_TTL.days))
-        return cls(home, s3_url=os.environ.get(S3_ENV) or None,
-                   ttl=dt.timedelta(days=days) if days > 0 else None)
+        return cls(
+            home, s3_url=os.environ.get(S3_ENV) or None, ttl=dt.timedelta(days=days) if days > 0 else None
+        )
 
     @property
     def client(self) -> Any:
@@ -127,8 +132,15 @@ class ArtifactStore:
         finally:
             os.close(fd)
 
-    def put(self, customer: str, data: bytes, content_type: str = "image/png", *,
-            ttl: dt.timedelta | None = None, now: dt.datetime | None = None) -> Artifact:
+    def put(
+        self,
+        customer: str,
+        data: bytes,
+        content_type: str = "image/png",
+        *,
+        ttl: dt.timedelta | None = None,
+        now: dt.datetime | None = None,
+    ) -> Artifact:
         """Stores `data` and records it; returns its row."""
         artifact_id = ulid()
         created = now or _utcnow()
@@ -136,8 +148,13 @@ class ArtifactStore:
         name = f"{customer_key(customer)}/{artifact_id}{_SUFFIX.get(content_type, '.bin')}"
         if self.s3_url:
             key = f"{self.prefix}/{name}" if self.prefix else name
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type,
-                                   Metadata={"artifact-id": artifact_id})
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata={"artifact-id": artifact_id},
+            )
             url = f"s3://{self.bucket}/{key}"
         else:
             path = self.root / name
@@ -146,8 +163,15 @@ class ArtifactStore:
             tmp.write_bytes(data)
             os.replace(tmp, path)
             url = path.resolve().as_uri()
-        artifact = Artifact(artifact_id, customer, url, len(data), content_type, created,
-                            created + life if life is not None else None)
+        artifact = Artifact(
+            artifact_id,
+            customer,
+            url,
+            len(data),
+            content_type,
+            created,
+            created + life if life is not None else None,
+        )
         line = orjson.dumps(artifact.to_json()) + b"\n"
         with self._locked():
             fd = os.open(self.index_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -220,8 +244,9 @@ class ArtifactStore:
         return gone
 
 
-def sync_to_warehouse(warehouse: Any, home: Path | None = None, *,
-                      now: dt.datetime | None = None) -> tuple[int, int]:
+def sync_to_warehouse(
+    warehouse: Any, home: Path | None = None, *, now: dt.datetime | None = None
+) -> tuple[int, int]:
     """Loads the index into the `artifacts` table and drops expired rows; for the
     warehouse owner (the only process that may write DuckDB). Idempotent. Returns
     (rows added, rows removed)."""
@@ -235,8 +260,16 @@ def sync_to_warehouse(warehouse: Any, home: Path | None = None, *,
         warehouse.execute(
             "INSERT INTO artifacts (artifact_id, customer_id, s3_url, size_bytes, content_type, "
             "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [a.artifact_id, a.customer_id, a.s3_url, a.size_bytes, a.content_type, a.created_at,
-             a.expires_at])
+            [
+                a.artifact_id,
+                a.customer_id,
+                a.s3_url,
+                a.size_bytes,
+                a.content_type,
+                a.created_at,
+                a.expires_at,
+            ],
+        )
         added += 1
     old = "FROM artifacts WHERE expires_at IS NOT NULL AND expires_at <= ?"
     expired = warehouse.execute(f"SELECT count(*) {old}", [now]).rows

@@ -25,9 +25,14 @@ KINDS = ("auto", "bar", "line")
 MAX_BARS = 40
 MAX_LINES = 4
 WIDTH_PX, HEIGHT_PX, DPI = 1000, 600, 100
-PREFERRED_METRIC = {"cost_by_model": "cost_usd", "cost_by_session": "cost_usd",
-                    "tool_latency": "p95_ms", "activity_counts": "events",
-                    "usage_by_day": "events", "sessions": "events"}
+PREFERRED_METRIC = {
+    "cost_by_model": "cost_usd",
+    "cost_by_session": "cost_usd",
+    "tool_latency": "p95_ms",
+    "activity_counts": "events",
+    "usage_by_day": "events",
+    "sessions": "events",
+}
 """The figure a template's card shows first, when the result has it."""
 _lock = threading.Lock()  # matplotlib's font cache and text layout are not thread-safe
 
@@ -83,8 +88,9 @@ def _rows(result: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     return columns, rows
 
 
-def _plan(columns: list[str], rows: list[dict[str, Any]], kind: str,
-          prefer: str | None = None) -> dict[str, Any]:
+def _plan(
+    columns: list[str], rows: list[dict[str, Any]], kind: str, prefer: str | None = None
+) -> dict[str, Any]:
     """Which column goes on x, which are plotted, and as what."""
     if kind not in KINDS:
         raise CardError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
@@ -111,13 +117,20 @@ def _plan(columns: list[str], rows: list[dict[str, Any]], kind: str,
     if not ys:
         raise CardError(
             "the result has no plottable column: a card needs at least one numeric column "
-            f"(columns: {', '.join(columns) or 'none'})")
+            f"(columns: {', '.join(columns) or 'none'})"
+        )
     if prefer in ys:
         ys = [prefer, *(y for y in ys if y != prefer)]
     ordered = x is None or x in temporal or x in numeric
     chosen = kind if kind != "auto" else ("line" if ordered and len(rows) > 1 else "bar")
-    return {"x": x, "ys": ys, "temporal": x in temporal, "numeric_x": x in numeric,
-            "kind": chosen, "when": temporal.get(x) if x else None}
+    return {
+        "x": x,
+        "ys": ys,
+        "temporal": x in temporal,
+        "numeric_x": x in numeric,
+        "kind": chosen,
+        "when": temporal.get(x) if x else None,
+    }
 
 
 def render_card(
@@ -133,8 +146,9 @@ def render_card(
     """The result as a PNG card (1000x600). `y` picks the metric drawn first (default: the
     first numeric column). CardError (a ValueError) for an empty result, a result with no
     numeric column, or an unknown kind."""
-    return render(result, title=title, template=template, params_hash=params_hash,
-                  created_at=created_at, kind=kind, y=y)[0]
+    return render(
+        result, title=title, template=template, params_hash=params_hash, created_at=created_at, kind=kind, y=y
+    )[0]
 
 
 def render(
@@ -175,28 +189,49 @@ def render(
         ys = ys[:MAX_LINES]
     if ordered_x:
         order.sort(key=lambda i: (xs[i] is None, xs[i] or 0))
-    stamp = (created_at.isoformat(timespec="seconds") if isinstance(created_at, dt.datetime)
-             else str(created_at))
+    stamp = (
+        created_at.isoformat(timespec="seconds") if isinstance(created_at, dt.datetime) else str(created_at)
+    )
     total = int(result.get("total_rows") or len(rows))
     sampled = bool(result.get("sampled"))
-    provenance = (f"template {template} · params {params_hash[:16]} · data of "
-                  f"{stamp.replace('T', ' ')} UTC · {len(rows):,} rows"
-                  + (f" sampled from {total:,}" if sampled else ""))
+    provenance = (
+        f"template {template} · params {params_hash[:16]} · data of "
+        f"{stamp.replace('T', ' ')} UTC · {len(rows):,} rows"
+        + (f" sampled from {total:,}" if sampled else "")
+    )
     with _lock:
-        png = _draw([xs[i] for i in order], {y: [series[y][i] for i in order] for y in ys},
-                    x, chosen, plan, title=title, note=note, provenance=provenance,
-                    metadata={"Title": title, "Software": "activitybi",
-                              "activitybi:template": template,
-                              "activitybi:params_hash": params_hash,
-                              "activitybi:created_at": stamp,
-                              "activitybi:rows": str(len(rows)),
-                              "activitybi:sampled": "true" if sampled else "false"})
-    return png, {"kind": chosen, "x": x, "y": ys, "rows": len(rows), "rows_drawn": len(order),
-                 "note": note or None, "total_rows": total, "sampled": sampled}
+        png = _draw(
+            [xs[i] for i in order],
+            {y: [series[y][i] for i in order] for y in ys},
+            x,
+            chosen,
+            plan,
+            title=title,
+            note=note,
+            provenance=provenance,
+            metadata={
+                "Title": title,
+                "Software": "activitybi",
+                "activitybi:template": template,
+                "activitybi:params_hash": params_hash,
+                "activitybi:created_at": stamp,
+                "activitybi:rows": str(len(rows)),
+                "activitybi:sampled": "true" if sampled else "false",
+            },
+        )
+    return png, {
+        "kind": chosen,
+        "x": x,
+        "y": ys,
+        "rows": len(rows),
+        "rows_drawn": len(order),
+        "note": note or None,
+        "total_rows": total,
+        "sampled": sampled,
+    }
 
 
-def _envelope(xs: list[Any], ys: list[float | None],
-              buckets: int) -> tuple[list[Any], list[float | None]]:
+def _envelope(xs: list[Any], ys: list[float | None], buckets: int) -> tuple[list[Any], list[float | None]]:
     """Keeps each bucket's first, lowest, highest and last point: at the plot's width the
     line looks the same, and Agg draws a tenth of the vertices."""
     n = len(xs)
@@ -214,17 +249,32 @@ def _envelope(xs: list[Any], ys: list[float | None],
     return [xs[i] for i in keep], [ys[i] for i in keep]
 
 
-def _draw(xs: list[Any], series: dict[str, list[float | None]], x: str | None, kind: str,
-          plan: dict[str, Any], *, title: str, note: str, provenance: str,
-          metadata: dict[str, str]) -> bytes:
+def _draw(
+    xs: list[Any],
+    series: dict[str, list[float | None]],
+    x: str | None,
+    kind: str,
+    plan: dict[str, Any],
+    *,
+    title: str,
+    note: str,
+    provenance: str,
+    metadata: dict[str, str],
+) -> bytes:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(WIDTH_PX / DPI, HEIGHT_PX / DPI), dpi=DPI, facecolor="white")
     FigureCanvasAgg(fig)
     ax = fig.add_axes((0.09, 0.2, 0.88, 0.67))
-    fig.text(0.09, 0.94, title if len(title) <= 90 else title[:89] + "…", fontsize=15,
-             fontweight="bold", color="#1d2330")
+    fig.text(
+        0.09,
+        0.94,
+        title if len(title) <= 90 else title[:89] + "…",
+        fontsize=15,
+        fontweight="bold",
+        color="#1d2330",
+    )
     if note:
         fig.text(0.97, 0.94, note, fontsize=9, color="#5a6475", ha="right")
     ys = list(series)
@@ -234,18 +284,27 @@ def _draw(xs: list[Any], series: dict[str, list[float | None]], x: str | None, k
         positions = list(range(n))
         bars = ax.bar(positions, [v or 0.0 for v in series[ys[0]]], color=colors[0], width=0.7)
         if n <= 20:
-            ax.bar_label(bars, labels=[_label(v) for v in series[ys[0]]], fontsize=8, padding=2,
-                         color="#374151")
+            ax.bar_label(
+                bars, labels=[_label(v) for v in series[ys[0]]], fontsize=8, padding=2, color="#374151"
+            )
         ax.set_xticks(positions)
-        ax.set_xticklabels([_tick(v) for v in xs], rotation=30 if n > 6 else 0,
-                           ha="right" if n > 6 else "center", fontsize=8)
+        ax.set_xticklabels(
+            [_tick(v) for v in xs], rotation=30 if n > 6 else 0, ha="right" if n > 6 else "center", fontsize=8
+        )
     else:
         categorical = not (plan["temporal"] or plan["numeric_x"] or x is None)
         px = list(range(n)) if categorical else xs
         for i, y in enumerate(ys):
             lx, ly = _envelope(px, series[y], int(WIDTH_PX * 0.88 / 2))
-            ax.plot(lx, [float("nan") if v is None else v for v in ly], color=colors[i],
-                    linewidth=1.4, marker="o" if n <= 60 else None, markersize=3, label=y)
+            ax.plot(
+                lx,
+                [float("nan") if v is None else v for v in ly],
+                color=colors[i],
+                linewidth=1.4,
+                marker="o" if n <= 60 else None,
+                markersize=3,
+                label=y,
+            )
         if categorical:
             step = max(1, n // 12)
             ax.set_xticks(px[::step])
@@ -276,8 +335,7 @@ def _draw(xs: list[Any], series: dict[str, list[float | None]], x: str | None, k
 def _rule(fig: Any) -> Any:
     from matplotlib.lines import Line2D
 
-    return Line2D([0.01, 0.99], [0.065, 0.065], transform=fig.transFigure, color="#d1d5db",
-                  linewidth=0.8)
+    return Line2D([0.01, 0.99], [0.065, 0.065], transform=fig.transFigure, color="#d1d5db", linewidth=0.8)
 
 
 def _label(v: float | None) -> str:
@@ -310,8 +368,14 @@ def card_title(ticket: Ticket) -> str:
     return title if len(title) <= 90 else title[:89] + "…"
 
 
-def card_for_ticket(tickets: TicketStore, ticket_id: str, customer: str, *, kind: str = "auto",
-                    store: ArtifactStore | None = None) -> Card:
+def card_for_ticket(
+    tickets: TicketStore,
+    ticket_id: str,
+    customer: str,
+    *,
+    kind: str = "auto",
+    store: ArtifactStore | None = None,
+) -> Card:
     """Draws the customer's finished ticket and stores the card as an artifact.
 
     CardError for an unknown or foreign ticket (the same message: a foreign ticket's
@@ -321,30 +385,45 @@ def card_for_ticket(tickets: TicketStore, ticket_id: str, customer: str, *, kind
     if ticket is None:
         raise CardError(f"no ticket {ticket_id[:40]!r} for this user")
     if ticket.status != "succeeded":
-        detail = {"queued": "it has not started yet",
-                  "running": f"it is still running ({ticket.progress or 0:g}%)",
-                  "failed": f"it failed: {ticket.error}",
-                  "cancelled": "it was cancelled"}.get(ticket.status, ticket.status)
-        raise CardError(f"ticket {ticket.ticket_id} has no result to draw: {detail}. "
-                        "Call get_query_result until its status is succeeded.")
+        detail = {
+            "queued": "it has not started yet",
+            "running": f"it is still running ({ticket.progress or 0:g}%)",
+            "failed": f"it failed: {ticket.error}",
+            "cancelled": "it was cancelled",
+        }.get(ticket.status, ticket.status)
+        raise CardError(
+            f"ticket {ticket.ticket_id} has no result to draw: {detail}. "
+            "Call get_query_result until its status is succeeded."
+        )
     result = tickets.result(ticket.ticket_id)
     if result is None:
         raise CardError(f"ticket {ticket.ticket_id} succeeded but its result file is gone")
     try:
-        png, drawn = render(result, title=card_title(ticket), template=ticket.template,
-                            params_hash=ticket.params_hash,
-                            created_at=ticket.finished_at or ticket.submitted_at, kind=kind,
-                            y=PREFERRED_METRIC.get(ticket.template))
+        png, drawn = render(
+            result,
+            title=card_title(ticket),
+            template=ticket.template,
+            params_hash=ticket.params_hash,
+            created_at=ticket.finished_at or ticket.submitted_at,
+            kind=kind,
+            y=PREFERRED_METRIC.get(ticket.template),
+        )
     except CardError:
         raise
     except (ValueError, OverflowError) as e:  # matplotlib on values it cannot lay out
         raise CardError(f"ticket {ticket.ticket_id}'s values cannot be drawn: {e}") from e
-    info: dict[str, Any] = {"ticket": ticket.ticket_id, "template": ticket.template,
-                            "params_hash": ticket.params_hash, **drawn,
-                            "content_type": "image/png", "size_bytes": len(png)}
+    info: dict[str, Any] = {
+        "ticket": ticket.ticket_id,
+        "template": ticket.template,
+        "params_hash": ticket.params_hash,
+        **drawn,
+        "content_type": "image/png",
+        "size_bytes": len(png),
+    }
     artifact = None
     if store is not None:
         artifact = store.put(customer, png, "image/png")
-        info.update(artifact_id=artifact.artifact_id, url=artifact.s3_url,
-                    expires_at=artifact.to_json()["expires_at"])
+        info.update(
+            artifact_id=artifact.artifact_id, url=artifact.s3_url, expires_at=artifact.to_json()["expires_at"]
+        )
     return Card(png, info, artifact)

@@ -90,8 +90,7 @@ def _load(path: Path) -> tuple[bytes | None, dict[str, Any]]:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ClaudeConfigError(
-            f"{path} is not valid JSON ({e}); it was not changed. "
-            "Fix or move it away, then run this again."
+            f"{path} is not valid JSON ({e}); it was not changed. Fix or move it away, then run this again."
         ) from e
     if not isinstance(data, dict):
         raise ClaudeConfigError(f"{path} is not a JSON object; it was not changed.")

@@ -63,26 +63,53 @@ class Conversation:
 
 CONVERSATIONS = [
     Conversation(
-        "Why are my CI builds slow?", "claude-sonnet-4-5",
-        [Turn("Why did CI take 14 minutes on the web-app repo today?", "ci", 2_412, 611,
-              [("read_file", {"path": ".github/workflows/ci.yml", "bytes": 3_184}),
-               ("ran_command", {"command": "gh run view --log", "duration_ms": 1_840})]),
-         Turn("Can we cache node_modules between jobs?", "ci", 3_950, 884,
-              [("edited_file", {"path": ".github/workflows/ci.yml", "lines_changed": 12})])],
-        insights=[("repo:web-app", "ci_minutes", 14.2), ("repo:web-app", "ci_minutes", 9.6),
-                  ("preferences", "answer_style", "short, with the exact commands")],
+        "Why are my CI builds slow?",
+        "claude-sonnet-4-5",
+        [
+            Turn(
+                "Why did CI take 14 minutes on the web-app repo today?",
+                "ci",
+                2_412,
+                611,
+                [
+                    ("read_file", {"path": ".github/workflows/ci.yml", "bytes": 3_184}),
+                    ("ran_command", {"command": "gh run view --log", "duration_ms": 1_840}),
+                ],
+            ),
+            Turn(
+                "Can we cache node_modules between jobs?",
+                "ci",
+                3_950,
+                884,
+                [("edited_file", {"path": ".github/workflows/ci.yml", "lines_changed": 12})],
+            ),
+        ],
+        insights=[
+            ("repo:web-app", "ci_minutes", 14.2),
+            ("repo:web-app", "ci_minutes", 9.6),
+            ("preferences", "answer_style", "short, with the exact commands"),
+        ],
     ),
     Conversation(
-        "What did I spend on Claude?", "claude-haiku-4-5",
+        "What did I spend on Claude?",
+        "claude-haiku-4-5",
         [Turn("How much did my conversations cost this week, by model?", "spend", 1_210, 402)],
         insights=[("spend", "weekly_usd_checked", True)],
         query=("cost_by_model", {}, "bar"),
         mistake=("submit_query", {"template": "cost_per_model"}),
     ),
     Conversation(
-        "Which tools are slowest?", "claude-opus-4-1",
-        [Turn("Which of my tools are slowest, and do any fail?", "tools", 1_876, 533,
-              [("opened_dashboard", {"name": "tool latency"})])],
+        "Which tools are slowest?",
+        "claude-opus-4-1",
+        [
+            Turn(
+                "Which of my tools are slowest, and do any fail?",
+                "tools",
+                1_876,
+                533,
+                [("opened_dashboard", {"name": "tool latency"})],
+            )
+        ],
         insights=[("tools", "slowest_tool_checked", True)],
         query=("tool_latency", {}, "bar"),
     ),
@@ -132,48 +159,60 @@ class _Driver:
         return result
 
 
-async def _converse(conv: Conversation, command: str, args: list[str], env: dict[str, str],
-                    errlog: TextIO, home: Path) -> dict[str, Any]:
+async def _converse(
+    conv: Conversation, command: str, args: list[str], env: dict[str, str], errlog: TextIO, home: Path
+) -> dict[str, Any]:
     from mcp import ClientSession, StdioServerParameters
     from mcp.client.stdio import stdio_client
 
     params = StdioServerParameters(command=command, args=args, env=env)
     out: dict[str, Any] = {"title": conv.title, "model": conv.model}
     started = time.perf_counter()
-    async with stdio_client(params, errlog=errlog) as (read, write), \
-            ClientSession(read, write) as session:
+    async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
         d = _Driver(session)
         tools = {t.name for t in (await session.list_tools()).tools}
         context = orjson.loads(_text(await d.call("get_context", {})))
         remembered = len(context.get("insights") or [])
         for turn in conv.turns:
-            await d.call("log_event", {"activity": "asked_question",
-                                       "feature_json": {"question": turn.question,
-                                                        "topic": turn.topic}})
+            await d.call(
+                "log_event",
+                {
+                    "activity": "asked_question",
+                    "feature_json": {"question": turn.question, "topic": turn.topic},
+                },
+            )
             for activity, features in turn.steps:
                 await d.call("log_event", {"activity": activity, "feature_json": features})
-            await d.call("log_event", {
-                "activity": "received_answer", "model": conv.model,
-                "input_tokens": turn.input_tokens, "output_tokens": turn.output_tokens,
-                "cost_usd": cost(conv.model, turn.input_tokens, turn.output_tokens),
-                "feature_json": {"topic": turn.topic}})
+            await d.call(
+                "log_event",
+                {
+                    "activity": "received_answer",
+                    "model": conv.model,
+                    "input_tokens": turn.input_tokens,
+                    "output_tokens": turn.output_tokens,
+                    "cost_usd": cost(conv.model, turn.input_tokens, turn.output_tokens),
+                    "feature_json": {"topic": turn.topic},
+                },
+            )
         if conv.mistake is not None:
             await d.call(*conv.mistake, expect_error=True)
         if conv.query is not None:
             template, qparams, kind = conv.query
             await d.call("list_query_templates", {})
             out["waited_for_upload_s"] = await _loaded(home)
-            ticket = orjson.loads(_text(await d.call(
-                "submit_query", {"template": template, "params": qparams})))["ticket"]
+            ticket = orjson.loads(
+                _text(await d.call("submit_query", {"template": template, "params": qparams}))
+            )["ticket"]
             out["query"] = await _await_ticket(d, ticket)
             out["query"]["template"] = template
             if "render_card" in tools:
                 out["card"] = await _card(d, ticket, kind, home)
         for subject, metric, value in conv.insights:
             await d.call("log_insight", {"subject": subject, "metric": metric, "value": value})
-        out.update(calls=d.calls, failed=d.failed, remembered=remembered,
-                   seconds=time.perf_counter() - started)
+        out.update(
+            calls=d.calls, failed=d.failed, remembered=remembered, seconds=time.perf_counter() - started
+        )
     return out
 
 
@@ -278,9 +317,11 @@ def run(home: Path | None = None, *, console: Console | None = None) -> dict[str
     os.environ[config.HOME_ENV] = str(home)
     command, args = server_command()
     env = {config.HOME_ENV: str(home), "ACTIVITYBI_CUSTOMER": CUSTOMER}
-    console.print(f"[bold]activitybi demo[/] · home {home}\n"
-                  f"spawning [cyan]{command} {' '.join(args)}[/] as Claude Desktop would, "
-                  f"as {CUSTOMER}")
+    console.print(
+        f"[bold]activitybi demo[/] · home {home}\n"
+        f"spawning [cyan]{command} {' '.join(args)}[/] as Claude Desktop would, "
+        f"as {CUSTOMER}"
+    )
     (home / "logs").mkdir(exist_ok=True)
     log_path = home / "logs" / "demo-servers.log"
     conversations = []
@@ -294,9 +335,11 @@ def run(home: Path | None = None, *, console: Console | None = None) -> dict[str
                 extra += f" · {q['template']} → {q['rows']} rows after {q['polls']} polls"
             if "card" in out:
                 extra += f" · card {out['card']['bytes']:,} bytes"
-            console.print(f"  {n}. [bold]{conv.title}[/] ({conv.model}): {out['calls']} tool calls"
-                          f" ({out['failed']} failed), context recalled {out['remembered']} "
-                          f"insights{extra} · {out['seconds']:.1f} s")
+            console.print(
+                f"  {n}. [bold]{conv.title}[/] ({conv.model}): {out['calls']} tool calls"
+                f" ({out['failed']} failed), context recalled {out['remembered']} "
+                f"insights{extra} · {out['seconds']:.1f} s"
+            )
     loaded = drain(home)
     # when another server owns this home's warehouse, the report comes through its tickets
     report = local_report(home, customer=None if loaded is not None else CUSTOMER)
@@ -316,10 +359,20 @@ def run(home: Path | None = None, *, console: Console | None = None) -> dict[str
         f"server log  {log_path}",
     ]
     console.print("\n".join(lines))
-    drained = f"{loaded:,} loaded by the final drain" if loaded is not None else (
-        "loaded by the server that owns this home")
-    console.print(f"[green]done in {seconds:.1f} s[/]: {report['totals']['events']:,} events "
-                  f"in DuckDB ({drained}). Again: "
-                  f"ACTIVITYBI_HOME={home} activitybi report --html report.html")
-    return {"home": str(home), "seconds": seconds, "conversations": conversations,
-            "events": report["totals"]["events"], "report_html": str(html_path)}
+    drained = (
+        f"{loaded:,} loaded by the final drain"
+        if loaded is not None
+        else ("loaded by the server that owns this home")
+    )
+    console.print(
+        f"[green]done in {seconds:.1f} s[/]: {report['totals']['events']:,} events "
+        f"in DuckDB ({drained}). Again: "
+        f"ACTIVITYBI_HOME={home} activitybi report --html report.html"
+    )
+    return {
+        "home": str(home),
+        "seconds": seconds,
+        "conversations": conversations,
+        "events": report["totals"]["events"],
+        "report_html": str(html_path),
+    }

@@ -46,7 +46,8 @@ class WarehouseBusy(RuntimeError):
         super().__init__(
             f"the warehouse {path} is in use by {who}. DuckDB lets one process open a file "
             "while it writes; stop the activitybi servers (Claude Desktop) or the uploader, "
-            "or run `activitybi report` again once they have exited.")
+            "or run `activitybi report` again once they have exited."
+        )
         self.path, self.pid, self.command = path, pid, command
 
 
@@ -59,7 +60,7 @@ def _process_command(pid: int) -> str | None:
     if "activitybi" in " ".join(parts):
         # `python -m activitybi upload --follow ...` reads better without the interpreter
         start = next((i for i, p in enumerate(parts) if p.endswith("activitybi")), 0)
-        parts = ["activitybi", *parts[start + 1:]]
+        parts = ["activitybi", *parts[start + 1 :]]
     return " ".join(parts)[:120] or None
 
 
@@ -69,8 +70,9 @@ def connect_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no warehouse at {path}: run `activitybi upload --once` "
-                                "(or `activitybi demo`) first")
+        raise FileNotFoundError(
+            f"no warehouse at {path}: run `activitybi upload --once` (or `activitybi demo`) first"
+        )
     try:
         return duckdb.connect(str(path), read_only=True)
     except duckdb.IOException as e:
@@ -140,8 +142,9 @@ def build_report(
         opened = con = connect_read_only(source)
     try:
         report = _build(_Sql(con), since, customer, limit)
-        report["source"] = str(source) if isinstance(source, str | Path) else getattr(
-            source, "kind", "duckdb")
+        report["source"] = (
+            str(source) if isinstance(source, str | Path) else getattr(source, "kind", "duckdb")
+        )
     finally:
         if opened is not None:
             opened.close()
@@ -159,7 +162,8 @@ _SPEND = """coalesce(sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT)), 0) 
 def _build(q: _Sql, since: dt.date | None, customer: str | None, limit: int) -> dict[str, Any]:
     where, p = _where(since, customer)
     s = f"(SELECT * FROM claude_stream WHERE {where})"
-    totals = q.rows(f"""
+    totals = q.rows(
+        f"""
         SELECT count(*) AS events,
                count(DISTINCT coalesce(customer, anonymous_customer_id)) AS customers,
                count(DISTINCT _session_id) AS sessions,
@@ -171,27 +175,39 @@ def _build(q: _Sql, since: dt.date | None, customer: str | None, limit: int) -> 
                sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT)) AS output_tokens,
                round(1000 * quantile_cont(epoch(_ingested_at) - epoch(ts), 0.5), 1) AS lag_p50_ms,
                round(1000 * quantile_cont(epoch(_ingested_at) - epoch(ts), 0.95), 1) AS lag_p95_ms
-        FROM {s}""", p)[0]
+        FROM {s}""",
+        p,
+    )[0]
     for key in ("cost_usd", "input_tokens", "output_tokens"):
         totals[key] = totals[key] or 0
-    activities = q.rows(f"""
+    activities = q.rows(
+        f"""
         SELECT activity, count(*) AS events,
                count(DISTINCT coalesce(customer, anonymous_customer_id)) AS customers,
                min(ts) AS first_at, max(ts) AS last_at
-        FROM {s} GROUP BY activity ORDER BY events DESC, activity""", p)
-    tools = q.rows(f"""
+        FROM {s} GROUP BY activity ORDER BY events DESC, activity""",
+        p,
+    )
+    tools = q.rows(
+        f"""
         SELECT coalesce(feature_json->>'tool', '?') AS tool, count(*) AS calls,
                round(quantile_cont({_LATENCY}, 0.5), 3) AS p50_ms,
                round(quantile_cont({_LATENCY}, 0.95), 3) AS p95_ms,
                count(*) FILTER (WHERE {_FAILED}) AS errors,
                round(avg(CASE WHEN {_FAILED} THEN 1 ELSE 0 END), 4) AS error_rate
         FROM {s} WHERE activity = 'called_tool'
-        GROUP BY 1 ORDER BY calls DESC, tool""", p)
-    cost_by_model = q.rows(f"""
+        GROUP BY 1 ORDER BY calls DESC, tool""",
+        p,
+    )
+    cost_by_model = q.rows(
+        f"""
         SELECT feature_json->>'model' AS model, count(*) AS exchanges, {_SPEND}
         FROM {s} WHERE feature_json->>'model' IS NOT NULL
-        GROUP BY model ORDER BY cost_usd DESC, model""", p)
-    sessions = q.rows(f"""
+        GROUP BY model ORDER BY cost_usd DESC, model""",
+        p,
+    )
+    sessions = q.rows(
+        f"""
         SELECT _session_id AS session_id,
                any_value(coalesce(customer, anonymous_customer_id)) AS customer,
                any_value(_source) AS source,
@@ -200,9 +216,12 @@ def _build(q: _Sql, since: dt.date | None, customer: str | None, limit: int) -> 
                count(*) FILTER (WHERE activity = 'asked_question') AS questions,
                count(*) FILTER (WHERE feature_json->>'model' IS NOT NULL) AS exchanges, {_SPEND}
         FROM {s} WHERE _session_id IS NOT NULL
-        GROUP BY _session_id ORDER BY started_at DESC, session_id""", p)
-    cost_by_session = sorted((r for r in sessions if r["exchanges"]),
-                             key=lambda r: (-r["cost_usd"], r["session_id"]))
+        GROUP BY _session_id ORDER BY started_at DESC, session_id""",
+        p,
+    )
+    cost_by_session = sorted(
+        (r for r in sessions if r["exchanges"]), key=lambda r: (-r["cost_usd"], r["session_id"])
+    )
     timeline = _timeline(q, s, p, totals["first_at"], totals["last_at"])
     iwhere: list[str] = ["TRUE"]
     ip: Params = []
@@ -212,10 +231,13 @@ def _build(q: _Sql, since: dt.date | None, customer: str | None, limit: int) -> 
     if customer is not None:
         iwhere.append("customer_id = ?")
         ip.append(customer)
-    insights = q.rows(f"""
+    insights = q.rows(
+        f"""
         SELECT ts, customer_id AS customer, subject, metric, value, provenance_query_hash
-        FROM insight_atoms WHERE {' AND '.join(iwhere)}
-        ORDER BY ts DESC, atom_id DESC LIMIT {int(limit)}""", ip)
+        FROM insight_atoms WHERE {" AND ".join(iwhere)}
+        ORDER BY ts DESC, atom_id DESC LIMIT {int(limit)}""",
+        ip,
+    )
     for i in insights:
         i["value"] = orjson.loads(i["value"]) if isinstance(i["value"], str) else i["value"]
     last_load = q.rows("SELECT max(updated_at) AS at FROM _activitybi_checkpoints", [])[0]["at"]
@@ -251,12 +273,16 @@ def _timeline(q: _Sql, s: str, p: Params, first: str | None, last: str | None) -
     if first is None or last is None:
         return {"bucket": "day", "points": []}
     start, end = dt.datetime.fromisoformat(first), dt.datetime.fromisoformat(last)
-    bucket, step = next(((name, step) for name, step, most in _BUCKETS if end - start <= most),
-                        ("month", None))
-    rows = q.rows(f"""
+    bucket, step = next(
+        ((name, step) for name, step, most in _BUCKETS if end - start <= most), ("month", None)
+    )
+    rows = q.rows(
+        f"""
         SELECT date_trunc('{bucket}', ts) AS at, count(*) AS events,
                count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls
-        FROM {s} GROUP BY 1 ORDER BY 1""", p)
+        FROM {s} GROUP BY 1 ORDER BY 1""",
+        p,
+    )
     found = {r["at"]: r for r in rows}
     points = []
     at = dt.datetime.fromisoformat(rows[0]["at"]) if rows else start
@@ -275,8 +301,13 @@ def health(home: Path) -> dict[str, Any]:
     """The queue, uploader, quarantine and artifacts as the files under `home` show them,
     read without taking any lock another process needs."""
     qdir = home / "queue"
-    queue: dict[str, Any] = {"dir": str(qdir), "pending": 0, "sealed_segments": 0,
-                             "open_segments": 0, "bytes_on_disk": 0}
+    queue: dict[str, Any] = {
+        "dir": str(qdir),
+        "pending": 0,
+        "sealed_segments": 0,
+        "open_segments": 0,
+        "bytes_on_disk": 0,
+    }
     if qdir.is_dir():
         from activitybi import Queue
 
@@ -327,8 +358,11 @@ def health(home: Path) -> dict[str, Any]:
         "queue": queue,
         "quarantine": quarantine,
         "tickets": tickets,
-        "artifacts": {"count": len(arts), "bytes": sum(a.size_bytes for a in arts),
-                      "dir": str(home / "artifacts")},
+        "artifacts": {
+            "count": len(arts),
+            "bytes": sum(a.size_bytes for a in arts),
+            "dir": str(home / "artifacts"),
+        },
         "warehouse": str(home / "warehouse.duckdb"),
         "owner": _owner(home),
     }
@@ -349,6 +383,7 @@ def _owner(home: Path) -> dict[str, Any] | None:
 
 
 # ----------------------------------------------------------------------------- terminal
+
 
 def _money(v: float | None) -> str:
     if not v:
@@ -385,12 +420,14 @@ def render_terminal(report: dict[str, Any], console: Console) -> None:
     t = report["totals"]
     scope = report["customer"] or "all customers"
     since = f" since {report['since']}" if report["since"] else ""
-    head = (f"[bold]{t['events']:,}[/] events · [bold]{t['sessions']:,}[/] sessions · "
-            f"[bold]{t['customers']:,}[/] customers · [bold]{t['tool_calls']:,}[/] tool calls "
-            f"({t['tool_errors']:,} failed) · [bold]{_money(t['cost_usd'])}[/] · "
-            f"{t['input_tokens']:,} in / {t['output_tokens']:,} out tokens\n"
-            f"{_short_ts(t['first_at'])} → {_short_ts(t['last_at'])} UTC · ingestion lag "
-            f"p50 {_ms(t['lag_p50_ms'])}, p95 {_ms(t['lag_p95_ms'])}")
+    head = (
+        f"[bold]{t['events']:,}[/] events · [bold]{t['sessions']:,}[/] sessions · "
+        f"[bold]{t['customers']:,}[/] customers · [bold]{t['tool_calls']:,}[/] tool calls "
+        f"({t['tool_errors']:,} failed) · [bold]{_money(t['cost_usd'])}[/] · "
+        f"{t['input_tokens']:,} in / {t['output_tokens']:,} out tokens\n"
+        f"{_short_ts(t['first_at'])} → {_short_ts(t['last_at'])} UTC · ingestion lag "
+        f"p50 {_ms(t['lag_p50_ms'])}, p95 {_ms(t['lag_p95_ms'])}"
+    )
     if report.get("note"):
         head += f"\n[yellow]{report['note']}[/]"
     console.print(Panel(head, title=f"activitybi report — {scope}{since}", expand=False))
@@ -403,33 +440,60 @@ def render_terminal(report: dict[str, Any], console: Console) -> None:
 
     tb = table("Activities", "activity", "events", "customers", "last")
     for a in report["activities"]:
-        tb.add_row(a["activity"], f"{a['events']:,}", f"{a['customers']:,}",
-                   _short_ts(a["last_at"]))
+        tb.add_row(a["activity"], f"{a['events']:,}", f"{a['customers']:,}", _short_ts(a["last_at"]))
     console.print(tb)
     tb = table("Tool calls", "tool", "calls", "p50", "p95", "errors", "error rate")
     for r in report["tools"]:
-        tb.add_row(r["tool"], f"{r['calls']:,}", _ms(r["p50_ms"]), _ms(r["p95_ms"]),
-                   f"{r['errors']:,}", f"{100 * (r['error_rate'] or 0):.1f}%")
+        tb.add_row(
+            r["tool"],
+            f"{r['calls']:,}",
+            _ms(r["p50_ms"]),
+            _ms(r["p95_ms"]),
+            f"{r['errors']:,}",
+            f"{100 * (r['error_rate'] or 0):.1f}%",
+        )
     console.print(tb)
     tb = table("Cost by model", "model", "exchanges", "input tokens", "output tokens", "cost")
     for r in report["cost_by_model"]:
-        tb.add_row(r["model"], f"{r['exchanges']:,}", f"{r['input_tokens']:,}",
-                   f"{r['output_tokens']:,}", _money(r["cost_usd"]))
+        tb.add_row(
+            r["model"],
+            f"{r['exchanges']:,}",
+            f"{r['input_tokens']:,}",
+            f"{r['output_tokens']:,}",
+            _money(r["cost_usd"]),
+        )
     console.print(tb)
     many = t["customers"] > 1  # else the customer column says the same on every line
-    tb = table(f"Sessions (newest {len(report['sessions'])} of {report['sessions_total']:,})",
-               "session", *(["customer"] if many else []), "started", "events", "tool calls",
-               "tokens", "cost")
+    tb = table(
+        f"Sessions (newest {len(report['sessions'])} of {report['sessions_total']:,})",
+        "session",
+        *(["customer"] if many else []),
+        "started",
+        "events",
+        "tool calls",
+        "tokens",
+        "cost",
+    )
     for r in report["sessions"]:
-        tb.add_row(_short_id(r["session_id"]), *([r["customer"] or "—"] if many else []),
-                   _short_ts(r["started_at"]), f"{r['events']:,}", f"{r['tool_calls']:,}",
-                   f"{r['input_tokens'] + r['output_tokens']:,}", _money(r["cost_usd"]))
+        tb.add_row(
+            _short_id(r["session_id"]),
+            *([r["customer"] or "—"] if many else []),
+            _short_ts(r["started_at"]),
+            f"{r['events']:,}",
+            f"{r['tool_calls']:,}",
+            f"{r['input_tokens'] + r['output_tokens']:,}",
+            _money(r["cost_usd"]),
+        )
     console.print(tb)
-    tb = table("Recent insights", "subject", "metric", "value", *(["customer"] if many else []),
-               "learned")
+    tb = table("Recent insights", "subject", "metric", "value", *(["customer"] if many else []), "learned")
     for i in report["insights"]:
-        tb.add_row(i["subject"], i["metric"], _value(i["value"])[:60],
-                   *([i["customer"]] if many else []), _short_ts(i["ts"]))
+        tb.add_row(
+            i["subject"],
+            i["metric"],
+            _value(i["value"])[:60],
+            *([i["customer"]] if many else []),
+            _short_ts(i["ts"]),
+        )
     console.print(tb)
     h = report.get("health")
     if h:
@@ -441,7 +505,8 @@ def render_terminal(report: dict[str, Any], console: Console) -> None:
             f"uploader     last load {_short_ts(report.get('last_load_at'))} UTC · "
             + (f"running (PID {owner['pid']})" if owner else "not running"),
             f"quarantine   {qu['lines']:,} lines"
-            + (f" (last: {qu['last_reason']})" if qu["last_reason"] else "") + f" · {qu['file']}",
+            + (f" (last: {qu['last_reason']})" if qu["last_reason"] else "")
+            + f" · {qu['file']}",
             "tickets      " + _ticket_counts(h["tickets"]),
             f"artifacts    {h['artifacts']['count']} ({h['artifacts']['bytes']:,} bytes) · "
             f"{h['artifacts']['dir']}",
@@ -489,8 +554,9 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def svg_hbars(title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]]],
-              unit: str = "") -> str:
+def svg_hbars(
+    title: str, labels: Sequence[str], series: Sequence[tuple[str, Sequence[float]]], unit: str = ""
+) -> str:
     """A horizontal bar chart (one bar per series per label) as inline SVG."""
     if not labels:
         return f'<p class="muted">{_e(title)}: no data</p>'
@@ -501,27 +567,36 @@ def svg_hbars(title: str, labels: Sequence[str], series: Sequence[tuple[str, Seq
     height = top + row * len(labels) + 6
     peak = max((v for _, vals in series for v in vals), default=0) or 1
     scale = (width - left - right) / peak
-    out = [f'<svg role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}">', f"<title>{_e(title)}</title>",
-           f'<text x="0" y="14" style="font-weight:600">{_e(title)}</text>']
+    out = [
+        f'<svg role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}">',
+        f"<title>{_e(title)}</title>",
+        f'<text x="0" y="14" style="font-weight:600">{_e(title)}</text>',
+    ]
     if n > 1:
         x = left
         for i, (name, _) in enumerate(series):
-            out.append(f'<rect x="{x}" y="20" width="10" height="10" fill="{_PALETTE[i]}"/>'
-                       f'<text x="{x + 14}" y="29">{_e(name)}</text>')
+            out.append(
+                f'<rect x="{x}" y="20" width="10" height="10" fill="{_PALETTE[i]}"/>'
+                f'<text x="{x + 14}" y="29">{_e(name)}</text>'
+            )
             x += 20 + 7 * len(name)
     for j, label in enumerate(labels):
         y = top + j * row
         short = label if len(label) <= 22 else label[:21] + "…"
-        out.append(f'<text x="{left - 6}" y="{y + n * bar / 2 + 4}" text-anchor="end">'
-                   f"<title>{_e(label)}</title>{_e(short)}</text>")
+        out.append(
+            f'<text x="{left - 6}" y="{y + n * bar / 2 + 4}" text-anchor="end">'
+            f"<title>{_e(label)}</title>{_e(short)}</text>"
+        )
         for i, (_, vals) in enumerate(series):
             v = vals[j] or 0
             w = max(v * scale, 1 if v else 0)
-            out.append(f'<rect x="{left}" y="{y + i * bar}" width="{w:.1f}" height="{bar - 2}" '
-                       f'fill="{_PALETTE[i % len(_PALETTE)]}" rx="2"/>'
-                       f'<text x="{left + w + 4:.1f}" y="{y + i * bar + bar - 4}">'
-                       f"{_e(_fmt(v))}{unit}</text>")
+            out.append(
+                f'<rect x="{left}" y="{y + i * bar}" width="{w:.1f}" height="{bar - 2}" '
+                f'fill="{_PALETTE[i % len(_PALETTE)]}" rx="2"/>'
+                f'<text x="{left + w + 4:.1f}" y="{y + i * bar + bar - 4}">'
+                f"{_e(_fmt(v))}{unit}</text>"
+            )
     out.append(f'<line x1="{left}" y1="{top - 3}" x2="{left}" y2="{height - 4}" stroke="#9aa3b2"/>')
     out.append("</svg>")
     return "".join(out)
@@ -535,27 +610,38 @@ def svg_columns(title: str, labels: Sequence[str], values: Sequence[float]) -> s
     plot_w, plot_h = width - left - 10, height - top - bottom
     peak = max(values) or 1
     step = plot_w / len(values)
-    out = [f'<svg role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" '
-           f'width="{width}" height="{height}">', f"<title>{_e(title)}</title>",
-           f'<text x="0" y="14" style="font-weight:600">{_e(title)}</text>']
+    out = [
+        f'<svg role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}">',
+        f"<title>{_e(title)}</title>",
+        f'<text x="0" y="14" style="font-weight:600">{_e(title)}</text>',
+    ]
     for k in range(5):  # gridlines and y ticks
         v = peak * k / 4
         y = top + plot_h - plot_h * k / 4
-        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" '
-                   'stroke="#eef0f3"/>'
-                   f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_e(_fmt(v))}</text>')
+        out.append(
+            f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" '
+            'stroke="#eef0f3"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_e(_fmt(v))}</text>'
+        )
     every = max(1, len(labels) // 8)
     for i, (label, v) in enumerate(zip(labels, values, strict=True)):
         h = plot_h * v / peak
         x = left + i * step
-        out.append(f'<rect x="{x + step * 0.1:.1f}" y="{top + plot_h - h:.1f}" '
-                   f'width="{max(step * 0.8, 1):.1f}" height="{h:.1f}" fill="{_PALETTE[0]}">'
-                   f"<title>{_e(label)}: {_e(_fmt(v))}</title></rect>")
+        out.append(
+            f'<rect x="{x + step * 0.1:.1f}" y="{top + plot_h - h:.1f}" '
+            f'width="{max(step * 0.8, 1):.1f}" height="{h:.1f}" fill="{_PALETTE[0]}">'
+            f"<title>{_e(label)}: {_e(_fmt(v))}</title></rect>"
+        )
         if i % every == 0:
-            out.append(f'<text x="{x + step / 2:.1f}" y="{height - bottom + 16}" '
-                       f'text-anchor="middle">{_e(label)}</text>')
-    out.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" '
-               'stroke="#9aa3b2"/></svg>')
+            out.append(
+                f'<text x="{x + step / 2:.1f}" y="{height - bottom + 16}" '
+                f'text-anchor="middle">{_e(label)}</text>'
+            )
+    out.append(
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 10}" y2="{top + plot_h}" '
+        'stroke="#9aa3b2"/></svg>'
+    )
     return "".join(out)
 
 
@@ -573,7 +659,8 @@ def render_html(report: dict[str, Any]) -> str:
     scope = report["customer"] or "all customers"
     since = f" since {report['since']}" if report["since"] else ""
     kpis = [
-        ("events", f"{t['events']:,}"), ("sessions", f"{t['sessions']:,}"),
+        ("events", f"{t['events']:,}"),
+        ("sessions", f"{t['sessions']:,}"),
         ("tool calls", f"{t['tool_calls']:,}"),
         ("tool errors", f"{t['tool_errors']:,}"),
         ("cost", _money(t["cost_usd"])),
@@ -581,84 +668,175 @@ def render_html(report: dict[str, Any]) -> str:
         ("ingestion lag p95", _ms(t["lag_p95_ms"])),
     ]
     tl = report["timeline"]
-    cut = {"second": slice(11, 19), "minute": slice(0, 16), "hour": slice(0, 13),
-           "day": slice(0, 10), "week": slice(0, 10), "month": slice(0, 7)}[tl["bucket"]]
-    timeline = svg_columns(f"Events per {tl['bucket']} (UTC)",
-                           [p["at"].replace("T", " ")[cut] for p in tl["points"]],
-                           [p["events"] for p in tl["points"]])
+    cut = {
+        "second": slice(11, 19),
+        "minute": slice(0, 16),
+        "hour": slice(0, 13),
+        "day": slice(0, 10),
+        "week": slice(0, 10),
+        "month": slice(0, 7),
+    }[tl["bucket"]]
+    timeline = svg_columns(
+        f"Events per {tl['bucket']} (UTC)",
+        [p["at"].replace("T", " ")[cut] for p in tl["points"]],
+        [p["events"] for p in tl["points"]],
+    )
     acts = report["activities"][:12]
-    activity_chart = svg_hbars("Events by activity", [a["activity"] for a in acts],
-                               [("events", [a["events"] for a in acts])])
+    activity_chart = svg_hbars(
+        "Events by activity", [a["activity"] for a in acts], [("events", [a["events"] for a in acts])]
+    )
     tools = report["tools"][:12]
-    tool_chart = svg_hbars("Tool latency (ms)", [r["tool"] for r in tools],
-                           [("p50", [r["p50_ms"] or 0 for r in tools]),
-                            ("p95", [r["p95_ms"] or 0 for r in tools])])
+    tool_chart = svg_hbars(
+        "Tool latency (ms)",
+        [r["tool"] for r in tools],
+        [("p50", [r["p50_ms"] or 0 for r in tools]), ("p95", [r["p95_ms"] or 0 for r in tools])],
+    )
     models = report["cost_by_model"][:12]
-    cost_chart = svg_hbars("Cost by model (USD)", [r["model"] for r in models],
-                           [("cost", [r["cost_usd"] for r in models])])
+    cost_chart = svg_hbars(
+        "Cost by model (USD)", [r["model"] for r in models], [("cost", [r["cost_usd"] for r in models])]
+    )
     parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>activitybi report — {_e(scope)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>activitybi report — {_e(scope)}{_e(since)}</h1>",
         f'<p class="sub">{_e(_short_ts(t["first_at"]))} → {_e(_short_ts(t["last_at"]))} UTC · '
         f"generated {_e(report['generated_at'])} UTC from {_e(report.get('source', ''))}"
-        + (f"<br>{_e(report['note'])}" if report.get("note") else "") + "</p>",
-        '<section class="kpis">' + "".join(
-            f'<div class="kpi"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in kpis)
+        + (f"<br>{_e(report['note'])}" if report.get("note") else "")
+        + "</p>",
+        '<section class="kpis">'
+        + "".join(f'<div class="kpi"><b>{_e(v)}</b><span>{_e(k)}</span></div>' for k, v in kpis)
         + "</section>",
         f'<h2>Activity over time</h2><div class="card">{timeline}</div>',
         '<div class="grid">',
         f'<div><h2>Activities</h2><div class="card">{activity_chart}'
-        + _table(["activity", "events", "customers", "last"],
-                 [(a["activity"], f"{a['events']:,}", a["customers"], _short_ts(a["last_at"]))
-                  for a in report["activities"]]) + "</div></div>",
+        + _table(
+            ["activity", "events", "customers", "last"],
+            [
+                (a["activity"], f"{a['events']:,}", a["customers"], _short_ts(a["last_at"]))
+                for a in report["activities"]
+            ],
+        )
+        + "</div></div>",
         f'<div><h2>Tool calls</h2><div class="card">{tool_chart}'
-        + _table(["tool", "calls", "p50", "p95", "errors", "error rate"],
-                 [(r["tool"], f"{r['calls']:,}", _ms(r["p50_ms"]), _ms(r["p95_ms"]), r["errors"],
-                   f"{100 * (r['error_rate'] or 0):.1f}%") for r in report["tools"]])
+        + _table(
+            ["tool", "calls", "p50", "p95", "errors", "error rate"],
+            [
+                (
+                    r["tool"],
+                    f"{r['calls']:,}",
+                    _ms(r["p50_ms"]),
+                    _ms(r["p95_ms"]),
+                    r["errors"],
+                    f"{100 * (r['error_rate'] or 0):.1f}%",
+                )
+                for r in report["tools"]
+            ],
+        )
         + "</div></div>",
         f'<div><h2>Cost by model</h2><div class="card">{cost_chart}'
-        + _table(["model", "exchanges", "input tokens", "output tokens", "cost"],
-                 [(r["model"], r["exchanges"], f"{r['input_tokens']:,}", f"{r['output_tokens']:,}",
-                   _money(r["cost_usd"])) for r in report["cost_by_model"]]) + "</div></div>",
+        + _table(
+            ["model", "exchanges", "input tokens", "output tokens", "cost"],
+            [
+                (
+                    r["model"],
+                    r["exchanges"],
+                    f"{r['input_tokens']:,}",
+                    f"{r['output_tokens']:,}",
+                    _money(r["cost_usd"]),
+                )
+                for r in report["cost_by_model"]
+            ],
+        )
+        + "</div></div>",
         '<div><h2>Cost by session</h2><div class="card">'
-        + _table(["session", "customer", "exchanges", "tokens", "cost"],
-                 [(_short_id(r["session_id"]), r["customer"], r["exchanges"],
-                   f"{r['input_tokens'] + r['output_tokens']:,}", _money(r["cost_usd"]))
-                  for r in report["cost_by_session"]]) + "</div></div>",
+        + _table(
+            ["session", "customer", "exchanges", "tokens", "cost"],
+            [
+                (
+                    _short_id(r["session_id"]),
+                    r["customer"],
+                    r["exchanges"],
+                    f"{r['input_tokens'] + r['output_tokens']:,}",
+                    _money(r["cost_usd"]),
+                )
+                for r in report["cost_by_session"]
+            ],
+        )
+        + "</div></div>",
         "</div>",
-        f'<h2>Sessions (newest {len(report["sessions"])} of {report["sessions_total"]:,})</h2>'
+        f"<h2>Sessions (newest {len(report['sessions'])} of {report['sessions_total']:,})</h2>"
         '<div class="card">'
-        + _table(["session", "customer", "source", "started", "ended", "events", "questions",
-                  "tool calls", "cost"],
-                 [(r["session_id"], r["customer"], r["source"] or "", _short_ts(r["started_at"]),
-                   _short_ts(r["ended_at"]), r["events"],
-                   "—" if r["questions"] is None else r["questions"], r["tool_calls"],
-                   _money(r["cost_usd"])) for r in report["sessions"]]) + "</div>",
+        + _table(
+            [
+                "session",
+                "customer",
+                "source",
+                "started",
+                "ended",
+                "events",
+                "questions",
+                "tool calls",
+                "cost",
+            ],
+            [
+                (
+                    r["session_id"],
+                    r["customer"],
+                    r["source"] or "",
+                    _short_ts(r["started_at"]),
+                    _short_ts(r["ended_at"]),
+                    r["events"],
+                    "—" if r["questions"] is None else r["questions"],
+                    r["tool_calls"],
+                    _money(r["cost_usd"]),
+                )
+                for r in report["sessions"]
+            ],
+        )
+        + "</div>",
         '<h2>Recent insights</h2><div class="card">'
-        + _table(["subject", "metric", "value", "customer", "learned"],
-                 [(i["subject"], i["metric"], _value(i["value"])[:80], i["customer"],
-                   _short_ts(i["ts"])) for i in report["insights"]]) + "</div>",
+        + _table(
+            ["subject", "metric", "value", "customer", "learned"],
+            [
+                (i["subject"], i["metric"], _value(i["value"])[:80], i["customer"], _short_ts(i["ts"]))
+                for i in report["insights"]
+            ],
+        )
+        + "</div>",
     ]
     h = report.get("health")
     if h:
         q, qu, owner = h["queue"], h["quarantine"], h["owner"]
         rows = [
-            ("queue", f"{q['pending']:,} pending; {q['sealed_segments']} sealed, "
-                      f"{q['open_segments']} open segments", q["dir"]),
-            ("uploader", f"last load {_short_ts(report.get('last_load_at'))} UTC; "
-                         + (f"running (PID {owner['pid']})" if owner else "not running"),
-             h["warehouse"]),
-            ("quarantine", f"{qu['lines']:,} lines" + (f" (last: {qu['last_reason']})"
-                                                       if qu["last_reason"] else ""), qu["file"]),
-            ("tickets", _ticket_counts(h["tickets"]),
-             str(Path(h["home"]) / "tickets")),
-            ("artifacts", f"{h['artifacts']['count']} ({h['artifacts']['bytes']:,} bytes)",
-             h["artifacts"]["dir"]),
+            (
+                "queue",
+                f"{q['pending']:,} pending; {q['sealed_segments']} sealed, "
+                f"{q['open_segments']} open segments",
+                q["dir"],
+            ),
+            (
+                "uploader",
+                f"last load {_short_ts(report.get('last_load_at'))} UTC; "
+                + (f"running (PID {owner['pid']})" if owner else "not running"),
+                h["warehouse"],
+            ),
+            (
+                "quarantine",
+                f"{qu['lines']:,} lines" + (f" (last: {qu['last_reason']})" if qu["last_reason"] else ""),
+                qu["file"],
+            ),
+            ("tickets", _ticket_counts(h["tickets"]), str(Path(h["home"]) / "tickets")),
+            (
+                "artifacts",
+                f"{h['artifacts']['count']} ({h['artifacts']['bytes']:,} bytes)",
+                h["artifacts"]["dir"],
+            ),
         ]
-        parts.append('<h2>Health</h2><div class="card">' + _table(["part", "state", "where"], rows)
-                     + "</div>")
+        parts.append(
+            '<h2>Health</h2><div class="card">' + _table(["part", "state", "where"], rows) + "</div>"
+        )
     parts.append("</main></body></html>")
     return "\n".join(parts)
 
@@ -669,12 +847,19 @@ def default_warehouse_path() -> Path:
 
 # ----------------------------------------------------------------------- through the owner
 
-OWNER_TEMPLATES = ("activity_counts", "tool_latency", "cost_by_model", "cost_by_session",
-                   "sessions", "usage_by_day")
+OWNER_TEMPLATES = (
+    "activity_counts",
+    "tool_latency",
+    "cost_by_model",
+    "cost_by_session",
+    "sessions",
+    "usage_by_day",
+)
 
 
-def local_report(home: Path | None = None, *, since: dt.date | None = None,
-                 customer: str | None = None, wait: float = 30.0) -> dict[str, Any]:
+def local_report(
+    home: Path | None = None, *, since: dt.date | None = None, customer: str | None = None, wait: float = 30.0
+) -> dict[str, Any]:
     """The report `activitybi report` prints. From the DuckDB file when it is free; while
     a warehouse owner holds it (a running `activitybi serve`, e.g. Claude Desktop), from
     SafeSQL tickets that the owner runs (audited like any query), for one customer: the
@@ -689,14 +874,22 @@ def local_report(home: Path | None = None, *, since: dt.date | None = None,
 
         who = customer or os.environ.get("ACTIVITYBI_CUSTOMER") or getpass.getuser()
         report = report_via_owner(home, who, since=since, wait=wait, busy=busy)
-        report["note"] = (f"the warehouse is held by its owner (PID {busy.pid}), so this report "
-                          f"for {who} came through query tickets it ran")
+        report["note"] = (
+            f"the warehouse is held by its owner (PID {busy.pid}), so this report "
+            f"for {who} came through query tickets it ran"
+        )
         return report
 
 
-def report_via_owner(home: Path, customer: str, *, since: dt.date | None = None,
-                     wait: float = 30.0, limit: int = 15,
-                     busy: WarehouseBusy | None = None) -> dict[str, Any]:
+def report_via_owner(
+    home: Path,
+    customer: str,
+    *,
+    since: dt.date | None = None,
+    wait: float = 30.0,
+    limit: int = 15,
+    busy: WarehouseBusy | None = None,
+) -> dict[str, Any]:
     """One customer's report from tickets the warehouse owner runs (see `local_report`).
     Figures the templates do not give (ingestion lag) are None."""
     from activitybi.memory import MemoryJournal
@@ -732,12 +925,22 @@ def report_via_owner(home: Path, customer: str, *, since: dt.date | None = None,
     sessions = []
     for r in results["sessions"]:
         s = spend.get(r["session_id"], {})
-        sessions.append({
-            "session_id": r["session_id"], "customer": customer, "source": None,
-            "started_at": r["started_at"], "ended_at": r["ended_at"], "events": r["events"],
-            "tool_calls": r["tool_calls"], "questions": None,
-            "exchanges": s.get("exchanges") or 0, "input_tokens": s.get("input_tokens") or 0,
-            "output_tokens": s.get("output_tokens") or 0, "cost_usd": s.get("cost_usd") or 0})
+        sessions.append(
+            {
+                "session_id": r["session_id"],
+                "customer": customer,
+                "source": None,
+                "started_at": r["started_at"],
+                "ended_at": r["ended_at"],
+                "events": r["events"],
+                "tool_calls": r["tool_calls"],
+                "questions": None,
+                "exchanges": s.get("exchanges") or 0,
+                "input_tokens": s.get("input_tokens") or 0,
+                "output_tokens": s.get("output_tokens") or 0,
+                "cost_usd": s.get("cost_usd") or 0,
+            }
+        )
     for t in tools:
         t["errors"] = round(t["calls"] * (t["error_rate"] or 0))
     atoms, _ = MemoryJournal(home / "memory").read(customer)
@@ -748,7 +951,8 @@ def report_via_owner(home: Path, customer: str, *, since: dt.date | None = None,
         "since": since.isoformat() if since else None,
         "customer": customer,
         "totals": {
-            "events": sum(a["events"] for a in acts), "customers": 1 if acts else 0,
+            "events": sum(a["events"] for a in acts),
+            "customers": 1 if acts else 0,
             "sessions": len(sessions),
             "first_at": min((a["first_at"] for a in acts), default=None),
             "last_at": max((a["last_at"] for a in acts), default=None),
@@ -757,26 +961,44 @@ def report_via_owner(home: Path, customer: str, *, since: dt.date | None = None,
             "cost_usd": round(sum(m["cost_usd"] or 0 for m in models), 6),
             "input_tokens": sum(m["input_tokens"] or 0 for m in models),
             "output_tokens": sum(m["output_tokens"] or 0 for m in models),
-            "lag_p50_ms": None, "lag_p95_ms": None,
+            "lag_p50_ms": None,
+            "lag_p95_ms": None,
         },
         "activities": [{**a, "customers": 1} for a in acts],
-        "timeline": {"bucket": "day", "points": [{"at": p["day"], "events": p["events"]}
-                                                 for p in results["usage_by_day"]]},
+        "timeline": {
+            "bucket": "day",
+            "points": [{"at": p["day"], "events": p["events"]} for p in results["usage_by_day"]],
+        },
         "tools": tools,
-        "cost_by_model": [{**m, "input_tokens": m["input_tokens"] or 0,
-                           "output_tokens": m["output_tokens"] or 0,
-                           "cost_usd": m["cost_usd"] or 0} for m in models],
-        "cost_by_session": sorted((s for s in sessions if s["exchanges"]),
-                                  key=lambda s: -s["cost_usd"])[:limit],
+        "cost_by_model": [
+            {
+                **m,
+                "input_tokens": m["input_tokens"] or 0,
+                "output_tokens": m["output_tokens"] or 0,
+                "cost_usd": m["cost_usd"] or 0,
+            }
+            for m in models
+        ],
+        "cost_by_session": sorted((s for s in sessions if s["exchanges"]), key=lambda s: -s["cost_usd"])[
+            :limit
+        ],
         "sessions": sessions[:limit],
         "sessions_total": len(sessions),
-        "insights": [{"ts": a["ts"], "customer": customer, "subject": a["subject"],
-                      "metric": a["metric"], "value": a["value"],
-                      "provenance_query_hash": a.get("provenance_query_hash")}
-                     for a in atoms[:limit]],
+        "insights": [
+            {
+                "ts": a["ts"],
+                "customer": customer,
+                "subject": a["subject"],
+                "metric": a["metric"],
+                "value": a["value"],
+                "provenance_query_hash": a.get("provenance_query_hash"),
+            }
+            for a in atoms[:limit]
+        ],
         "last_load_at": None,
-        "source": f"query tickets run by the warehouse owner (PID {busy.pid})" if busy
-                  else "query tickets run by the warehouse owner",
+        "source": f"query tickets run by the warehouse owner (PID {busy.pid})"
+        if busy
+        else "query tickets run by the warehouse owner",
     }
     report["health"] = health(home)
     return report

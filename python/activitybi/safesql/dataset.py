@@ -141,15 +141,35 @@ STREAM_COLUMNS: dict[str, str] = {
 }
 _DERIVED = {"activity_occurrence": "_occ", "activity_repeated_at": "_next"}
 _PHYSICAL_COLUMNS = tuple(c for c in STREAM_COLUMNS if c not in _DERIVED)
-_SPINE_COLUMNS = frozenset({"ts", "customer", "anonymous_customer_id", "activity", "activity_id",
-                            "activity_occurrence", "activity_repeated_at"})
+_SPINE_COLUMNS = frozenset(
+    {
+        "ts",
+        "customer",
+        "anonymous_customer_id",
+        "activity",
+        "activity_id",
+        "activity_occurrence",
+        "activity_repeated_at",
+    }
+)
 
 RELATIONSHIPS: tuple[str, ...] = (
-    "first_ever", "last_ever", "nth_ever",
-    "first_before", "last_before", "nth_before",
-    "first_after", "last_after", "nth_after",
-    "first_in_between", "last_in_between", "nth_in_between",
-    "aggregate_all_ever", "aggregate_before", "aggregate_after", "aggregate_in_between",
+    "first_ever",
+    "last_ever",
+    "nth_ever",
+    "first_before",
+    "last_before",
+    "nth_before",
+    "first_after",
+    "last_after",
+    "nth_after",
+    "first_in_between",
+    "last_in_between",
+    "nth_in_between",
+    "aggregate_all_ever",
+    "aggregate_before",
+    "aggregate_after",
+    "aggregate_in_between",
 )
 #: Other spellings accepted for a relationship (the corpus's case names use them).
 RELATIONSHIP_ALIASES: dict[str, str] = {
@@ -161,20 +181,53 @@ RELATIONSHIP_ALIASES: dict[str, str] = {
     "aggregate_ever": "aggregate_all_ever",
 }
 Relationship = Literal[
-    "first_ever", "last_ever", "nth_ever",
-    "first_before", "last_before", "nth_before",
-    "first_after", "last_after", "nth_after",
-    "first_in_between", "last_in_between", "nth_in_between",
-    "aggregate_all_ever", "aggregate_before", "aggregate_after", "aggregate_in_between",
+    "first_ever",
+    "last_ever",
+    "nth_ever",
+    "first_before",
+    "last_before",
+    "nth_before",
+    "first_after",
+    "last_after",
+    "nth_after",
+    "first_in_between",
+    "last_in_between",
+    "nth_in_between",
+    "aggregate_all_ever",
+    "aggregate_before",
+    "aggregate_after",
+    "aggregate_in_between",
 ]
 
 AGGREGATIONS: tuple[str, ...] = (
-    "count", "count_distinct", "sum", "min", "max", "avg", "listagg", "listagg_distinct",
-    "first_value", "last_value", "is_null", "not_null", "sum_bool",
+    "count",
+    "count_distinct",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "listagg",
+    "listagg_distinct",
+    "first_value",
+    "last_value",
+    "is_null",
+    "not_null",
+    "sum_bool",
 )
 Aggregation = Literal[
-    "count", "count_distinct", "sum", "min", "max", "avg", "listagg", "listagg_distinct",
-    "first_value", "last_value", "is_null", "not_null", "sum_bool",
+    "count",
+    "count_distinct",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "listagg",
+    "listagg_distinct",
+    "first_value",
+    "last_value",
+    "is_null",
+    "not_null",
+    "sum_bool",
 ]
 _ZERO_FILLED = frozenset({"count", "count_distinct", "sum", "sum_bool"})
 _NUMERIC = frozenset({"integer", "float"})
@@ -404,8 +457,10 @@ class Cohort(_Model):
             if col.agg is not None:
                 raise ValueError(f"columns[{i}]: a cohort column takes no 'agg'")
             if self.occurrence == "time_spine" and col.column not in _SPINE_COLUMNS:
-                raise ValueError(f"columns[{i}]: a time spine row has only the columns "
-                                 + ", ".join(sorted(_SPINE_COLUMNS)))
+                raise ValueError(
+                    f"columns[{i}]: a time spine row has only the columns "
+                    + ", ".join(sorted(_SPINE_COLUMNS))
+                )
         return self
 
 
@@ -500,8 +555,7 @@ def _source_expr(src: Column | Filter, row: str) -> _Q:
     """The typed value of a column or feature of table alias ``row``."""
     sql_type = _SQL_TYPES[src.type]
     if src.feature is not None:
-        extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{src.feature}"'),
-                       ")")
+        extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{src.feature}"'), ")")
         if src.type == "string":
             return extract
         return _cat("TRY_CAST(", extract, f" AS {sql_type})")
@@ -527,8 +581,9 @@ def _filter_expr(f: Filter, row: str) -> _Q:
 
 
 def _where(activity: str, filters: Sequence[Filter], row: str) -> _Q:
-    return _join(" AND ", [_cat(f"{row}.activity = ", _bind(activity)),
-                           *(_filter_expr(f, row) for f in filters)])
+    return _join(
+        " AND ", [_cat(f"{row}.activity = ", _bind(activity)), *(_filter_expr(f, row) for f in filters)]
+    )
 
 
 def _agg_expr(col: Column, v: str, occ: str) -> _Q:
@@ -554,8 +609,11 @@ def _agg_expr(col: Column, v: str, occ: str) -> _Q:
     if agg == "listagg":
         return _cat(f"string_agg(CAST({v} AS VARCHAR), ", _bind(delimiter), f" ORDER BY {v})")
     if agg == "listagg_distinct":
-        return _cat(f"CASE WHEN count({v}) > 0 THEN array_to_string("
-                    f"list_sort(list_distinct(list({v}))), ", _bind(delimiter), ") END")
+        return _cat(
+            f"CASE WHEN count({v}) > 0 THEN array_to_string(list_sort(list_distinct(list({v}))), ",
+            _bind(delimiter),
+            ") END",
+        )
     raise AssertionError(agg)  # pragma: no cover - guarded by the Literal
 
 
@@ -578,19 +636,38 @@ _ORDER_DESC = "ORDER BY {r}.ts DESC, {r}.activity_id DESC"
 def _cohort_ctes(cohort: Cohort) -> _Q:
     """CTEs ``_c0`` (filtered cohort activity) and ``_cohort`` (one row per cohort row)."""
     part = "PARTITION BY s._entity "
-    c0 = _cat("_c0 AS (SELECT s.*, row_number() OVER (", part, _ORDER.format(r="s"),
-              ") AS _occ, lead(s.ts) OVER (", part, _ORDER.format(r="s"), ") AS _next "
-              "FROM _s AS s WHERE ", _where(cohort.activity, cohort.filters, "s"), ")")
+    c0 = _cat(
+        "_c0 AS (SELECT s.*, row_number() OVER (",
+        part,
+        _ORDER.format(r="s"),
+        ") AS _occ, lead(s.ts) OVER (",
+        part,
+        _ORDER.format(r="s"),
+        ") AS _next FROM _s AS s WHERE ",
+        _where(cohort.activity, cohort.filters, "s"),
+        ")",
+    )
     if cohort.occurrence != "time_spine":
-        select = {"all": _Q("TRUE"), "first": _Q("c0._occ = 1"),
-                  "last": _Q("c0._next IS NULL"),
-                  "nth": _cat("c0._occ = ", _bind(cohort.nth))}[cohort.occurrence]
-        return _cat(c0, ",\n_cohort AS (SELECT c0.*, row_number() OVER (ORDER BY c0._entity, "
-                    "c0.ts, c0.activity_id) AS _row FROM _c0 AS c0 WHERE ", select, ")")
+        select = {
+            "all": _Q("TRUE"),
+            "first": _Q("c0._occ = 1"),
+            "last": _Q("c0._next IS NULL"),
+            "nth": _cat("c0._occ = ", _bind(cohort.nth)),
+        }[cohort.occurrence]
+        return _cat(
+            c0,
+            ",\n_cohort AS (SELECT c0.*, row_number() OVER (ORDER BY c0._entity, "
+            "c0.ts, c0.activity_id) AS _row FROM _c0 AS c0 WHERE ",
+            select,
+            ")",
+        )
     assert cohort.time_spine is not None
     unit, step = _INTERVALS[cohort.time_spine.interval]
-    end = ("max(c0.ts)" if cohort.time_spine.end_period == "max"
-           else "CAST(get_current_timestamp() AT TIME ZONE 'UTC' AS TIMESTAMP)")
+    end = (
+        "max(c0.ts)"
+        if cohort.time_spine.end_period == "max"
+        else "CAST(get_current_timestamp() AT TIME ZONE 'UTC' AS TIMESTAMP)"
+    )
     return _cat(
         c0,
         ",\n_bounds AS (SELECT c0._entity, max(c0.customer) AS customer, "
@@ -617,15 +694,25 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     key, so the final LEFT JOIN never drops or duplicates a cohort row.
     """
     part = "PARTITION BY s._entity "
-    values = _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}")
-                          for i, col in enumerate(a.columns)))
-    nxt = (f", lead(s.ts) OVER ({part}{_ORDER.format(r='s')}) AS _next"
-           if any(col.column == "activity_repeated_at" for col in a.columns) else "")
+    values = _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns)))
+    nxt = (
+        f", lead(s.ts) OVER ({part}{_ORDER.format(r='s')}) AS _next"
+        if any(col.column == "activity_repeated_at" for col in a.columns)
+        else ""
+    )
     base = _cat(
-        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._rocc, ", values,
-        " FROM (SELECT s.*, row_number() OVER (", part, _ORDER.format(r="s"), ") AS _occ, "
-        "row_number() OVER (", part, _ORDER_DESC.format(r="s"), f") AS _rocc{nxt} "
-        "FROM _s AS s WHERE ", _where(a.activity, a.filters, "s"), ") AS f)")
+        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._rocc, ",
+        values,
+        " FROM (SELECT s.*, row_number() OVER (",
+        part,
+        _ORDER.format(r="s"),
+        ") AS _occ, row_number() OVER (",
+        part,
+        _ORDER_DESC.format(r="s"),
+        f") AS _rocc{nxt} FROM _s AS s WHERE ",
+        _where(a.activity, a.filters, "s"),
+        ") AS f)",
+    )
     rel = a.relationship
     name = f"_j{k}"
     n = len(a.columns)
@@ -637,11 +724,12 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     order = "ORDER BY u.ts, u._kind"
 
     if rel.startswith("aggregate_"):
-        aggs = _join(", ", (_cat(_agg_expr(col, f"a._v{i}", "a._occ"), f" AS _x{i}")
-                            for i, col in enumerate(a.columns)))
+        aggs = _join(
+            ", ",
+            (_cat(_agg_expr(col, f"a._v{i}", "a._occ"), f" AS _x{i}") for i, col in enumerate(a.columns)),
+        )
         if rel == "aggregate_all_ever":
-            cte = _cat(f",\n{name} AS (SELECT a._entity, ", aggs,
-                       f" FROM _a{k} AS a GROUP BY a._entity)")
+            cte = _cat(f",\n{name} AS (SELECT a._entity, ", aggs, f" FROM _a{k} AS a GROUP BY a._entity)")
             join = by_entity
         elif rel == "aggregate_in_between":
             # In-between windows are disjoint (each ends at the next occurrence), so a
@@ -654,15 +742,22 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
                 f"NULL, {nulls} FROM _cohort AS c)"
                 f",\n_o{k} AS (SELECT u.*, max(u._row) OVER (PARTITION BY u._entity {order} "
                 f"{running_max}) AS _owner FROM _u{k} AS u)"
-                f",\n{name} AS (SELECT c._row, ", aggs, f" FROM _o{k} AS a JOIN _cohort AS c "
+                f",\n{name} AS (SELECT c._row, ",
+                aggs,
+                f" FROM _o{k} AS a JOIN _cohort AS c "
                 f"ON c._row = a._owner WHERE a._kind = 0 AND {_window(rel, 'a', 'c')} "
-                "GROUP BY c._row)")
+                "GROUP BY c._row)",
+            )
             join = by_row
         else:
             # aggregate_before / aggregate_after: every cohort row x its candidates.
-            cte = _cat(f",\n{name} AS (SELECT c._row, ", aggs, f" FROM _cohort AS c JOIN _a{k} "
-                       f"AS a ON a._entity = c._entity AND {_window(rel, 'a', 'c')} "
-                       "GROUP BY c._row)")
+            cte = _cat(
+                f",\n{name} AS (SELECT c._row, ",
+                aggs,
+                f" FROM _cohort AS c JOIN _a{k} "
+                f"AS a ON a._entity = c._entity AND {_window(rel, 'a', 'c')} "
+                "GROUP BY c._row)",
+            )
             join = by_row
         outs = []
         for i, col in enumerate(a.columns):
@@ -689,8 +784,7 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     elif rel in ("last_ever", "last_after"):
         single = _Q("a._rocc = 1")
     if single is not None:
-        cte = _cat(f",\n{name} AS (SELECT a._entity, a.ts, {vcols} FROM _a{k} AS a WHERE ",
-                   single, ")")
+        cte = _cat(f",\n{name} AS (SELECT a._entity, a.ts, {vcols} FROM _a{k} AS a WHERE ", single, ")")
         join = by_entity
         if not rel.endswith("_ever"):
             join += f" AND {_window(rel, name, 'c')}"
@@ -704,12 +798,16 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     # The window is then tested on the picked row.
     if rel.startswith("first_"):
         anchor, ckind, akind, is_open = "c.ts", 1, 0, "FALSE"
-        pick = (f"min(u._aocc) OVER (PARTITION BY u._entity {order} "
-                "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)")
+        pick = (
+            f"min(u._aocc) OVER (PARTITION BY u._entity {order} "
+            "ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING)"
+        )
     else:
         ckind, akind = 0, 1
-        pick = (f"max(u._aocc) OVER (PARTITION BY u._entity {order} "
-                "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)")
+        pick = (
+            f"max(u._aocc) OVER (PARTITION BY u._entity {order} "
+            "ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)"
+        )
         if rel == "last_before":
             anchor, is_open = "c.ts", "FALSE"
         else:
@@ -725,7 +823,8 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         f"FROM _u{k} AS u)"
         f",\n{name} AS (SELECT p._row, {vcols} FROM _p{k} AS p JOIN _a{k} AS a "
         "ON a._entity = p._entity AND a._occ = p._pick "
-        f"WHERE p._row IS NOT NULL AND {_window(rel, 'a', 'p')})")
+        f"WHERE p._row IS NOT NULL AND {_window(rel, 'a', 'p')})"
+    )
     return _cat(base, cte), outs, by_row
 
 
@@ -765,7 +864,10 @@ def build_dataset_sql(
     source = _cat(
         f"WITH _s AS (SELECT {', '.join(_PHYSICAL_COLUMNS)}, "
         f"coalesce(customer, anonymous_customer_id) AS _entity FROM {table} "
-        "WHERE coalesce(customer, anonymous_customer_id) = ", _bind(customer), ")")
+        "WHERE coalesce(customer, anonymous_customer_id) = ",
+        _bind(customer),
+        ")",
+    )
     ctes: list[_Q | str] = [source, ",\n", _cohort_ctes(ds.cohort)]
     outputs: list[_Q] = []
     for col in ds.cohort.columns:
@@ -776,8 +878,14 @@ def build_dataset_sql(
         ctes += [",\n", cte]
         outputs += [_cat(o, f' AS "{col.as_}"') for o, col in zip(outs, a.columns, strict=True)]
         joins.append(join)
-    q = _cat(*ctes, "\nSELECT ", _join(", ", outputs), "\nFROM _cohort AS c",
-             *(f"\n{j}" for j in joins), "\nORDER BY c._row")
+    q = _cat(
+        *ctes,
+        "\nSELECT ",
+        _join(", ", outputs),
+        "\nFROM _cohort AS c",
+        *(f"\n{j}" for j in joins),
+        "\nORDER BY c._row",
+    )
     assert q.text.count("?") == len(q.params)
     return q.text, list(q.params)
 

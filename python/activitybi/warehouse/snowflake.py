@@ -300,8 +300,7 @@ class SnowflakeWarehouse:
                 kwargs["private_key_file_pwd"] = env["SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"]
         else:
             raise ValueError(
-                "set SNOWFLAKE_PASSWORD or SNOWFLAKE_PRIVATE_KEY_PATH"
-                " to use the Snowflake warehouse"
+                "set SNOWFLAKE_PASSWORD or SNOWFLAKE_PRIVATE_KEY_PATH to use the Snowflake warehouse"
             )
         for name in ("role", "warehouse", "host", "protocol"):
             if env.get(f"SNOWFLAKE_{name.upper()}"):
@@ -436,9 +435,7 @@ class SnowflakeWarehouse:
             for name, text in ddl_files("snowflake"):
                 try:
                     if not self.emulator:
-                        conn.execute_string(
-                            text, _statement_params={"QUERY_TAG": f"{self.query_tag}:init"}
-                        )
+                        conn.execute_string(text, _statement_params={"QUERY_TAG": f"{self.query_tag}:init"})
                     else:
                         for statement, _is_put in split_statements(StringIO(text)):
                             kind = _statement_kind(statement)
@@ -483,8 +480,7 @@ class SnowflakeWarehouse:
             path.write_bytes(b"\n".join(lines) + b"\n")
             cur = conn.cursor()
             cur.execute(
-                f"PUT 'file://{path.as_posix()}' @%{LANDING}/{batch}/"
-                " AUTO_COMPRESS = TRUE OVERWRITE = TRUE",
+                f"PUT 'file://{path.as_posix()}' @%{LANDING}/{batch}/ AUTO_COMPRESS = TRUE OVERWRITE = TRUE",
                 _statement_params={"QUERY_TAG": tag},
                 _show_progress_bar=False,
             )
@@ -627,11 +623,7 @@ class SnowflakeWarehouse:
                 pause = 0.05
                 while conn.is_still_running(conn.get_query_status_throw_if_error(qid)):
                     reason = (
-                        "cancelled"
-                        if cancelled()
-                        else "timeout"
-                        if time.monotonic() > deadline
-                        else None
+                        "cancelled" if cancelled() else "timeout" if time.monotonic() > deadline else None
                     )
                     if reason:
                         _cancel(conn, qid)
@@ -723,8 +715,6 @@ def _landing_lines(
             )
             continue
         entry = {k: v for k, v in atom.items() if v is not None}
-        lines.append(
-            orjson.dumps({"_q": queue_id, "_b": batch, "_at": now, "_n": n, "k": "a", **entry})
-        )
+        lines.append(orjson.dumps({"_q": queue_id, "_b": batch, "_at": now, "_n": n, "k": "a", **entry}))
         n += 1
     return lines, batch
