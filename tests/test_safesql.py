@@ -336,10 +336,12 @@ def test_rate_limits_refuse_and_write_nothing(_home: Path) -> None:
                 assert not (await s.call_tool("submit_query", {"template": "activity_counts"})).is_error
             third = await s.call_tool("submit_query", {"template": "activity_counts"})
             assert third.is_error and "rate limit" in text(third)
-            results = [await s.call_tool("log_event", {"activity": "spammed_events"}) for _ in range(8)]
+            batch = await s.call_tool("log_events", {"events": [{"activity": "spammed_events"}] * 11})
+            assert batch.is_error and "rate limit" in text(batch)  # over the burst: none written
+            results = [await s.call_tool("log_event", {"activity": "spammed_events"}) for _ in range(14)]
             refused = [r for r in results if r.is_error]
             assert refused and all("rate limit" in text(r) for r in refused)
-            assert len(results) - len(refused) == 5  # the burst
+            assert len(results) - len(refused) == 10  # the burst: 10 s at 1/s
 
     anyio.run(go)
     assert len(list((_home / "tickets").glob("*.json"))) == 2

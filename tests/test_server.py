@@ -68,6 +68,13 @@ def test_stdio_tools_end_to_end(_home: Path, tmp_path: Path) -> None:
                 )
             )
             assert len(aid) == 26
+            batch = await s.call_tool("log_events", {"events": [
+                {"activity": "ran_query", "cost_usd": 0.5}, {"activity": "edited_file", "activity_id": "e-1"}]})
+            ids = orjson.loads(text(batch))
+            assert len(ids) == 2 and ids[1] == "e-1"
+            bad_batch = await s.call_tool("log_events", {"events": [
+                {"activity": "ran_query"}, {"activity": "Not Verb Noun"}]})
+            assert bad_batch.is_error and "pattern" in text(bad_batch)
             again = await s.call_tool("log_event", {"activity": "asked_question", "activity_id": "retry-1"})
             assert text(again) == "retry-1"
             for v in (3, 5, 4):
@@ -92,6 +99,7 @@ def test_stdio_tools_end_to_end(_home: Path, tmp_path: Path) -> None:
     assert any(e["feature_json"] and e["feature_json"].get("cost_usd") == 0.0123 for e in asked)
     calls = [e["feature_json"]["tool"] for e in events if e["activity"] == "called_tool"]
     assert calls.count("log_insight") == 4 and calls.count("get_context") == 2
+    assert [e["activity"] for e in events].count("ran_query") == 1  # the bad batch wrote nothing
 
 
 BAD_ARGUMENTS = [

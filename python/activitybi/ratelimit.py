@@ -1,7 +1,8 @@
 """Per-customer token buckets for log_event and submit_query.
 
 Limits are per server process and configurable by environment:
-`ACTIVITYBI_EVENTS_PER_SECOND` (default 100, bursts of 5 s) and
+`ACTIVITYBI_EVENTS_PER_SECOND` (default 100, bursts of 10 s, enough for a full log_events
+batch) and
 `ACTIVITYBI_QUERIES_PER_MINUTE` (default 30, bursts of 10). A refused call writes nothing.
 """
 
@@ -26,14 +27,14 @@ class Bucket:
     tokens: float
     stamp: float
 
-    def take(self, now: float) -> float:
-        """0 when a token was taken, else the seconds until one is there."""
+    def take(self, now: float, n: int = 1) -> float:
+        """0 when `n` tokens were taken, else the seconds until they are there."""
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= n:
+            self.tokens -= n
             return 0.0
-        return (1 - self.tokens) / self.rate
+        return (n - self.tokens) / self.rate
 
 
 class RateLimits:
@@ -43,20 +44,20 @@ class RateLimits:
         eps = events_per_second or float(os.environ.get("ACTIVITYBI_EVENTS_PER_SECOND", 100))
         qpm = queries_per_minute or float(os.environ.get("ACTIVITYBI_QUERIES_PER_MINUTE", 30))
         self.limits = {
-            "log_event": (eps, max(1.0, eps * 5), f"{eps:g}/s"),
+            "log_event": (eps, max(1.0, eps * 10), f"{eps:g}/s"),
             "submit_query": (qpm / 60, max(1.0, min(10.0, qpm)), f"{qpm:g}/min"),
         }
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.lock = threading.Lock()
 
-    def check(self, action: str, customer: str) -> None:
-        """Takes a token for this customer's action, or raises RateLimited."""
+    def check(self, action: str, customer: str, n: int = 1) -> None:
+        """Takes `n` tokens for this customer's action, or raises RateLimited (taking none)."""
         rate, burst, text = self.limits[action]
         now = time.monotonic()
         with self.lock:
             bucket = self.buckets.get((action, customer))
             if bucket is None:
                 bucket = self.buckets[(action, customer)] = Bucket(rate, burst, burst, now)
-            wait = bucket.take(now)
+            wait = bucket.take(now, n)
         if wait:
             raise RateLimited(action, text, wait)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TextIO, cast
 import orjson
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from activitybi import Queue, QueueFull, __version__, config, ulid
 from activitybi.context import ContextService
@@ -38,6 +38,72 @@ ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 COST_KEYS = ("model", "input_tokens", "output_tokens", "cost_usd")
 """Where an exchange's model, token counts and cost go in feature_json (documented in the
 README), so that cost can be attributed by model and session."""
+
+
+Activity = Annotated[
+    str,
+    Field(
+        pattern=ACTIVITY_NAME,
+        max_length=100,
+        description=(
+            "What happened, verb_noun from the user's view: asked_question, received_answer, ran_query, "
+            "edited_file."
+        ),
+    ),
+]
+Features = Annotated[dict[str, Any] | None, Field(description="Details of the step as a JSON object.")]
+Link = Annotated[str | None, Field(max_length=2048, description="A URL the step refers to.")]
+Revenue = Annotated[
+    float | None, Field(allow_inf_nan=False, description=("Money this step made or cost, if known."))
+]
+AnonymousId = Annotated[
+    str | None, Field(max_length=256, description=("An identifier for an unidentified visitor."))
+]
+ActivityId = Annotated[
+    str | None,
+    Field(pattern=ID_PATTERN, description=("Give the same id when retrying, so the event is stored once.")),
+]
+Model = Annotated[str | None, Field(max_length=200, description="The model of this exchange.")]
+Tokens = Annotated[int | None, Field(ge=0, description="Tokens of this exchange.")]
+Cost = Annotated[
+    float | None, Field(ge=0, allow_inf_nan=False, description=("Cost of this exchange in US dollars."))
+]
+
+
+class Step(BaseModel):
+    """One step of a conversation, as log_event and log_events take it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    activity: Activity
+    feature_json: Features = None
+    link: Link = None
+    revenue_impact: Revenue = None
+    anonymous_customer_id: AnonymousId = None
+    activity_id: ActivityId = None
+    model: Model = None
+    input_tokens: Tokens = None
+    output_tokens: Tokens = None
+    cost_usd: Cost = None
+
+    def event(self, customer: str, session: str, source: str) -> dict[str, Any]:
+        """The queue event: cost keys go into feature_json, the customer is the connection's."""
+        features = dict(self.feature_json or {})
+        for key in COST_KEYS:
+            if (value := getattr(self, key)) is not None:
+                features[key] = value
+        event: dict[str, Any] = {
+            "activity": self.activity,
+            "customer": customer,
+            "_session_id": session,
+            "_source": source,
+        }
+        if features:
+            event["feature_json"] = features
+        for key in ("link", "revenue_impact", "anonymous_customer_id", "activity_id"):
+            if (value := getattr(self, key)) is not None:
+                event[key] = value
+        return event
 
 
 @dataclass
@@ -109,9 +175,9 @@ class Runtime:
             raise ToolError("not authenticated")
         return token.client_id
 
-    def limit(self, action: str, customer: str) -> None:
+    def limit(self, action: str, customer: str, n: int = 1) -> None:
         try:
-            self.limits.check(action, customer)
+            self.limits.check(action, customer, n)
         except RateLimited as e:
             raise ToolError(str(e)) from None
 
@@ -232,75 +298,56 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
 
     @mcp.tool(structured_output=False)
     async def log_event(
-        activity: Annotated[
-            str,
-            Field(
-                pattern=ACTIVITY_NAME,
-                max_length=100,
-                description=(
-                    "What happened, verb_noun from the user's view: asked_question, received_answer, "
-                    "ran_query, edited_file."
-                ),
-            ),
-        ],
-        feature_json: Annotated[
-            dict[str, Any] | None, Field(description=("Details of the step as a JSON object."))
-        ] = None,
-        link: Annotated[str | None, Field(max_length=2048, description="A URL the step refers to.")] = None,
-        revenue_impact: Annotated[
-            float | None,
-            Field(allow_inf_nan=False, description=("Money this step made or cost, if known.")),
-        ] = None,
-        anonymous_customer_id: Annotated[
-            str | None,
-            Field(max_length=256, description=("An identifier for an unidentified visitor.")),
-        ] = None,
-        activity_id: Annotated[
-            str | None,
-            Field(
-                pattern=ID_PATTERN,
-                description=("Give the same id when retrying, so the event is stored once."),
-            ),
-        ] = None,
-        model: Annotated[str | None, Field(max_length=200, description="The model of this exchange.")] = None,
-        input_tokens: Annotated[int | None, Field(ge=0, description="Input tokens of this exchange.")] = None,
-        output_tokens: Annotated[
-            int | None, Field(ge=0, description="Output tokens of this exchange.")
-        ] = None,
-        cost_usd: Annotated[
-            float | None,
-            Field(ge=0, allow_inf_nan=False, description=("Cost of this exchange in US dollars.")),
-        ] = None,
+        activity: Activity,
+        feature_json: Features = None,
+        link: Link = None,
+        revenue_impact: Revenue = None,
+        anonymous_customer_id: AnonymousId = None,
+        activity_id: ActivityId = None,
+        model: Model = None,
+        input_tokens: Tokens = None,
+        output_tokens: Tokens = None,
+        cost_usd: Cost = None,
     ) -> str:
         """Record one step of the conversation; returns its activity_id at once."""
-        features = dict(feature_json or {})
-        for key, value in (
-            ("model", model),
-            ("input_tokens", input_tokens),
-            ("output_tokens", output_tokens),
-            ("cost_usd", cost_usd),
-        ):
-            if value is not None:
-                features[key] = value
+        step = Step(
+            activity=activity,
+            feature_json=feature_json,
+            link=link,
+            revenue_impact=revenue_impact,
+            anonymous_customer_id=anonymous_customer_id,
+            activity_id=activity_id,
+            model=model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+        )
         customer = rt.customer()
         rt.limit("log_event", customer)
-        event: dict[str, Any] = {
-            "activity": activity,
-            "customer": customer,
-            "_session_id": rt.session_id,
-            "_source": rt.source,
-        }
-        if features:
-            event["feature_json"] = features
-        for key, value in (
-            ("link", link),
-            ("revenue_impact", revenue_impact),
-            ("anonymous_customer_id", anonymous_customer_id),
-            ("activity_id", activity_id),
-        ):
-            if value is not None:
-                event[key] = value
-        return rt.append(event)
+        return rt.append(step.event(customer, rt.session_id, rt.source))
+
+    @mcp.tool(structured_output=False)
+    async def log_events(
+        events: Annotated[
+            list[Step],
+            Field(
+                min_length=1, max_length=1000, description=("Up to 1000 steps, each as log_event takes it.")
+            ),
+        ],
+    ) -> str:
+        """Record many steps in one call (one write); returns their activity_ids as JSON."""
+        customer = rt.customer()
+        rt.limit("log_event", customer, len(events))
+        lines = [e.event(customer, rt.session_id, rt.source) for e in events]
+        try:
+            ids = rt.queue.append_many(lines)
+        except QueueFull as e:
+            raise ToolError(f"the event queue is full; retry shortly ({e})") from None
+        except (ValueError, TypeError) as e:
+            raise ToolError(str(e)) from None
+        except OSError as e:
+            raise ToolError(f"the events could not be written: {e.strerror or e}") from None
+        return orjson.dumps(ids).decode()
 
     @mcp.tool(structured_output=False)
     async def log_insight(
