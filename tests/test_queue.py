@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -165,13 +166,34 @@ def test_sealing_syncs_data_then_renames_then_syncs_directory(qdir: Path, tmp_pa
         check=True,
         capture_output=True,
     )
-    calls = [line.split(" ", 1)[1] for line in trace.read_text().splitlines() if " " in line]
-    rename = next(i for i, c in enumerate(calls) if c.startswith("rename(") and ".ndjson" in c)
-    assert any(c.startswith("fdatasync(") for c in calls[:rename])
+    calls = strace_calls(trace.read_text())
+    rename = next(
+        i for i, (name, args, _) in enumerate(calls) if name.startswith("rename") and ".ndjson" in args
+    )
+    assert any(name == "fdatasync" for name, _, _ in calls[:rename])
     after = calls[rename + 1 :]
-    dir_open = next(i for i, c in enumerate(after) if c.startswith("openat(") and f'"{qdir}"' in c)
-    dir_fd = after[dir_open].rsplit("= ", 1)[1]
-    assert any(c.startswith(f"fsync({dir_fd})") for c in after[dir_open:])
+    dir_open = next(i for i, (name, args, _) in enumerate(after) if name == "openat" and f'"{qdir}"' in args)
+    dir_fd = after[dir_open][2]
+    assert any(name == "fsync" and args == dir_fd for name, args, _ in after[dir_open:])
+
+
+def strace_calls(text: str) -> list[tuple[str, str, str]]:
+    """(syscall, arguments, result) per call of an `strace -f` log, joining the halves of
+    a call that another thread's call interrupted (`<unfinished ...>` / `resumed>`)."""
+    pending: dict[str, str] = {}
+    calls = []
+    for line in text.splitlines():
+        pid, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if rest.endswith("<unfinished ...>"):
+            pending[pid] = rest.removesuffix("<unfinished ...>")
+            continue
+        if rest.startswith("<..."):
+            rest = pending.pop(pid, "") + rest.split("resumed>", 1)[1]
+        m = re.match(r"(\w+)\((.*)\)\s+=\s+(-?\w+)", rest)
+        if m:
+            calls.append((m.group(1), m.group(2), m.group(3)))
+    return calls
 
 
 def test_four_processes_share_one_directory(qdir: Path) -> None:

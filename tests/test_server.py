@@ -68,12 +68,20 @@ def test_stdio_tools_end_to_end(_home: Path, tmp_path: Path) -> None:
                 )
             )
             assert len(aid) == 26
-            batch = await s.call_tool("log_events", {"events": [
-                {"activity": "ran_query", "cost_usd": 0.5}, {"activity": "edited_file", "activity_id": "e-1"}]})
+            batch = await s.call_tool(
+                "log_events",
+                {
+                    "events": [
+                        {"activity": "ran_query", "cost_usd": 0.5},
+                        {"activity": "edited_file", "activity_id": "e-1"},
+                    ]
+                },
+            )
             ids = orjson.loads(text(batch))
             assert len(ids) == 2 and ids[1] == "e-1"
-            bad_batch = await s.call_tool("log_events", {"events": [
-                {"activity": "ran_query"}, {"activity": "Not Verb Noun"}]})
+            bad_batch = await s.call_tool(
+                "log_events", {"events": [{"activity": "ran_query"}, {"activity": "Not Verb Noun"}]}
+            )
             assert bad_batch.is_error and "pattern" in text(bad_batch)
             again = await s.call_tool("log_event", {"activity": "asked_question", "activity_id": "retry-1"})
             assert text(again) == "retry-1"
