@@ -45,3 +45,21 @@ def test_http_metrics_and_status(_home: Path) -> None:
         assert "pending events" in out
     finally:
         server.stop()
+
+
+def test_traces_export_a_span_per_tool_call(_home: Path, tmp_path: Path) -> None:
+    """With the otel extra and ACTIVITYBI_TRACES=console, each tools/call is a span."""
+    from tests.mcp_clients import stdio_session, text
+
+    errlog = (tmp_path / "server.stderr").open("w+")
+
+    async def go() -> None:
+        async with stdio_session(_home, "t@x.io", errlog=errlog, ACTIVITYBI_TRACES="console") as s:
+            assert len(text(await s.call_tool("log_event", {"activity": "traced_step"}))) == 26
+
+    anyio.run(go)
+    errlog.seek(0)
+    spans = errlog.read()
+    errlog.close()
+    assert '"name": "tools/call log_event"' in spans
+    assert '"gen_ai.tool.name": "log_event"' in spans

@@ -52,8 +52,10 @@ def serve(
         level=logging.WARNING,
         format="activitybi %(levelname)s %(name)s: %(message)s",
     )
-    from activitybi import server
+    from activitybi import server, tracing
     from activitybi.warehouse_owner import OwnerSupervisor
+
+    end_traces = tracing.setup("activitybi")
 
     rt = server.Runtime.open(
         customer=None if http else (customer or server.stdio_customer()),
@@ -86,6 +88,8 @@ def serve(
             app = server.http_app(rt, server.load_tokens(tokens), stateless=stateless)
             uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
+        if end_traces is not None:
+            end_traces()
         stop_status.set()
         status_file.unlink(missing_ok=True)
         rt.close()

@@ -1,0 +1,39 @@
+"""OpenTelemetry traces, from the `otel` extra. The MCP SDK already opens a span per
+request (`tools/call log_event`, with the tool's name); this exports them: over OTLP/HTTP
+when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, to stderr when `ACTIVITYBI_TRACES=console`.
+Nothing is imported unless one of them is set."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+
+def setup(service: str) -> Callable[[], None] | None:
+    """Installs an exporting tracer provider; returns its shutdown (which flushes)."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    console = os.environ.get("ACTIVITYBI_TRACES") == "console"
+    if not (endpoint or console):
+        return None
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+            SimpleSpanProcessor,
+        )
+    except ImportError:
+        print("activitybi: traces need the otel extra: pip install 'activitybi[otel]'", file=sys.stderr)
+        return None
+    provider = TracerProvider(resource=Resource.create({"service.name": service}))
+    if console:
+        provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    if endpoint:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
