@@ -75,7 +75,7 @@ import datetime as dt
 import math
 import re
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 from pydantic import (
     BaseModel,
@@ -153,24 +153,6 @@ _SPINE_COLUMNS = frozenset(
     }
 )
 
-RELATIONSHIPS: tuple[str, ...] = (
-    "first_ever",
-    "last_ever",
-    "nth_ever",
-    "first_before",
-    "last_before",
-    "nth_before",
-    "first_after",
-    "last_after",
-    "nth_after",
-    "first_in_between",
-    "last_in_between",
-    "nth_in_between",
-    "aggregate_all_ever",
-    "aggregate_before",
-    "aggregate_after",
-    "aggregate_in_between",
-)
 #: Other spellings accepted for a relationship (the corpus's case names use them).
 RELATIONSHIP_ALIASES: dict[str, str] = {
     "first_between": "first_in_between",
@@ -198,22 +180,8 @@ Relationship = Literal[
     "aggregate_after",
     "aggregate_in_between",
 ]
+RELATIONSHIPS: tuple[str, ...] = get_args(Relationship)
 
-AGGREGATIONS: tuple[str, ...] = (
-    "count",
-    "count_distinct",
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "listagg",
-    "listagg_distinct",
-    "first_value",
-    "last_value",
-    "is_null",
-    "not_null",
-    "sum_bool",
-)
 Aggregation = Literal[
     "count",
     "count_distinct",
@@ -229,6 +197,7 @@ Aggregation = Literal[
     "not_null",
     "sum_bool",
 ]
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
 _ZERO_FILLED = frozenset({"count", "count_distinct", "sum", "sum_bool"})
 _NUMERIC = frozenset({"integer", "float"})
 
