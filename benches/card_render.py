@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from activitybi.cards import render_card
+from activitybi.query.cards import render_card
 
 
 def result(rows: int, categorical: bool) -> dict[str, Any]:
@@ -43,7 +43,7 @@ def result(rows: int, categorical: bool) -> dict[str, Any]:
 def cold_first_card(rows: int) -> float:
     code = (
         "import time, sys; sys.path[:0] = [''];"
-        "from benches.card_render import result; from activitybi.cards import render_card;"
+        "from benches.card_render import result; from activitybi.query.cards import render_card;"
         f"r = result({rows}, False); t = time.perf_counter();"
         "render_card(r, title='t', template='t', params_hash='0' * 64, created_at='now');"
         "print(time.perf_counter() - t)"

@@ -3,7 +3,7 @@
 1. stock: the mcp SDK's own streamable-HTTP app with one do-nothing tool
    (benches/stock_http_server.py), bearer auth, json_response=True;
 2. sdk:   our server (`server.http_app`) answered by the SDK's transport alone;
-3. fast:  our server behind `activitybi.fast_http.FastFront`.
+3. fast:  our server behind `activitybi.serve.fast_http.FastFront`.
 
 Each server runs in a process of its own under uvicorn. The same lean driver (raw HTTP/1.1
 over asyncio, keep-alive, one connection per MCP session: `initialize`,
@@ -392,18 +392,18 @@ class Server:
 
 
 def import_fast_http() -> Any:
-    """activitybi.fast_http as installed, else from this checkout (while an install of the
+    """activitybi.serve.fast_http as installed, else from this checkout (while an install of the
     package without it is in the way)."""
     try:
-        from activitybi import fast_http
+        from activitybi.serve import fast_http
     except ImportError:
         import importlib.util
 
         path = HERE.parent / "python" / "activitybi" / "fast_http.py"
-        spec = importlib.util.spec_from_file_location("activitybi.fast_http", path)
+        spec = importlib.util.spec_from_file_location("activitybi.serve.fast_http", path)
         assert spec is not None and spec.loader is not None
         fast_http = importlib.util.module_from_spec(spec)
-        sys.modules["activitybi.fast_http"] = fast_http
+        sys.modules["activitybi.serve.fast_http"] = fast_http
         spec.loader.exec_module(fast_http)
     return fast_http
 
@@ -411,7 +411,7 @@ def import_fast_http() -> Any:
 def build_app(rt: Any, tokens: dict[str, str], *, stateless: bool, front: bool) -> Any:
     """`server.http_app(...)`, with the fast front (`front`) or the SDK's app alone,
     whichever of the two `http_app` returns by itself."""
-    from activitybi import server
+    from activitybi.serve import app as server
 
     fast_http = import_fast_http()
     built: list[Any] = []
@@ -450,13 +450,15 @@ def serve_main(argv: list[str]) -> None:
     )
     import uvicorn
 
-    from activitybi import config, server
+    from activitybi import config
+    from activitybi.serve import app as server
+    from activitybi.serve import runtime
 
-    rt = server.Runtime.open(customer=None, source="http")
+    rt = runtime.Runtime.open(customer=None, source="http")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     owner = None
     if a.owner:
-        from activitybi.warehouse_owner import OwnerSupervisor
+        from activitybi.owner.supervisor import OwnerSupervisor
 
         owner = OwnerSupervisor(config.queue_dir())
         owner.start()

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from activitybi import Queue
-from activitybi.uploader import Uploader
+from activitybi.owner.loop import own
+from activitybi.owner.uploader import Uploader
 from activitybi.warehouse.duckdb import DuckDBWarehouse
-from activitybi.warehouse_owner import own
 
 
 def main() -> None:

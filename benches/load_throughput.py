@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from activitybi import Queue, QueueReader
-from activitybi.uploader import Uploader
+from activitybi.owner.uploader import Uploader
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
 

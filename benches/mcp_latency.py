@@ -87,8 +87,8 @@ def spawn_to_initialize(cmd: list[str], env: dict[str, str]) -> float:
 
 def in_process(home: Path, calls: int) -> None:
     os.environ["ACTIVITYBI_HOME"] = str(home)
-    from activitybi.context import ContextService
-    from activitybi.memory import MemoryJournal
+    from activitybi.memory.context import ContextService
+    from activitybi.memory.journal import MemoryJournal
 
     journal = MemoryJournal(home / "memory")
     for i in range(50):
@@ -115,7 +115,7 @@ def in_process(home: Path, calls: int) -> None:
     if not redis_url:
         print("get_context handler, Redis hit     (skipped: set REDIS_URL)")
         return
-    from activitybi.redis_tier import RedisTier
+    from activitybi.memory.redis_tier import RedisTier
 
     tier = RedisTier.from_env()
     svc_r = ContextService(journal, home / "context", tier, capacity=1)

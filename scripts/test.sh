@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Installs everything the tests need on a fresh machine, then runs every test: Rust first,
-# then Python against the installed package. Debian's strace, redis-server and chromium come
-# from apt (the tests start their own Redis on a free loopback port). The README's test
-# command; CI runs it too.
+# The README's test command (CI runs it too): installs everything the tests need on a fresh
+# machine, then proves the package as a new user gets it, checks the code, and runs every test.
+#  1. Debian's strace, redis-server and chromium when missing (tests start their own Redis).
+#  2. Builds the wheel once.
+#  3. Installs it with no extras into a fresh virtual environment: pip check, every module
+#     imports, `activitybi demo` runs to the end and its rows are in DuckDB.
+#  4. Installs the same wheel with the `test` extra into a second fresh environment, where
+#     ruff, ruff format, mypy (strict) and stubtest run, then cargo fmt, clippy and test.
+#  5. pytest, every test (extra arguments go to pytest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
 
 need=()
 command -v strace >/dev/null || need+=(strace)
@@ -14,7 +20,36 @@ if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-python3 -m pip install -q --upgrade pip >/dev/null
-python3 -m pip install -q ".[test]"
+step() { printf '\n== %s\n' "$*"; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/activitybi-test.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+step "build the wheel"
+python3 -m pip install -q --disable-pip-version-check "maturin>=1.9,<2"
+python3 -m maturin build --release --locked --quiet --out "$work/dist"
+wheel=$(ls "$work"/dist/activitybi-*.whl)
+
+step "the README's first command, in a fresh environment with no extras"
+python3 -m venv "$work/user"
+"$work/user/bin/pip" install -q --disable-pip-version-check "$wheel"
+"$work/user/bin/pip" check
+(cd "$work" && "$work/user/bin/python" "$root/scripts/smoke_install.py")
+
+step "the test environment: the same wheel with the test extra"
+python3 -m venv "$work/test"
+"$work/test/bin/pip" install -q --disable-pip-version-check "$wheel[test]"
+"$work/test/bin/pip" check
+export PATH="$work/test/bin:$PATH"
+
+step "checks: ruff, ruff format, mypy, stubtest, cargo fmt, clippy"
+ruff check .
+ruff format --check .
+mypy
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+
+step "cargo test"
 cargo test --locked
-python3 -m pytest "$@"
+
+step "pytest"
+python -m pytest "$@"

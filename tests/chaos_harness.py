@@ -1233,7 +1233,7 @@ def fault_flipped_bytes(
     """The server logs `events` while no owner runs (the test holds the reader lock);
     then one byte of `flips` lines of the sealed segments is changed; then the uploader
     runs (twice). Unreadable lines go to quarantine with a reason, the others load once."""
-    from activitybi.activity import Rejected, to_row
+    from activitybi.events import Rejected, to_row
 
     t0 = time.monotonic()
     out = Outcome(f"flipped bytes ({mode})")

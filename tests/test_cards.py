@@ -24,9 +24,9 @@ import orjson
 import pytest
 from PIL import Image
 
-from activitybi.artifacts import ArtifactStore, sync_to_warehouse
-from activitybi.cards import CardError, card_for_ticket, render, render_card
-from activitybi.tickets import TicketStore
+from activitybi.query.artifacts import ArtifactStore, sync_to_warehouse
+from activitybi.query.cards import CardError, card_for_ticket, render, render_card
+from activitybi.query.tickets import TicketStore
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 from tests.mcp_clients import free_port, stdio_session, text
 

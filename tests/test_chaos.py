@@ -15,7 +15,7 @@ import pytest
 from tests import chaos_harness as ch
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(180)]
 
 
 def check(outcome: ch.Outcome) -> ch.Outcome:

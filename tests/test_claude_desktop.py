@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from activitybi import claude_desktop
-from activitybi.claude_desktop import ClaudeConfigError, default_config_path, install
+from activitybi.clients import claude_desktop
+from activitybi.clients.claude_desktop import ClaudeConfigError, default_config_path, install
 
 OTHERS: dict[str, Any] = {
     "globalShortcut": "Ctrl+Space",

@@ -9,12 +9,15 @@ from pathlib import Path
 
 import anyio
 import orjson
+import pytest
 
-from activitybi.context import ContextService, write_snapshot
-from activitybi.memory import MemoryJournal
-from activitybi.redis_tier import RedisTier
+from activitybi.memory.context import ContextService, write_snapshot
+from activitybi.memory.journal import MemoryJournal
+from activitybi.memory.redis_tier import RedisTier
 from tests.mcp_clients import stdio_session, text
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
+
+pytestmark = pytest.mark.redis
 
 
 def atom(subject: str, metric: str, value: object, ts: str) -> dict[str, object]:

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activitybi.safesql.dataset import (
+from activitybi.query.dataset import (
     AGGREGATIONS,
     RELATIONSHIP_ALIASES,
     RELATIONSHIPS,

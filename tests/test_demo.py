@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from activitybi import Queue
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_the_real_path_in_under_a_minute(_home: Path) -> None:

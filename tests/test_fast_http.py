@@ -1,4 +1,4 @@
-"""The fast HTTP front (activitybi.fast_http) against the SDK's own transport.
+"""The fast HTTP front (activitybi.serve.fast_http) against the SDK's own transport.
 
 Each server here is a real uvicorn process serving `server.http_app(...)`: either the
 SDK's app alone ("sdk") or the same app behind `FastFront` ("fast"). The SDK's own clients
@@ -34,11 +34,12 @@ from pathlib import Path
 import orjson
 import uvicorn
 
-from activitybi import fast_http, server
+from activitybi.serve import app as server
+from activitybi.serve import fast_http, runtime
 
 port, token_file, mode, stateless = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 idle = float(sys.argv[5]) if len(sys.argv) > 5 else None
-rt = server.Runtime.open(customer=None, source="http")
+rt = runtime.Runtime.open(customer=None, source="http")
 tokens = server.load_tokens(token_file)
 if idle is None:
     built = []

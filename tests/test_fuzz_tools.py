@@ -32,7 +32,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activitybi.safesql.templates import TEMPLATES
+from activitybi.query.templates import TEMPLATES
 from tests import chaos_harness as ch
 
 EXAMPLES = int(os.environ.get("ACTIVITYBI_FUZZ_EXAMPLES", "300"))

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from activitybi import Queue, QueueReader, ulid
-from activitybi.uploader import Uploader
+from activitybi.owner.uploader import Uploader
 from activitybi.warehouse import TransientError
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
@@ -204,7 +204,7 @@ def test_occurrence_and_repeated_at_with_ties_and_late_arrivals(wh: DuckDBWareho
 UPLOAD_CHILD = """
 import sys
 from pathlib import Path
-from activitybi.uploader import Uploader
+from activitybi.owner.uploader import Uploader
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 wh = DuckDBWarehouse(sys.argv[2]); wh.init()
 up = Uploader(Path(sys.argv[1]), wh, batch_lines=int(sys.argv[3]))
@@ -213,6 +213,7 @@ up.drain()
 """
 
 
+@pytest.mark.slow
 def test_sigkill_uploader_anywhere_still_exactly_once(qdir: Path, tmp_path: Path) -> None:
     n = 100_000
     with Queue(str(qdir), rotate_bytes=256 * 1024, max_pending=n) as q:
@@ -253,6 +254,7 @@ def test_sigkill_uploader_anywhere_still_exactly_once(qdir: Path, tmp_path: Path
     con.close()
 
 
+@pytest.mark.slow
 def test_warehouse_busy_then_back(qdir: Path, tmp_path: Path) -> None:
     """Another process holds the DuckDB file: the uploader retries and then catches up."""
     db = tmp_path / "busy.duckdb"

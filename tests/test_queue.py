@@ -214,6 +214,7 @@ def test_four_processes_share_one_directory(qdir: Path) -> None:
         assert sorted(mine) == list(range(50_000))
 
 
+@pytest.mark.slow
 def test_sigkill_loses_no_acknowledged_event(qdir: Path) -> None:
     code = (
         "import sys; from activitybi import Queue\n"

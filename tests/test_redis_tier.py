@@ -17,8 +17,10 @@ from typing import TypeVar
 import pytest
 import redis
 
-from activitybi.redis_tier import KEY_PREFIX, RedisTier, from_env
+from activitybi.memory.redis_tier import KEY_PREFIX, RedisTier, from_env
 from tests.redis_server import RedisServer, free_port, redis_server  # noqa: F401
+
+pytestmark = pytest.mark.redis
 
 T = TypeVar("T")
 FAST = 0.050  # every call, whatever Redis is doing
@@ -238,5 +240,5 @@ def test_warm_connects_in_the_background(redis_server: RedisServer) -> None:
 
 
 def test_importing_does_not_import_redis() -> None:
-    code = "import sys, activitybi.redis_tier; assert 'redis' not in sys.modules, 'imported'"
+    code = "import sys, activitybi.memory.redis_tier; assert 'redis' not in sys.modules, 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

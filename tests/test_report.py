@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from activitybi import Queue
-from activitybi.report import (
+from activitybi.reporting.report import (
     WarehouseBusy,
     build_report,
     local_report,
@@ -426,6 +426,7 @@ def chromium(tmp_path: Path) -> Any:
     browser.close()
 
 
+@pytest.mark.chromium
 def test_the_html_page_loads_in_chromium_without_errors_and_shows_its_charts(
     stream: Path, _home: Path, tmp_path: Path, chromium: Chromium
 ) -> None:
@@ -452,6 +453,7 @@ def test_the_html_page_loads_in_chromium_without_errors_and_shows_its_charts(
     assert chromium.evaluate(session, "document.scripts.length") == 0
 
 
+@pytest.mark.chromium
 def test_the_chromium_check_does_see_errors(tmp_path: Path, chromium: Chromium) -> None:
     """The harness is not blind: a broken page is reported."""
     page = tmp_path / "broken.html"

@@ -14,9 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from activitybi import QueueReader
-from activitybi.safesql import templates
-from activitybi.safesql.templates import Template, TemplateError
-from activitybi.tickets import TicketExecutor, TicketStore, cap_rows
+from activitybi.owner.executor import TicketExecutor
+from activitybi.query import templates
+from activitybi.query.templates import Template, TemplateError
+from activitybi.query.tickets import TicketStore, cap_rows
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 from tests.mcp_clients import HttpServer, http_session, stdio_session, text
 from tests.test_server import all_events

@@ -33,7 +33,7 @@ pytest.importorskip("fakesnow")
 pytest.importorskip("snowflake.connector")
 pytest.importorskip("uvicorn")
 
-from activitybi.activity import INSIGHT_ACTIVITY, StreamRow
+from activitybi.events import INSIGHT_ACTIVITY, StreamRow
 from activitybi.warehouse import QueryStopped, TransientError, ddl_files
 from activitybi.warehouse.snowflake import (
     EMULATOR_UNSUPPORTED,
@@ -46,6 +46,7 @@ os.environ.setdefault("SNOWFLAKE_DISABLE_PLATFORM_DETECTION", "true")
 # When the server is stopped under a running statement, the connector's cancel timer thread
 # fails too and prints its error: expected here, not a test failure.
 pytestmark = [
+    pytest.mark.snowflake,
     pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning"),
     pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning"),
 ]
@@ -936,7 +937,7 @@ def test_every_plain_template_runs_transpiled(wh: SnowflakeWarehouse) -> None:
     """The SafeSQL templates, written for DuckDB, transpiled by sqlglot, run on the emulator
     and see only the bound customer's rows. (The `dataset` template's Snowflake form is
     transpiled in test_dataset_conformance.py but not run: its JSON paths are DuckDB's.)"""
-    from activitybi.safesql import templates
+    from activitybi.query import templates
 
     mine = [
         row(

@@ -11,7 +11,19 @@ import click
 from activitybi import __version__, config
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command: a feature used without its extra ends in one line naming the extra."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from activitybi.extras import MissingExtra
+
+        try:
+            return super().invoke(ctx)
+        except MissingExtra as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="activitybi")
 def main() -> None:
     """Log every MCP interaction as ActivitySchema v2.0 events, durably."""
@@ -41,7 +53,7 @@ def serve(
     """Run the MCP server (stdio for Claude Desktop, or --http)."""
     handshake = None
     if not http:  # answer `initialize` before the SDK is even imported
-        from activitybi.handshake import Handshake
+        from activitybi.serve.handshake import Handshake
 
         handshake = Handshake()
     import logging
@@ -52,13 +64,15 @@ def serve(
         level=logging.WARNING,
         format="activitybi %(levelname)s %(name)s: %(message)s",
     )
-    from activitybi import server, tracing
-    from activitybi.warehouse_owner import OwnerSupervisor
+    from activitybi.owner.supervisor import OwnerSupervisor
+    from activitybi.reporting import tracing
+    from activitybi.serve import app as server
+    from activitybi.serve import runtime
 
     end_traces = tracing.setup("activitybi")
 
-    rt = server.Runtime.open(
-        customer=None if http else (customer or server.stdio_customer()),
+    rt = runtime.Runtime.open(
+        customer=None if http else (customer or runtime.stdio_customer()),
         source="http" if http else "stdio",
     )
     import signal
@@ -71,7 +85,7 @@ def serve(
     import threading
 
     threading.Thread(target=rt.warm, name="activitybi-warm", daemon=True).start()
-    from activitybi.metrics import every, serve_port, status_dir, write_status
+    from activitybi.reporting.metrics import every, serve_port, status_dir, write_status
 
     if metrics_port is not None:
         serve_port(rt.metrics.registry, metrics_port)
@@ -114,7 +128,7 @@ def install_claude(customer: str | None, config_path: Path | None, name: str, pr
     """Add (or update) this server in Claude Desktop's config, keeping every other entry."""
     import getpass
 
-    from activitybi.claude_desktop import ClaudeConfigError, install, snippet
+    from activitybi.clients.claude_desktop import ClaudeConfigError, install, snippet
 
     try:
         path, entry = install(config_path, customer or getpass.getuser(), name, print_only)
@@ -133,7 +147,7 @@ def install_claude(customer: str | None, config_path: Path | None, name: str, pr
 @main.command()
 def status() -> None:
     """What the queue, the uploader, the warehouse and the servers are doing."""
-    from activitybi.status import show
+    from activitybi.reporting.status import show
 
     show(config.home())
 
@@ -167,8 +181,8 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from activitybi.uploader import open_uploader
-    from activitybi.warehouse_owner import own
+    from activitybi.owner.loop import own
+    from activitybi.owner.uploader import open_uploader
 
     console = Console(stderr=True)
     stop = threading.Event()
@@ -188,7 +202,7 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
         return  # stopped while waiting for the warehouse
     wh = up.warehouse
     if metrics_port is not None:
-        from activitybi.metrics import OwnerMetrics, serve_port
+        from activitybi.reporting.metrics import OwnerMetrics, serve_port
 
         serve_port(OwnerMetrics(up.health).registry, metrics_port)
     show = not quiet and console.is_terminal
@@ -263,7 +277,7 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
     import orjson
     from rich.console import Console
 
-    from activitybi.report import WarehouseBusy, local_report, render_html, render_terminal
+    from activitybi.reporting.report import WarehouseBusy, local_report, render_html, render_terminal
 
     try:
         data = local_report(since=since.date() if since else None, customer=customer)

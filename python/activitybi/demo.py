@@ -274,8 +274,8 @@ def drain(home: Path, timeout: float = 8.0) -> int | None:
     home before the demo): then it waits until that owner has loaded everything."""
     import anyio
 
-    from activitybi.artifacts import sync_to_warehouse
-    from activitybi.uploader import Uploader
+    from activitybi.owner.uploader import Uploader
+    from activitybi.query.artifacts import sync_to_warehouse
     from activitybi.warehouse import TransientError
     from activitybi.warehouse.duckdb import DuckDBWarehouse
 
@@ -308,8 +308,8 @@ def run(home: Path | None = None, *, console: Console | None = None) -> dict[str
     import anyio
     from rich.console import Console
 
-    from activitybi.claude_desktop import server_command
-    from activitybi.report import local_report, render_html, render_terminal
+    from activitybi.clients.claude_desktop import server_command
+    from activitybi.reporting.report import local_report, render_html, render_terminal
 
     console = console or Console()
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
-from activitybi.activity import StreamRow
+from activitybi.events import StreamRow
 
 Checkpoint = dict[str, int]
 Params = Sequence[Any] | Mapping[str, Any]
@@ -99,6 +99,9 @@ def open_warehouse(kind: str | None = None) -> Warehouse:
     """The configured warehouse (`ACTIVITYBI_WAREHOUSE`, default duckdb)."""
     kind = kind or configured_kind()
     if kind == "snowflake":
+        from activitybi import extras
+
+        extras.require("snowflake.connector", "snowflake", "the Snowflake warehouse")
         from activitybi.warehouse.snowflake import SnowflakeWarehouse
 
         return SnowflakeWarehouse.from_env()

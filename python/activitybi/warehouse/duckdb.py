@@ -20,7 +20,7 @@ import orjson
 import pyarrow as pa
 
 from activitybi import config
-from activitybi.activity import LOADED_COLUMNS, StreamRow
+from activitybi.events import LOADED_COLUMNS, StreamRow
 from activitybi.warehouse import (
     Checkpoint,
     DataError,

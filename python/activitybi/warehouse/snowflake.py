@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from activitybi.activity import LOADED_COLUMNS, StreamRow
+from activitybi.events import LOADED_COLUMNS, StreamRow
 from activitybi.warehouse import (
     Checkpoint,
     DataError,
@@ -336,10 +336,12 @@ class SnowflakeWarehouse:
     def _open(self) -> SnowflakeConnection:
         # Telemetry probes of cloud metadata endpoints at every connect: off unless asked for.
         os.environ.setdefault("SNOWFLAKE_DISABLE_PLATFORM_DETECTION", "true")
-        import snowflake.connector
+        from activitybi import extras
 
+        connector = extras.require("snowflake.connector", "snowflake", "the Snowflake warehouse")
         try:
-            return snowflake.connector.connect(**self._connect_kwargs())
+            conn: SnowflakeConnection = connector.connect(**self._connect_kwargs())
+            return conn
         except Exception as exc:
             if is_transient(exc):
                 raise TransientError(f"cannot connect to Snowflake: {exc}") from exc

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from activitybi.activity import StreamRow
+from activitybi.events import StreamRow
 from activitybi.warehouse import Checkpoint, TransientError
 
 _TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})

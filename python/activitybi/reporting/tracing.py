@@ -16,18 +16,18 @@ def setup(service: str) -> Callable[[], None] | None:
     console = os.environ.get("ACTIVITYBI_TRACES") == "console"
     if not (endpoint or console):
         return None
+    from activitybi import extras
+
     try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            ConsoleSpanExporter,
-            SimpleSpanProcessor,
-        )
-    except ImportError:
-        print("activitybi: traces need the otel extra: pip install 'activitybi[otel]'", file=sys.stderr)
+        extras.require("opentelemetry.sdk.trace", "otel", "exporting traces")
+    except extras.MissingExtra as e:
+        print(f"activitybi: {e}", file=sys.stderr)  # traces are optional: the server still starts
         return None
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     if console:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))

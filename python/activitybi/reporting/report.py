@@ -350,7 +350,7 @@ def health(home: Path) -> dict[str, Any]:
             except (OSError, orjson.JSONDecodeError):
                 continue
             tickets[status] = tickets.get(status, 0) + 1
-    from activitybi.artifacts import ArtifactStore
+    from activitybi.query.artifacts import ArtifactStore
 
     arts = ArtifactStore(home).list()
     return {
@@ -892,8 +892,8 @@ def report_via_owner(
 ) -> dict[str, Any]:
     """One customer's report from tickets the warehouse owner runs (see `local_report`).
     Figures the templates do not give (ingestion lag) are None."""
-    from activitybi.memory import MemoryJournal
-    from activitybi.tickets import FINAL, TicketStore
+    from activitybi.memory.journal import MemoryJournal
+    from activitybi.query.tickets import FINAL, TicketStore
 
     store = TicketStore(home / "tickets")
     first_day = (since or dt.date(1970, 1, 1)).isoformat()

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from activitybi import LruCache
-from activitybi.memory import PREFERENCES_SUBJECT, MemoryJournal, customer_key
+from activitybi.memory.journal import PREFERENCES_SUBJECT, MemoryJournal, customer_key
 
 Version = tuple[int, int]
 

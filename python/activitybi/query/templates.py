@@ -146,7 +146,7 @@ MINE = "coalesce(customer, anonymous_customer_id) = $customer"
 
 
 def _dataset(values: dict[str, Any], customer: str) -> tuple[str, list[Any]]:
-    from activitybi.safesql.dataset import build_dataset_sql
+    from activitybi.query.dataset import build_dataset_sql
 
     try:
         return build_dataset_sql(values["spec"], customer)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from activitybi.artifacts import Artifact, ArtifactStore
-    from activitybi.tickets import Ticket, TicketStore
+    from activitybi.query.artifacts import Artifact, ArtifactStore
+    from activitybi.query.tickets import Ticket, TicketStore
 
 KINDS = ("auto", "bar", "line")
 MAX_BARS = 40

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlparse
 import orjson
 
 from activitybi import config, ulid
-from activitybi.memory import customer_key
+from activitybi.memory.journal import customer_key
 
 S3_ENV = "ACTIVITYBI_ARTIFACTS_S3"
 TTL_ENV = "ACTIVITYBI_ARTIFACTS_TTL_DAYS"
@@ -78,7 +78,9 @@ def _split_s3(url: str) -> tuple[str, str]:
 
 def s3_client() -> Any:
     """A boto3 S3 client from the standard AWS settings (region defaults to us-east-1)."""
-    import boto3  # type: ignore[import-untyped,unused-ignore]
+    from activitybi import extras
+
+    boto3 = extras.require("boto3", "s3", "artifacts on S3")
 
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     return boto3.client(

@@ -9,18 +9,17 @@ the SDK's own answer. `tests/test_server.py` checks that the two answers are ide
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
 from activitybi import __version__
+from activitybi.serve import sdk
 
 SERVER_NAME = "activitybi"
 
@@ -45,19 +44,8 @@ CAPABILITIES: dict[str, Any] = {
 }
 
 
-def _sdk_versions() -> tuple[tuple[str, ...], str]:
-    """The SDK's handshake protocol versions, read from its source file without importing
-    the (slow) package."""
-    spec = importlib.util.find_spec("mcp_types")
-    assert spec is not None and spec.submodule_search_locations
-    path = Path(next(iter(spec.submodule_search_locations))) / "version.py"
-    namespace: dict[str, Any] = {}
-    exec(compile(path.read_text(), str(path), "exec"), namespace)
-    return tuple(namespace["HANDSHAKE_PROTOCOL_VERSIONS"]), namespace["LATEST_HANDSHAKE_VERSION"]
-
-
 def initialize_result(requested: object) -> dict[str, Any]:
-    supported, latest = _sdk_versions()
+    supported, latest = sdk.handshake_versions()
     version = requested if requested in supported else latest
     return {
         "capabilities": CAPABILITIES,

@@ -18,7 +18,7 @@ what decides the answer and drops the plumbing:
   logging, the per-version result sieve (`ServerRunner._serialize`) and pydantic's JSON
   encoder, so the body is byte for byte what the SDK sends;
 - what the server's MCP middleware does for a call: the OpenTelemetry span, the auth
-  contextvar the tools read the customer from, and `Runtime.record_tool_call` as
+  contextvar the tools read the customer from, and `Runtime.calls.record` as
   `server.ToolCallLogger` logs it; the session's idle timer is held and restarted as the
   SDK's transport does.
 
@@ -32,25 +32,23 @@ JSON-response mode, the front turns itself off and says why (`FastFront.disabled
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any, cast
+from typing import Any
 
-import anyio
 import pydantic_core
 from mcp.server.auth.middleware.auth_context import auth_context_var
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken, principal_components
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
-from mcp.shared._otel import otel_span
 from mcp.shared.exceptions import MCPError
-from mcp.shared.jsonrpc_dispatcher import handler_exception_to_error_data
 from mcp_types import DEFAULT_NEGOTIATED_VERSION, CallToolResult, ErrorData, TextContent
 from mcp_types import methods as _methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import ValidationError
+
+from activitybi.serve import sdk
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -64,7 +62,7 @@ _JSON = b"application/json"
 _KNOWN_MIDDLEWARE = {
     "mcp.server._otel.OpenTelemetryMiddleware",  # mirrored: the same span
     "mcp.server.request_state.RequestStateBoundary",  # acts only on `requestState`, never fast-pathed
-    "activitybi.server.ToolCallLogger",  # mirrored: Runtime.record_tool_call
+    "activitybi.serve.app.ToolCallLogger",  # mirrored: Runtime.calls.record
 }
 _HANDSHAKE_VERSIONS = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
 
@@ -73,7 +71,7 @@ class FastFront:
     """ASGI app: `FastFront(sdk_app, server, rt, tokens)` in place of `sdk_app`.
 
     `sdk_app` is what `server.streamable_http_app(json_response=True, ...)` returned,
-    `server` the MCPServer, `rt` the Runtime whose `record_tool_call` logs each call, and
+    `server` the MCPServer, `rt` the Runtime whose `calls.record` logs each call, and
     `tokens` the bearer token → customer table the SDK's verifier answers from.
     """
 
@@ -100,26 +98,21 @@ class FastFront:
         self._allowed_hosts = list(security.allowed_hosts) if self._check_hosts else []
         self._allowed_origins = list(security.allowed_origins) if self._check_hosts else []
         self._tools: dict[str, Any] = {}
-        for tool in server._tool_manager.list_tools():
+        for tool in sdk.tools(server):
             if tool.is_async and tool.context_kwarg is None and not tool.resolved_params:
                 self._tools[tool.name] = tool
-        from mcp.server.runner import ServerRunner
-
-        self._runner = ServerRunner(server._lowlevel_server, cast(Any, None), None)  # for `_serialize`
-        from mcp.server._otel import OpenTelemetryMiddleware
-
-        self._otel = any(isinstance(m, OpenTelemetryMiddleware) for m in server._lowlevel_server.middleware)
+        self._serialize = sdk.result_serializer(server)
+        self._otel = sdk.has_otel_middleware(server)
 
     # --- set-up ---------------------------------------------------------------------------
 
     def _why_not(self) -> str | None:
         """Why the fast path cannot stand in for this app, or None when it can."""
-        low = self.server._lowlevel_server
-        for m in low.middleware:
+        for m in sdk.lowlevel(self.server).middleware:
             name = f"{type(m).__module__}.{type(m).__qualname__}"
             if name not in _KNOWN_MIDDLEWARE:
                 return f"MCP middleware {name} would be skipped"
-        if getattr(self.server, "_extensions", None):
+        if sdk.has_extensions(self.server):
             return "the server has extensions"
         try:
             manager = self.server.session_manager
@@ -257,11 +250,11 @@ class FastFront:
         version = self._sessions.get(session_id)
         if version is None:
             return None, None
-        transport = self._manager._server_instances.get(session_id)
+        transport = sdk.live_sessions(self._manager).get(session_id)
         if transport is None:  # ended (DELETE, idle timeout, crash): the SDK answers 404
             self._sessions.pop(session_id, None)
             return None, None
-        if self._manager._session_owners.get(session_id) != owner or transport.is_terminated:
+        if sdk.session_owner(self._manager, session_id) != owner or transport.is_terminated:
             return None, None
         scope = transport.idle_scope
         if scope is not None and scope.cancel_called:
@@ -346,10 +339,10 @@ class FastFront:
             version = result["protocolVersion"]
         except Exception:
             return  # not an accepted initialize: the SDK keeps answering for this session
-        if isinstance(version, str) and session_id in self._manager._server_instances:
+        live = sdk.live_sessions(self._manager)
+        if isinstance(version, str) and session_id in live:
             self._sessions[session_id] = version
-            if len(self._sessions) > 2 * len(self._manager._server_instances) + 1024:
-                live = self._manager._server_instances
+            if len(self._sessions) > 2 * len(live) + 1024:
                 self._sessions = {s: v for s, v in self._sessions.items() if s in live}
 
     # --- the call -------------------------------------------------------------------------
@@ -366,17 +359,12 @@ class FastFront:
     ) -> None:
         rid, tool, arguments = call
         self.fast_calls += 1
-        idle = (
-            transport is not None and transport.idle_scope is not None and transport._idle_timeout is not None
-        )
-        if idle:  # a request in flight holds the session, as the SDK's transport does
-            transport._requests_in_flight += 1
-            transport.idle_scope.deadline = math.inf
+        held = sdk.hold_session(transport)  # a request in flight holds the session, as in the SDK
         token = auth_context_var.set(user[0])
         try:
             start = time.perf_counter()
             if self._otel:  # OpenTelemetryMiddleware's span
-                with otel_span(
+                with sdk.otel_span(
                     name=f"tools/call {tool.name}",
                     kind=SpanKind.SERVER,
                     attributes={
@@ -404,11 +392,9 @@ class FastFront:
             body = pydantic_core.to_json(payload)
         finally:
             auth_context_var.reset(token)
-            if idle:
-                transport._requests_in_flight -= 1
-                if not transport._requests_in_flight:
-                    transport.idle_scope.deadline = anyio.current_time() + transport._idle_timeout
-        self.rt.record_tool_call(
+            if held:
+                sdk.release_session(transport)
+        self.rt.calls.record(
             user[2], tool.name, latency_ms, outcome, error, sid.decode("latin-1") if sid is not None else None
         )
         headers = [(b"content-type", _JSON)]
@@ -439,9 +425,9 @@ class FastFront:
                 else:
                     sdk_log.exception("Tool %r raised an unexpected exception", tool.name)
                 result = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
-            wire = self._runner._serialize("tools/call", version, result)
+            wire = self._serialize("tools/call", version, result)
         except Exception as exc:  # JSONRPCDispatcher's exception-to-wire boundary
-            error = handler_exception_to_error_data(exc)
+            error = sdk.exception_to_error(exc)
             if error is None:
                 log.exception("handler for 'tools/call' raised")
                 error = ErrorData(code=0, message=str(exc))

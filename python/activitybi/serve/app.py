@@ -8,235 +8,29 @@ tool call is itself logged as a `called_tool` activity (tool, latency, outcome, 
 from __future__ import annotations
 
 import datetime as dt
-import getpass
+import inspect
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, TextIO, cast
+from typing import Annotated, Any, Literal, TextIO, TypeVar, cast
 
 import orjson
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
-from activitybi import Queue, QueueFull, __version__, config, ulid
-from activitybi.context import ContextService
-from activitybi.handshake import INSTRUCTIONS, SERVER_NAME, Handshake
-from activitybi.memory import MemoryJournal
-from activitybi.metrics import ServerMetrics
-from activitybi.ratelimit import RateLimited, RateLimits
-from activitybi.safesql import templates
-from activitybi.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket, TicketStore
+from activitybi import __version__, ulid
+from activitybi.events import STEP_FIELDS, Step
+from activitybi.query import templates
+from activitybi.query.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket
+from activitybi.serve import sdk
+from activitybi.serve.handshake import INSTRUCTIONS, SERVER_NAME, Handshake
+from activitybi.serve.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-ACTIVITY_NAME = r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$"
-ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-COST_KEYS = ("model", "input_tokens", "output_tokens", "cost_usd")
-"""Where an exchange's model, token counts and cost go in feature_json (documented in the
-README), so that cost can be attributed by model and session."""
-
-
-Activity = Annotated[
-    str,
-    Field(
-        pattern=ACTIVITY_NAME,
-        max_length=100,
-        description=(
-            "What happened, verb_noun from the user's view: asked_question, received_answer, ran_query, "
-            "edited_file."
-        ),
-    ),
-]
-Features = Annotated[dict[str, Any] | None, Field(description="Details of the step as a JSON object.")]
-Link = Annotated[str | None, Field(max_length=2048, description="A URL the step refers to.")]
-Revenue = Annotated[
-    float | None, Field(allow_inf_nan=False, description=("Money this step made or cost, if known."))
-]
-AnonymousId = Annotated[
-    str | None, Field(max_length=256, description=("An identifier for an unidentified visitor."))
-]
-ActivityId = Annotated[
-    str | None,
-    Field(pattern=ID_PATTERN, description=("Give the same id when retrying, so the event is stored once.")),
-]
-Model = Annotated[str | None, Field(max_length=200, description="The model of this exchange.")]
-Tokens = Annotated[int | None, Field(ge=0, description="Tokens of this exchange.")]
-Cost = Annotated[
-    float | None, Field(ge=0, allow_inf_nan=False, description=("Cost of this exchange in US dollars."))
-]
-
-
-class Step(BaseModel):
-    """One step of a conversation, as log_event and log_events take it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    activity: Activity
-    feature_json: Features = None
-    link: Link = None
-    revenue_impact: Revenue = None
-    anonymous_customer_id: AnonymousId = None
-    activity_id: ActivityId = None
-    model: Model = None
-    input_tokens: Tokens = None
-    output_tokens: Tokens = None
-    cost_usd: Cost = None
-
-    def event(self, customer: str, session: str, source: str) -> dict[str, Any]:
-        """The queue event: cost keys go into feature_json, the customer is the connection's."""
-        features = dict(self.feature_json or {})
-        for key in COST_KEYS:
-            if (value := getattr(self, key)) is not None:
-                features[key] = value
-        event: dict[str, Any] = {
-            "activity": self.activity,
-            "customer": customer,
-            "_session_id": session,
-            "_source": source,
-        }
-        if features:
-            event["feature_json"] = features
-        for key in ("link", "revenue_impact", "anonymous_customer_id", "activity_id"):
-            if (value := getattr(self, key)) is not None:
-                event[key] = value
-        return event
-
-
-@dataclass
-class Runtime:
-    """What the tools act on, for the life of the process."""
-
-    queue_dir: Path
-    context: ContextService
-    journal: MemoryJournal
-    session_id: str
-    stdio_customer: str | None
-    source: str
-    tickets: TicketStore
-    limits: RateLimits
-    metrics: ServerMetrics = field(init=False)
-    _queue: Queue | None = None
-
-    def __post_init__(self) -> None:
-        self.metrics = ServerMetrics(self.queue_stats, self.context.tier_stats)
-
-    @property
-    def queue(self) -> Queue:
-        """The queue, opened on first use and again after a failure, so that a queue that
-        cannot open (a full disk at start) gives the tools a clear error, not a dead server."""
-        if self._queue is None:
-            self._queue = Queue(str(self.queue_dir))
-        return self._queue
-
-    def queue_stats(self) -> dict[str, int]:
-        try:
-            return self.queue.stats()
-        except OSError:
-            keys = ("appended", "bytes", "rotations", "fsyncs", "rejected", "pending")
-            return dict.fromkeys(keys, 0)
-
-    @classmethod
-    def open(cls, *, customer: str | None, source: str) -> Runtime:
-        from activitybi.redis_tier import RedisTier
-
-        home = config.home()
-        journal = MemoryJournal(home / "memory")
-        redis = RedisTier.from_env()
-        if redis is not None:
-            redis.warm()
-        rt = cls(
-            queue_dir=config.queue_dir(),
-            context=ContextService(journal, home / "context", redis),
-            journal=journal,
-            session_id=ulid(),
-            stdio_customer=customer,
-            source=source,
-            tickets=TicketStore(home / "tickets"),
-            limits=RateLimits(),
-        )
-        try:
-            _ = rt.queue  # now, when it can
-        except OSError as e:
-            log.warning("the queue cannot be opened yet (%s); tools will say so and retry", e)
-        return rt
-
-    def customer(self) -> str:
-        """The connection's customer: the token's over HTTP, the configured one on stdio."""
-        if self.stdio_customer is not None:
-            return self.stdio_customer
-        from mcp.server.auth.middleware.auth_context import get_access_token
-
-        token = get_access_token()
-        if token is None:
-            raise ToolError("not authenticated")
-        return token.client_id
-
-    def limit(self, action: str, customer: str, n: int = 1) -> None:
-        try:
-            self.limits.check(action, customer, n)
-        except RateLimited as e:
-            raise ToolError(str(e)) from None
-
-    def append(self, event: dict[str, Any]) -> str:
-        try:
-            return self.queue.append(event)
-        except QueueFull as e:
-            raise ToolError(f"the event queue is full; retry shortly ({e})") from None
-        except (ValueError, TypeError) as e:
-            raise ToolError(str(e)) from None
-        except OSError as e:
-            raise ToolError(f"the event could not be written: {e.strerror or e}") from None
-
-    def warm(self, since_seconds: float = 86_400) -> int:
-        """Builds the contexts of the customers seen lately, so their first call hits."""
-        customers = self.journal.recent_customers(since_seconds)
-        if self.stdio_customer is not None:
-            customers = [c for c in customers if c == self.stdio_customer]
-        return self.context.warm(customers)
-
-    def record_tool_call(
-        self,
-        customer: str,
-        tool: str,
-        latency_ms: float,
-        outcome: str,
-        error: str | None,
-        session: str | None,
-    ) -> None:
-        """Logs a tool call as a `called_tool` activity (never failing the call itself)."""
-        self.metrics.observe(tool, latency_ms, None if outcome == "ok" else (error or outcome))
-        features: dict[str, Any] = {
-            "tool": tool,
-            "latency_ms": round(latency_ms, 3),
-            "outcome": outcome,
-        }
-        if error:
-            features["error"] = error
-        try:
-            self.queue.append(
-                {
-                    "activity": "called_tool",
-                    "customer": customer,
-                    "feature_json": features,
-                    "_session_id": session or self.session_id,
-                    "_source": self.source,
-                }
-            )
-        except Exception as e:
-            log.warning("could not log a %s call: %s", tool, e)
-
-    def close(self) -> None:
-        if self._queue is not None:
-            self._queue.close()
-
-
-def stdio_customer() -> str:
-    """`ACTIVITYBI_CUSTOMER`, else this machine's user name."""
-    return os.environ.get("ACTIVITYBI_CUSTOMER") or getpass.getuser()
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class ToolCallLogger:
@@ -271,20 +65,37 @@ class ToolCallLogger:
             customer = self.rt.customer()
         except ToolError:
             return
-        self.rt.record_tool_call(customer, str(params.get("name")), latency_ms, outcome, error, session)
+        self.rt.calls.record(customer, str(params.get("name")), latency_ms, outcome, error, session)
+
+
+def _takes_step(fn: F) -> F:
+    """Gives ``fn(**fields)`` the signature of one step's fields, for the SDK to build the
+    tool's argument model and schema from (the fields are declared once, in events.py)."""
+    fn.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=kind,
+                default=inspect.Parameter.empty if name == "activity" else None,
+            )
+            for name, kind in STEP_FIELDS.items()
+        ],
+        return_annotation=str,
+    )
+    return fn
 
 
 def _forbid_extra_arguments(server: MCPServer) -> None:
     """An unknown argument is an error (the SDK ignores it by default)."""
-    for tool in server._tool_manager.list_tools():
-        loose = tool.fn_metadata.arg_model
+    for tool in sdk.tools(server):
+        loose = sdk.tool_argument_model(tool)
 
         class Strict(loose):  # type: ignore[valid-type, misc]
             model_config = ConfigDict(extra="forbid")
 
         Strict.__name__ = loose.__name__
-        tool.fn_metadata.arg_model = Strict
-        tool.parameters = Strict.model_json_schema(by_alias=True)
+        sdk.set_tool_argument_model(tool, Strict)
 
 
 def build(rt: Runtime, **server_options: Any) -> MCPServer:
@@ -297,34 +108,13 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
     )
 
     @mcp.tool(structured_output=False)
-    async def log_event(
-        activity: Activity,
-        feature_json: Features = None,
-        link: Link = None,
-        revenue_impact: Revenue = None,
-        anonymous_customer_id: AnonymousId = None,
-        activity_id: ActivityId = None,
-        model: Model = None,
-        input_tokens: Tokens = None,
-        output_tokens: Tokens = None,
-        cost_usd: Cost = None,
-    ) -> str:
+    @_takes_step
+    async def log_event(**fields: Any) -> str:
         """Record one step of the conversation; returns its activity_id at once."""
-        step = Step(
-            activity=activity,
-            feature_json=feature_json,
-            link=link,
-            revenue_impact=revenue_impact,
-            anonymous_customer_id=anonymous_customer_id,
-            activity_id=activity_id,
-            model=model,
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cost_usd=cost_usd,
-        )
+        step = Step.model_construct(**fields)  # the SDK validated each field against STEP_FIELDS
         customer = rt.customer()
         rt.limit("log_event", customer)
-        return rt.append(step.event(customer, rt.session_id, rt.source))
+        return rt.writer.append(step.event(customer, rt.session_id, rt.source))
 
     @mcp.tool(structured_output=False)
     async def log_events(
@@ -338,15 +128,7 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         """Record many steps in one call (one write); returns their activity_ids as JSON."""
         customer = rt.customer()
         rt.limit("log_event", customer, len(events))
-        lines = [e.event(customer, rt.session_id, rt.source) for e in events]
-        try:
-            ids = rt.queue.append_many(lines)
-        except QueueFull as e:
-            raise ToolError(f"the event queue is full; retry shortly ({e})") from None
-        except (ValueError, TypeError) as e:
-            raise ToolError(str(e)) from None
-        except OSError as e:
-            raise ToolError(f"the events could not be written: {e.strerror or e}") from None
+        ids = rt.writer.append_many([e.event(customer, rt.session_id, rt.source) for e in events])
         return orjson.dumps(ids).decode()
 
     @mcp.tool(structured_output=False)
@@ -384,7 +166,7 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
             features["provenance_query_hash"] = provenance_query_hash
         atom_id = ulid()
         ts = dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
-        rt.append(
+        rt.writer.append(
             {
                 "activity": "learned_insight",
                 "activity_id": atom_id,
@@ -483,8 +265,8 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
 
     from mcp.server.mcpserver import Image
 
-    from activitybi import cards
-    from activitybi.artifacts import ArtifactStore
+    from activitybi.query import cards
+    from activitybi.query.artifacts import ArtifactStore
 
     artifacts = ArtifactStore.from_env()
 
@@ -525,7 +307,7 @@ def serve_stdio(rt: Runtime, handshake: Handshake) -> None:
     async def main() -> None:
         files = anyio.wrap_file(cast(TextIO, stdin)), anyio.wrap_file(cast(TextIO, stdout))
         async with stdio_server(*files) as (r, w):
-            low = server._lowlevel_server
+            low = sdk.lowlevel(server)
             await low.run(r, w, low.create_initialization_options())
 
     anyio.run(main)
@@ -574,6 +356,6 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
     app = server.streamable_http_app(stateless_http=stateless, json_response=True)
     if os.environ.get("ACTIVITYBI_FAST_HTTP", "1") == "0":  # the SDK's transport alone
         return app
-    from activitybi.fast_http import FastFront
+    from activitybi.serve.fast_http import FastFront
 
     return FastFront(app, server, rt, tokens)

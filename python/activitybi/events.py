@@ -14,9 +14,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 SPEC_COLUMNS = (
     "activity_id",
@@ -172,4 +173,96 @@ def from_event(event: Mapping[str, Any]) -> StreamRow:
         _text("_session_id", event.get("_session_id"), drift),
         _text("_source", event.get("_source"), drift),
         drift,
+    )
+
+
+# --- what a tool accepts as one step ---------------------------------------------------
+
+ACTIVITY_NAME = r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$"
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+COST_KEYS = ("model", "input_tokens", "output_tokens", "cost_usd")
+"""Where an exchange's model, token counts and cost go in feature_json (documented in the
+README), so that cost can be attributed by model and session."""
+
+
+Activity = Annotated[
+    str,
+    Field(
+        pattern=ACTIVITY_NAME,
+        max_length=100,
+        description=(
+            "What happened, verb_noun from the user's view: asked_question, received_answer, ran_query, "
+            "edited_file."
+        ),
+    ),
+]
+Features = Annotated[dict[str, Any] | None, Field(description="Details of the step as a JSON object.")]
+Link = Annotated[str | None, Field(max_length=2048, description="A URL the step refers to.")]
+Revenue = Annotated[
+    float | None, Field(allow_inf_nan=False, description=("Money this step made or cost, if known."))
+]
+AnonymousId = Annotated[
+    str | None, Field(max_length=256, description=("An identifier for an unidentified visitor."))
+]
+ActivityId = Annotated[
+    str | None,
+    Field(pattern=ID_PATTERN, description=("Give the same id when retrying, so the event is stored once.")),
+]
+Model = Annotated[str | None, Field(max_length=200, description="The model of this exchange.")]
+Tokens = Annotated[int | None, Field(ge=0, description="Tokens of this exchange.")]
+Cost = Annotated[
+    float | None, Field(ge=0, allow_inf_nan=False, description=("Cost of this exchange in US dollars."))
+]
+
+
+STEP_FIELDS: dict[str, Any] = {
+    "activity": Activity,
+    "feature_json": Features,
+    "link": Link,
+    "revenue_impact": Revenue,
+    "anonymous_customer_id": AnonymousId,
+    "activity_id": ActivityId,
+    "model": Model,
+    "input_tokens": Tokens,
+    "output_tokens": Tokens,
+    "cost_usd": Cost,
+}
+"""The arguments of one step, declared once: `Step` is built from them, and so is the
+signature of the log_event tool (the MCP schema the model sees)."""
+
+
+class _StepMethods(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def event(self, customer: str, session: str, source: str) -> dict[str, Any]:
+        """The queue event: cost keys go into feature_json, the customer is the connection's."""
+        features = dict(getattr(self, "feature_json", None) or {})
+        for key in COST_KEYS:
+            if (value := getattr(self, key)) is not None:
+                features[key] = value
+        event: dict[str, Any] = {
+            "activity": getattr(self, "activity"),  # noqa: B009 (a field of the built model)
+            "customer": customer,
+            "_session_id": session,
+            "_source": source,
+        }
+        if features:
+            event["feature_json"] = features
+        for key in ("link", "revenue_impact", "anonymous_customer_id", "activity_id"):
+            if (value := getattr(self, key)) is not None:
+                event[key] = value
+        return event
+
+
+_STEP_DEFINITIONS: dict[str, Any] = {
+    name: (kind, ... if name == "activity" else None) for name, kind in STEP_FIELDS.items()
+}
+if TYPE_CHECKING:  # the type checker cannot see fields built at run time
+    Step = _StepMethods
+else:
+    Step = create_model(
+        "Step",
+        __base__=_StepMethods,
+        __doc__="One step of a conversation, as log_event and log_events take it.",
+        **_STEP_DEFINITIONS,
     )

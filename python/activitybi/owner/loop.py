@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import orjson
 
-from activitybi import QueueReader
-from activitybi.artifacts import ArtifactStore, sync_to_warehouse
-from activitybi.context import write_snapshot
-from activitybi.metrics import status_dir, write_status
-from activitybi.tickets import TicketExecutor, TicketStore
-from activitybi.uploader import Uploader
+from activitybi.memory.context import write_snapshot
+from activitybi.owner.executor import TicketExecutor
+from activitybi.owner.uploader import Uploader
+from activitybi.query.artifacts import ArtifactStore, sync_to_warehouse
+from activitybi.query.tickets import TicketStore
+from activitybi.reporting.metrics import status_dir, write_status
 from activitybi.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -87,52 +84,3 @@ def table_rows(warehouse: Warehouse) -> dict[str, int]:
     for table in ("claude_stream", "insight_atoms", "query_audit"):
         counts[table] = int(warehouse.execute(f"SELECT count(*) FROM {table}").rows[0][0])
     return counts
-
-
-class OwnerSupervisor(threading.Thread):
-    """In a server: starts `activitybi upload --follow` whenever nobody holds the queue."""
-
-    def __init__(self, queue_dir: Path, *, retry_every: float = 2.0) -> None:
-        super().__init__(name="activitybi-owner", daemon=True)
-        self.queue_dir = queue_dir
-        self.retry_every = retry_every
-        self.stop = threading.Event()
-        self.child: subprocess.Popen[bytes] | None = None
-
-    def _free(self) -> bool:
-        try:
-            QueueReader(str(self.queue_dir)).close()
-        except BlockingIOError:
-            return False
-        return True
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            if (self.child is None or self.child.poll() is not None) and self._free():
-                self.child = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "activitybi",
-                        "upload",
-                        "--follow",
-                        "--quiet",
-                        "--parent",
-                        str(os.getpid()),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                )
-            self.stop.wait(self.retry_every)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Stops supervising and lets the owner finish its batch and exit."""
-        self.stop.set()
-        self.join(timeout)  # first, so that it cannot start a child after this looks
-        child = self.child
-        if child is not None and child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(timeout)
-            except subprocess.TimeoutExpired:
-                child.kill()

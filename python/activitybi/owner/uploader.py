@@ -22,7 +22,7 @@ from typing import TypeVar
 import orjson
 
 from activitybi import QueueReader, ulid
-from activitybi.activity import Rejected, StreamRow, to_row
+from activitybi.events import Rejected, StreamRow, to_row
 from activitybi.warehouse import Checkpoint, DataError, TransientError, Warehouse
 
 log = logging.getLogger(__name__)

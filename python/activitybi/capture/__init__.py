@@ -1,0 +1,1 @@
+"""Ways events arrive besides the MCP tools: proxy, hooks, OpenTelemetry, transcripts."""

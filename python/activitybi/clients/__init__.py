@@ -1,0 +1,1 @@
+"""The MCP clients' own config files, which activitybi sets up (Claude Desktop)."""

@@ -1,0 +1,1 @@
+"""What the server remembers of a customer: the insight journal and the context tiers."""

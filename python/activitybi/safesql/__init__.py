@@ -1,1 +1,0 @@
-"""SafeSQL: named, typed query templates; the only SQL a customer can cause to run."""
