@@ -224,7 +224,7 @@ async def _loaded(home: Path, timeout: float = 20.0) -> float:
     from activitybi import Queue
 
     start = time.monotonic()
-    q = Queue(str(home / "queue"))  # only reads the shared counter: no segment is made
+    q = Queue(str(config.Home(home).queue))  # only reads the shared counter: no segment is made
     try:
         while q.stats()["pending"] > 0:
             if time.monotonic() - start > timeout:
@@ -283,9 +283,9 @@ def drain(home: Path, timeout: float = 8.0) -> int | None:
     while True:
         wh = None
         try:
-            wh = DuckDBWarehouse(home / "warehouse.duckdb")
+            wh = DuckDBWarehouse(config.Home(home).warehouse)
             wh.init()
-            up = Uploader(home / "queue", wh)
+            up = Uploader(config.Home(home).queue, wh)
         except (TransientError, BlockingIOError):
             if wh is not None:
                 wh.close()
@@ -322,8 +322,8 @@ def run(home: Path | None = None, *, console: Console | None = None) -> dict[str
         f"spawning [cyan]{command} {' '.join(args)}[/] as Claude Desktop would, "
         f"as {CUSTOMER}"
     )
-    (home / "logs").mkdir(exist_ok=True)
-    log_path = home / "logs" / "demo-servers.log"
+    (config.Home(home).logs).mkdir(exist_ok=True)
+    log_path = config.Home(home).logs / "demo-servers.log"
     conversations = []
     with log_path.open("a") as errlog:
         for n, conv in enumerate(CONVERSATIONS, 1):

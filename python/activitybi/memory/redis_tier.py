@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -104,7 +103,9 @@ class RedisTier:
     @classmethod
     def from_env(cls, **kwargs: Any) -> RedisTier | None:
         """A tier for ``$REDIS_URL``, or None when it is unset (or not a Redis URL)."""
-        url = os.environ.get(REDIS_URL_ENV, "").strip()
+        from activitybi import config
+
+        url = config.settings().redis_url
         if not url:
             return None
         scheme = urlsplit(url).scheme

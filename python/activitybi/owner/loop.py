@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 
+from activitybi import config
 from activitybi.memory.context import write_snapshot
 from activitybi.owner.executor import TicketExecutor
 from activitybi.owner.uploader import Uploader
@@ -41,9 +42,9 @@ def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0, parent: 
     `refresh_every` seconds when new rows came in, and at least every 5 minutes; runs
     the query tickets meanwhile."""
     executor = TicketExecutor(
-        TicketStore(home / "tickets"),
+        TicketStore(config.Home(home).tickets),
         uploader.warehouse,
-        timeout_s=float(os.environ.get("ACTIVITYBI_QUERY_TIMEOUT", 60)),
+        timeout_s=config.settings().query_timeout_s,
     )
     executor.start()
     try:
@@ -54,7 +55,7 @@ def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0, parent: 
 
 
 def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float, parent: int | None) -> None:
-    snapshot_dir, status_file = home / "context", status_dir(home) / "owner.json"
+    snapshot_dir, status_file = config.Home(home).context, status_dir(home) / "owner.json"
     last_refresh, fresh_rows, last_status = float("-inf"), True, 0.0
     rows: dict[str, int] = {}
     while not uploader.stop.is_set():

@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import orjson
 
-from activitybi import QueueReader, ulid
+from activitybi import QueueReader, config, ulid
 from activitybi.events import Rejected, StreamRow, to_row
 from activitybi.warehouse import Checkpoint, DataError, TransientError, Warehouse
 
@@ -97,7 +97,7 @@ class Uploader:
         self.warehouse = warehouse
         self.reader = QueueReader(str(queue_dir))
         self.queue_id = queue_id(queue_dir)
-        self.quarantine_file = quarantine_file or queue_dir.parent / "quarantine" / "uploader.jsonl"
+        self.quarantine_file = quarantine_file or config.Home(queue_dir.parent).quarantine
         self.batch_lines = batch_lines
         self.stop = stop or threading.Event()
         self.stats = UploadStats()

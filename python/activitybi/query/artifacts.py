@@ -96,7 +96,7 @@ class ArtifactStore:
     def __init__(
         self, home: Path | None = None, *, s3_url: str | None = None, ttl: dt.timedelta | None = DEFAULT_TTL
     ) -> None:
-        self.root = (home or config.home()) / "artifacts"
+        self.root = config.Home(home or config.home()).artifacts
         self.index_path = self.root / "index.jsonl"
         self.s3_url = s3_url
         self.bucket, self.prefix = _split_s3(s3_url) if s3_url else ("", "")
@@ -107,10 +107,9 @@ class ArtifactStore:
     def from_env(cls, home: Path | None = None) -> ArtifactStore:
         """Local by default; S3 when `ACTIVITYBI_ARTIFACTS_S3` is set; expiry after
         `ACTIVITYBI_ARTIFACTS_TTL_DAYS` (30; 0 keeps them forever)."""
-        days = float(os.environ.get(TTL_ENV, DEFAULT_TTL.days))
-        return cls(
-            home, s3_url=os.environ.get(S3_ENV) or None, ttl=dt.timedelta(days=days) if days > 0 else None
-        )
+        settings = config.settings()
+        days = settings.artifact_ttl_days
+        return cls(home, s3_url=settings.artifacts_s3, ttl=dt.timedelta(days=days) if days > 0 else None)
 
     @property
     def client(self) -> Any:

@@ -20,11 +20,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from activitybi import config
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 def status_dir(home: Path) -> Path:
-    path = home / "status"
+    path = config.Home(home).status
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import html
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -300,7 +299,7 @@ def _timeline(q: _Sql, s: str, p: Params, first: str | None, last: str | None) -
 def health(home: Path) -> dict[str, Any]:
     """The queue, uploader, quarantine and artifacts as the files under `home` show them,
     read without taking any lock another process needs."""
-    qdir = home / "queue"
+    qdir = config.Home(home).queue
     queue: dict[str, Any] = {
         "dir": str(qdir),
         "pending": 0,
@@ -326,7 +325,7 @@ def health(home: Path) -> dict[str, Any]:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 queue["bytes_on_disk"] += seg.stat().st_size
-    qfile = home / "quarantine" / "uploader.jsonl"
+    qfile = config.Home(home).quarantine
     quarantine: dict[str, Any] = {"file": str(qfile), "lines": 0, "last_reason": None}
     if qfile.is_file():
         data = qfile.read_bytes()
@@ -342,7 +341,7 @@ def health(home: Path) -> dict[str, Any]:
     if torn.is_dir():
         quarantine["torn_segments"] = sum(1 for _ in torn.iterdir())
     tickets: dict[str, int] = {}
-    tdir = home / "tickets"
+    tdir = config.Home(home).tickets
     if tdir.is_dir():
         for path in tdir.glob("*.json"):
             try:
@@ -361,16 +360,16 @@ def health(home: Path) -> dict[str, Any]:
         "artifacts": {
             "count": len(arts),
             "bytes": sum(a.size_bytes for a in arts),
-            "dir": str(home / "artifacts"),
+            "dir": str(config.Home(home).artifacts),
         },
-        "warehouse": str(home / "warehouse.duckdb"),
+        "warehouse": str(config.Home(home).warehouse),
         "owner": _owner(home),
     }
 
 
 def _owner(home: Path) -> dict[str, Any] | None:
     """The process holding the warehouse for writing, if one does (without disturbing it)."""
-    path = home / "warehouse.duckdb"
+    path = config.Home(home).warehouse
     if not path.exists():
         return None
     try:
@@ -842,7 +841,7 @@ def render_html(report: dict[str, Any]) -> str:
 
 
 def default_warehouse_path() -> Path:
-    return config.home() / "warehouse.duckdb"
+    return config.Home.current().warehouse
 
 
 # ----------------------------------------------------------------------- through the owner
@@ -866,13 +865,13 @@ def local_report(
     one asked for, else this machine's (`ACTIVITYBI_CUSTOMER` or the user name)."""
     home = home or config.home()
     try:
-        return build_report(home / "warehouse.duckdb", since=since, customer=customer, home=home)
+        return build_report(config.Home(home).warehouse, since=since, customer=customer, home=home)
     except WarehouseBusy as busy:
         if not busy.command or "upload" not in busy.command:
             raise  # not an activitybi owner: nobody will run tickets
         import getpass
 
-        who = customer or os.environ.get("ACTIVITYBI_CUSTOMER") or getpass.getuser()
+        who = customer or config.settings().customer or getpass.getuser()
         report = report_via_owner(home, who, since=since, wait=wait, busy=busy)
         report["note"] = (
             f"the warehouse is held by its owner (PID {busy.pid}), so this report "
@@ -895,7 +894,7 @@ def report_via_owner(
     from activitybi.memory.journal import MemoryJournal
     from activitybi.query.tickets import FINAL, TicketStore
 
-    store = TicketStore(home / "tickets")
+    store = TicketStore(config.Home(home).tickets)
     first_day = (since or dt.date(1970, 1, 1)).isoformat()
     ids = {}
     for name in OWNER_TEMPLATES:
@@ -943,7 +942,7 @@ def report_via_owner(
         )
     for t in tools:
         t["errors"] = round(t["calls"] * (t["error_rate"] or 0))
-    atoms, _ = MemoryJournal(home / "memory").read(customer)
+    atoms, _ = MemoryJournal(config.Home(home).memory).read(customer)
     atoms = [a for a in atoms if since is None or a["ts"] >= first_day]
     atoms.sort(key=lambda a: (a["ts"], a["atom_id"]), reverse=True)
     report = {

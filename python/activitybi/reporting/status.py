@@ -13,6 +13,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from activitybi import config
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -38,17 +40,17 @@ def _ago(ts: float | None) -> str:
 
 def show(home: Path, console: Console | None = None) -> None:
     console = console or Console()
-    qdir = home / "queue"
+    qdir = config.Home(home).queue
     segments = list(qdir.glob("*.ndjson")) + list(qdir.glob("*.open"))
-    owner = _read(home / "status" / "owner.json")
-    servers = [s for p in sorted((home / "status").glob("server-*.json")) if (s := _read(p))]
+    owner = _read(config.Home(home).status / "owner.json")
+    servers = [s for p in sorted(config.Home(home).status.glob("server-*.json")) if (s := _read(p))]
 
     queue = Table(title="queue", show_header=False)
     queue.add_row("directory", str(qdir))
     queue.add_row("segments", f"{len(segments)} ({sum(p.stat().st_size for p in segments):,} bytes)")
     pending = owner["pending"] if owner else (servers[0]["queue"]["pending"] if servers else None)
     queue.add_row("pending events", "unknown (nothing running)" if pending is None else f"{pending:,}")
-    quarantine = home / "quarantine" / "uploader.jsonl"
+    quarantine = config.Home(home).quarantine
     quarantined = quarantine.read_bytes().count(b"\n") if quarantine.exists() else 0
     queue.add_row("quarantined lines", f"{quarantined:,} ({quarantine})" if quarantined else "0")
     console.print(queue)

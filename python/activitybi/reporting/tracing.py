@@ -5,15 +5,17 @@ Nothing is imported unless one of them is set."""
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 
 
 def setup(service: str) -> Callable[[], None] | None:
     """Installs an exporting tracer provider; returns its shutdown (which flushes)."""
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    console = os.environ.get("ACTIVITYBI_TRACES") == "console"
+    from activitybi import config
+
+    settings = config.settings()
+    endpoint = settings.otlp_endpoint
+    console = settings.traces == "console"
     if not (endpoint or console):
         return None
     from activitybi import extras

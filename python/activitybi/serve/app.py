@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import ConfigDict, Field
 
-from activitybi import __version__, ulid
+from activitybi import __version__, config, ulid
 from activitybi.events import STEP_FIELDS, Step
 from activitybi.query import templates
 from activitybi.query.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket
@@ -315,7 +314,7 @@ def serve_stdio(rt: Runtime, handshake: Handshake) -> None:
 
 def load_tokens(path: Path | None) -> dict[str, str]:
     """Bearer token → customer, from a JSON object file or `ACTIVITYBI_TOKENS`."""
-    raw = path.read_bytes() if path else os.environ.get("ACTIVITYBI_TOKENS", "").encode()
+    raw = path.read_bytes() if path else (config.settings().tokens or "").encode()
     if not raw:
         raise SystemExit(
             'HTTP needs tokens: --tokens FILE or ACTIVITYBI_TOKENS, a JSON object {"<token>": "<customer>"}'
@@ -354,7 +353,7 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = server.streamable_http_app(stateless_http=stateless, json_response=True)
-    if os.environ.get("ACTIVITYBI_FAST_HTTP", "1") == "0":  # the SDK's transport alone
+    if not config.settings().fast_http:  # the SDK's transport alone
         return app
     from activitybi.serve.fast_http import FastFront
 

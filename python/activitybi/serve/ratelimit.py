@@ -8,10 +8,11 @@ batch) and
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from dataclasses import dataclass
+
+from activitybi import config
 
 
 class RateLimited(Exception):
@@ -41,8 +42,9 @@ class RateLimits:
     def __init__(
         self, events_per_second: float | None = None, queries_per_minute: float | None = None
     ) -> None:
-        eps = events_per_second or float(os.environ.get("ACTIVITYBI_EVENTS_PER_SECOND", 100))
-        qpm = queries_per_minute or float(os.environ.get("ACTIVITYBI_QUERIES_PER_MINUTE", 30))
+        settings = config.settings()
+        eps = events_per_second or settings.events_per_second
+        qpm = queries_per_minute or settings.queries_per_minute
         self.limits = {
             "log_event": (eps, max(1.0, eps * 10), f"{eps:g}/s"),
             "submit_query": (qpm / 60, max(1.0, min(10.0, qpm)), f"{qpm:g}/min"),

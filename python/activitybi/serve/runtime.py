@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import getpass
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ class ToolCallRecorder:
 
 def stdio_customer() -> str:
     """`ACTIVITYBI_CUSTOMER`, else this machine's user name."""
-    return os.environ.get("ACTIVITYBI_CUSTOMER") or getpass.getuser()
+    return config.settings().customer or getpass.getuser()
 
 
 def connection_customer(stdio: str | None) -> str:
@@ -144,11 +143,11 @@ class Runtime:
         from activitybi.memory.redis_tier import RedisTier
 
         home = config.home()
-        journal = MemoryJournal(home / "memory")
+        journal = MemoryJournal(config.Home(home).memory)
         redis = RedisTier.from_env()
         if redis is not None:
             redis.warm()
-        context = ContextService(journal, home / "context", redis)
+        context = ContextService(journal, config.Home(home).context, redis)
         writer = EventWriter(config.queue_dir())
         session_id = ulid()
         metrics = ServerMetrics(writer.stats, context.tier_stats)
@@ -156,7 +155,7 @@ class Runtime:
             writer=writer,
             context=context,
             journal=journal,
-            tickets=TicketStore(home / "tickets"),
+            tickets=TicketStore(config.Home(home).tickets),
             limits=RateLimits(),
             calls=ToolCallRecorder(writer, metrics, session_id, source),
             stdio_customer=customer,

@@ -7,7 +7,6 @@ point leaves every event loaded exactly once.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -89,10 +88,9 @@ def ddl_files(kind: str) -> list[tuple[str, str]]:
 
 
 def configured_kind() -> str:
-    kind = os.environ.get("ACTIVITYBI_WAREHOUSE", "duckdb").lower()
-    if kind not in ("duckdb", "snowflake"):
-        raise ValueError(f"ACTIVITYBI_WAREHOUSE must be duckdb or snowflake, not {kind!r}")
-    return kind
+    from activitybi import config
+
+    return config.settings().warehouse
 
 
 def open_warehouse(kind: str | None = None) -> Warehouse:

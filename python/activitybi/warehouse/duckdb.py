@@ -84,7 +84,7 @@ class DuckDBWarehouse:
 
     @classmethod
     def open_default(cls) -> DuckDBWarehouse:
-        return cls(config.home() / "warehouse.duckdb")
+        return cls(config.Home.current().warehouse)
 
     def init(self) -> list[str]:
         names = []
