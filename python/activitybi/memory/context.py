@@ -3,8 +3,8 @@
 Tier 1 is the Rust `LruCache` in this process, tier 2 Redis (when `REDIS_URL` is set),
 tier 3 the warehouse's `context_cache` (refreshed every few minutes by the process that
 owns the warehouse, and mirrored into snapshot files so every process can read it). A
-cached context is valid while its version, the sizes of the customer's insight journal
-and snapshot, is unchanged: two `stat` calls decide a hit.
+cached context is valid while its version, the size of the customer's insight journal
+and the modification time of their snapshot, is unchanged: two `stat` calls decide a hit.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""The MCP server: four tools and a resource over the mcp SDK, for one customer per
-connection (the stdio configuration, or the bearer token over HTTP).
+"""The MCP server's tools (logging, memory, SafeSQL queries, cards) and its `context://me`
+resource over the mcp SDK, for one customer per connection (the stdio configuration, or
+the bearer token over HTTP).
 
 Tools answer from memory and the local queue only: no network on any tool's path. Every
 tool call is itself logged as a `called_tool` activity (tool, latency, outcome, session).
