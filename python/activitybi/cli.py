@@ -144,6 +144,22 @@ def install_claude(customer: str | None, config_path: Path | None, name: str, pr
     )
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--name", help="mcp_server in the events (default: the command's file name).")
+@click.option("--customer", envvar="ACTIVITYBI_CUSTOMER", help="Who this is (default ACTIVITYBI_CUSTOMER).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def proxy(name: str | None, customer: str | None, command: tuple[str, ...]) -> None:
+    """Run the MCP stdio server COMMAND, forwarding every byte, and record each call.
+
+    Usage: activitybi proxy --name NAME -- COMMAND [ARGS...]
+    """
+    import sys
+
+    from activitybi.capture.proxy import run
+
+    sys.exit(run(command, name or Path(command[0]).name, customer))
+
+
 @main.command()
 def status() -> None:
     """What the queue, the uploader, the warehouse and the servers are doing."""

@@ -20,3 +20,12 @@ def home() -> Path:
 
 def queue_dir() -> Path:
     return home() / "queue"
+
+
+CAPTURE_CONTENT_ENV = "ACTIVITYBI_CAPTURE_CONTENT"
+
+
+def capture_content() -> bool:
+    """Whether captured events may hold what was said (arguments, results, prompts):
+    off unless ``ACTIVITYBI_CAPTURE_CONTENT`` is 1, true or yes."""
+    return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
