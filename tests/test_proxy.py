@@ -290,3 +290,84 @@ def test_killed_child_gives_128_plus_signal() -> None:
 def test_missing_command_fails_clearly() -> None:
     done = run_raw([*PROXY, "/nonexistent/server"], b"")
     assert done.returncode == 127 and b"cannot start" in done.stderr
+
+
+# -- install-claude --wrap / --unwrap ----------------------------------------------------------
+
+ORIGINAL: dict[str, Any] = {
+    "globalShortcut": "Ctrl+Space",
+    "mcpServers": {
+        "filesystem": {
+            "command": "npx",
+            "args": ["-y", "@modelcontextprotocol/server-filesystem", "/tmp"],
+            "env": {"TOKEN": "s3cr\u00e9t", "ACTIVITYBI_CUSTOMER": "someone else"},
+        },
+        "git": {"type": "stdio", "command": "uvx"},
+        "raw": {"command": RAW_SERVER[0], "args": RAW_SERVER[1:], "env": {}},
+        "remote": {"type": "http", "url": "https://example.com/mcp"},
+    },
+}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "activitybi", *args], capture_output=True, text=True, env=env(), check=True
+    )
+
+
+def test_wrap_is_idempotent_and_unwrap_restores_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "claude_desktop_config.json"
+    path.write_text(json.dumps(ORIGINAL, indent=4))
+    cli("install-claude", "--config", str(path), "--customer", "ann", "--wrap")
+    wrapped = json.loads(path.read_text())
+    backups = sorted(tmp_path.glob("*.bak"))
+    assert len(backups) >= 1 and json.loads(backups[0].read_bytes()) == ORIGINAL
+    servers = wrapped["mcpServers"]
+    assert set(servers) == {"filesystem", "git", "raw", "remote", "activitybi"}
+    assert servers["remote"] == ORIGINAL["mcpServers"]["remote"]
+    fs = servers["filesystem"]
+    assert os.path.isabs(fs["command"]) and Path(fs["command"]).name.startswith(("activitybi", "python"))
+    i = fs["args"].index("proxy")
+    inner = ["npx", *ORIGINAL["mcpServers"]["filesystem"]["args"]]
+    assert fs["args"][i:] == ["proxy", "--name", "filesystem", "--", *inner]
+    assert fs["env"]["TOKEN"] == "s3cr\u00e9t" and fs["env"]["ACTIVITYBI_CUSTOMER"] == "ann"
+    assert servers["git"]["type"] == "stdio" and servers["git"]["args"][-2:] == ["--", "uvx"]
+    assert servers["activitybi"]["args"][-1] == "serve"  # ours is not wrapped
+
+    before, n_backups = path.read_bytes(), len(list(tmp_path.glob("*.bak")))
+    cli("install-claude", "--config", str(path), "--customer", "ann", "--wrap")
+    assert path.read_bytes() == before and len(list(tmp_path.glob("*.bak"))) == n_backups
+
+    cli("install-claude", "--config", str(path), "--unwrap")
+    restored = json.loads(path.read_text())
+    for key, entry in ORIGINAL["mcpServers"].items():
+        assert json.dumps(restored["mcpServers"][key]) == json.dumps(entry)  # same bytes, same key order
+    assert restored["globalShortcut"] == "Ctrl+Space" and "activitybi" in restored["mcpServers"]
+    after = path.read_bytes()
+    cli("install-claude", "--config", str(path), "--unwrap")
+    assert path.read_bytes() == after
+
+
+def test_a_wrapped_entry_runs_through_the_proxy(tmp_path: Path, _home: Path) -> None:
+    path = tmp_path / "claude_desktop_config.json"
+    path.write_text(json.dumps(ORIGINAL))
+    cli("install-claude", "--config", str(path), "--customer", "ann", "--wrap")
+    entry = json.loads(path.read_text())["mcpServers"]["raw"]
+    done = subprocess.run(
+        [entry["command"], *entry["args"]],
+        input=SCRIPT,
+        capture_output=True,
+        env={**env(), **entry["env"]},
+        timeout=60,
+    )
+    assert done.stdout == run_raw(RAW_SERVER, SCRIPT).stdout
+    recorded = events(_home)
+    assert recorded and {(e["customer"], e["feature_json"]["mcp_server"]) for e in recorded} == {
+        ("ann", "raw")
+    }
+
+
+def test_the_child_does_not_inherit_the_original_entry() -> None:
+    show = "import os, sys; sys.stdout.write(os.environ.get('ACTIVITYBI_PROXY_ORIGINAL', 'absent'))"
+    done = run_raw([*PROXY, sys.executable, "-c", show], b"", ACTIVITYBI_PROXY_ORIGINAL="{}")
+    assert done.stdout == b"absent"

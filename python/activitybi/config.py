@@ -29,3 +29,8 @@ def capture_content() -> bool:
     """Whether captured events may hold what was said (arguments, results, prompts):
     off unless ``ACTIVITYBI_CAPTURE_CONTENT`` is 1, true or yes."""
     return os.environ.get(CAPTURE_CONTENT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+PROXY_ORIGINAL_ENV = "ACTIVITYBI_PROXY_ORIGINAL"
+"""Set by ``install-claude --wrap`` on each wrapped Claude Desktop entry: the entry as it was,
+as JSON, so that ``--unwrap`` restores it exactly. The proxy keeps it from its child."""

@@ -45,9 +45,6 @@ WRITER_BACKLOG = 10_000
 """Events waiting for the queue; beyond this they are dropped (with one note) rather than
 buffered without bound while the queue is stuck."""
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-WRAPPED_ENV = "ACTIVITYBI_PROXY_ORIGINAL"
-"""Set by ``install-claude --wrap`` on a wrapped entry (the original entry as JSON, so that
-``--unwrap`` restores it exactly); the proxy keeps it from the child."""
 EARLY_LIMIT = 1_000
 
 
@@ -358,7 +355,7 @@ def run(
     else:
         _note("capture is off because no customer is configured (--customer or ACTIVITYBI_CUSTOMER)")
     env = dict(os.environ)
-    env.pop(WRAPPED_ENV, None)
+    env.pop(config.PROXY_ORIGINAL_ENV, None)
     try:
         child = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     except OSError as e:
