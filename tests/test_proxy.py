@@ -203,6 +203,16 @@ def test_partial_lines_from_the_client(_home: Path) -> None:
     assert len(calls(_home)["echo"]) == 2
 
 
+def test_cancelled_request_recorded_as_cancelled(_home: Path) -> None:
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
+    script = call(1, "hang") + json.dumps(cancel).encode() + b"\n" + call(2, "echo", text="after")
+    proxied = run_raw(PROXY + RAW_SERVER, script, ACTIVITYBI_CUSTOMER="ann")
+    assert proxied.stdout == run_raw(RAW_SERVER, script).stdout
+    by = calls(_home)
+    assert [e["feature_json"]["outcome"] for e in by["hang"]] == ["cancelled"]
+    assert [e["feature_json"]["outcome"] for e in by["echo"]] == ["ok"]
+
+
 def test_server_crash_mid_call(_home: Path) -> None:
     script = call(1, "echo", text="before") + call(2, "crash", code=7)
     direct = run_raw(RAW_SERVER, script)

@@ -51,5 +51,7 @@ for line in sys.stdin.buffer:
         send(json.dumps({"jsonrpc": "2.0", "id": rid, "error": error}).encode() + b"\n")
     elif name == "tool_error":
         reply(rid, {"content": [{"type": "text", "text": "disk on fire"}], "isError": True})
+    elif name == "hang":
+        pass  # never answers (the client gives up and cancels)
     elif name == "crash":
         os._exit(int(args.get("code", 7)))

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -332,9 +332,10 @@ def _observe(observe: Callable[[bytes, float], None], line: bytes, at: float) ->
         _note(f"could not read a message ({e!r})")
 
 
-def _close(fd: int) -> None:
+def _close(pipe: IO[bytes]) -> None:
+    """Closes our end of a pipe to the child through its file object, which owns the fd."""
     with contextlib.suppress(OSError):
-        os.close(fd)
+        pipe.close()
 
 
 def run(
@@ -357,14 +358,16 @@ def run(
     env = dict(os.environ)
     env.pop(config.PROXY_ORIGINAL_ENV, None)
     try:
-        child = subprocess.Popen(list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        child = subprocess.Popen(
+            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0
+        )
     except OSError as e:
         _note(f"cannot start {command[0]!r}: {e}")
         if writer is not None:
             writer.close()
         return 127 if isinstance(e, FileNotFoundError) else 126
-    assert child.stdin is not None and child.stdout is not None
-    to_child, from_child = child.stdin.fileno(), child.stdout.fileno()
+    to_child, from_child = child.stdin, child.stdout
+    assert to_child is not None and from_child is not None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -374,13 +377,13 @@ def run(
         signal.signal(sig, forward)
     upstream = threading.Thread(
         target=_pump,
-        args=(0, to_child, recorder.from_client if recorder else None, lambda: _close(to_child)),
+        args=(0, to_child.fileno(), recorder.from_client if recorder else None, lambda: _close(to_child)),
         name="activitybi-proxy-in",
         daemon=True,  # may stay blocked reading our stdin after the child is gone
     )
     downstream = threading.Thread(
         target=_pump,
-        args=(from_child, 1, recorder.from_server if recorder else None, lambda: _close(from_child)),
+        args=(from_child.fileno(), 1, recorder.from_server if recorder else None, lambda: _close(from_child)),
         name="activitybi-proxy-out",
         daemon=True,
     )
