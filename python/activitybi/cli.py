@@ -124,24 +124,61 @@ def serve(
 )
 @click.option("--name", default="activitybi", show_default=True, help="The key under mcpServers.")
 @click.option("--print", "print_only", is_flag=True, help="Show the entry as JSON; change nothing.")
-def install_claude(customer: str | None, config_path: Path | None, name: str, print_only: bool) -> None:
+@click.option(
+    "--wrap",
+    is_flag=True,
+    help="Also run every other server through `activitybi proxy`, recording its calls.",
+)
+@click.option("--unwrap", is_flag=True, help="Only restore every wrapped server exactly as it was.")
+def install_claude(
+    customer: str | None, config_path: Path | None, name: str, print_only: bool, wrap: bool, unwrap: bool
+) -> None:
     """Add (or update) this server in Claude Desktop's config, keeping every other entry."""
     import getpass
 
-    from activitybi.clients.claude_desktop import ClaudeConfigError, install, snippet
+    from activitybi.clients import claude_desktop as cd
 
+    if wrap and unwrap:
+        raise click.UsageError("--wrap and --unwrap exclude each other")
+    customer = customer or getpass.getuser()
     try:
-        path, entry = install(config_path, customer or getpass.getuser(), name, print_only)
-    except ClaudeConfigError as e:
+        if unwrap:
+            path, servers, changed = cd.unwrap(config_path, print_only)
+        else:
+            path, entry = cd.install(config_path, customer, name, print_only)
+            if wrap:
+                path, servers, changed = cd.wrap(config_path, customer, name, print_only)
+                servers[name] = entry
+    except cd.ClaudeConfigError as e:
         raise click.ClickException(str(e)) from e
     if print_only:
-        click.echo(snippet(entry, name), nl=False)
+        click.echo(cd.dumps({"mcpServers": servers}) if wrap or unwrap else cd.snippet(entry, name), nl=False)
         click.echo(f"(goes under mcpServers in {path})", err=True)
         return
-    click.echo(
-        f"{path}: mcpServers.{name} runs {entry['command']} {' '.join(entry['args'])} "
-        f"as {entry['env']['ACTIVITYBI_CUSTOMER']}; restart Claude Desktop to load it."
-    )
+    if not unwrap:
+        click.echo(
+            f"{path}: mcpServers.{name} runs {entry['command']} {' '.join(entry['args'])} "
+            f"as {entry['env']['ACTIVITYBI_CUSTOMER']}; restart Claude Desktop to load it."
+        )
+    if wrap or unwrap:
+        done = "now records" if wrap else "restored"
+        click.echo(f"{path}: {done} {', '.join(changed) if changed else 'nothing (no change needed)'}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--name", help="mcp_server in the events (default: the command's file name).")
+@click.option("--customer", envvar="ACTIVITYBI_CUSTOMER", help="Who this is (default ACTIVITYBI_CUSTOMER).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def proxy(name: str | None, customer: str | None, command: tuple[str, ...]) -> None:
+    """Run the MCP stdio server COMMAND, forwarding every byte, and record each call.
+
+    Usage: activitybi proxy --name NAME -- COMMAND [ARGS...]
+    """
+    import sys
+
+    from activitybi.capture.proxy import run
+
+    sys.exit(run(command, name or Path(command[0]).name, customer))
 
 
 @main.command()

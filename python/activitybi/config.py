@@ -16,6 +16,9 @@ from pathlib import Path
 
 HOME_ENV = "ACTIVITYBI_HOME"
 CUSTOMER_ENV = "ACTIVITYBI_CUSTOMER"
+PROXY_ORIGINAL_ENV = "ACTIVITYBI_PROXY_ORIGINAL"
+"""Set by ``install-claude --wrap`` on each wrapped Claude Desktop entry: the entry as it was,
+as JSON, so that ``--unwrap`` restores it exactly. The proxy keeps it from its child."""
 
 
 def home() -> Path:
@@ -125,6 +128,9 @@ class Settings:
     """`ACTIVITYBI_TRACES=console` prints spans to stderr."""
     otlp_endpoint: str | None
     """`OTEL_EXPORTER_OTLP_ENDPOINT`: where our own traces go, over OTLP/HTTP."""
+    capture_content: bool
+    """`ACTIVITYBI_CAPTURE_CONTENT` (default off): captured events may hold what was said
+    (prompts, tool arguments and results); off, they hold sizes and outcomes only."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +151,8 @@ class Settings:
             artifact_ttl_days=_number(env, "ACTIVITYBI_ARTIFACTS_TTL_DAYS", 30),
             traces=env.get("ACTIVITYBI_TRACES") or None,
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            capture_content=env.get("ACTIVITYBI_CAPTURE_CONTENT", "").strip().lower()
+            in ("1", "true", "yes", "on"),
         )
 
 

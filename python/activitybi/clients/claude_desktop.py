@@ -1,4 +1,5 @@
-"""Adds this server to Claude Desktop's config file without disturbing anything else in it.
+"""Adds this server to Claude Desktop's config file without disturbing anything else in it,
+and routes the user's other servers through ``activitybi proxy`` (``--wrap``) and back.
 
 The config file is the user's, shared with every other MCP server they run: we change one
 entry under ``mcpServers``, back the old file up first, replace it atomically (a crash
@@ -14,11 +15,12 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from activitybi.config import HOME_ENV
+from activitybi.config import HOME_ENV, PROXY_ORIGINAL_ENV
 
 CONFIG_NAME = "claude_desktop_config.json"
 CUSTOMER_ENV = "ACTIVITYBI_CUSTOMER"
@@ -43,8 +45,8 @@ def default_config_path(platform: str | None = None) -> Path:
     return base / "Claude" / CONFIG_NAME
 
 
-def server_command() -> tuple[str, list[str]]:
-    """The absolute command that starts ``activitybi serve``.
+def activitybi_command() -> tuple[str, list[str]]:
+    """The absolute command that runs ``activitybi`` (and the arguments before a subcommand).
 
     Claude Desktop spawns servers with a bare PATH, so the path must be absolute. The
     script beside this interpreter wins (the same environment we are installed in); the
@@ -58,11 +60,17 @@ def server_command() -> tuple[str, list[str]]:
         exe_dir / "Scripts" / "activitybi.exe",
     ):
         if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate), ["serve"]
+            return str(candidate), []
     found = shutil.which("activitybi")
     if found:
-        return os.path.abspath(found), ["serve"]
-    return os.path.abspath(sys.executable), ["-m", "activitybi", "serve"]
+        return os.path.abspath(found), []
+    return os.path.abspath(sys.executable), ["-m", "activitybi"]
+
+
+def server_command() -> tuple[str, list[str]]:
+    """The absolute command that starts ``activitybi serve``."""
+    command, args = activitybi_command()
+    return command, [*args, "serve"]
 
 
 def server_entry(customer: str) -> dict[str, Any]:
@@ -185,3 +193,92 @@ def install(
 def snippet(entry: dict[str, Any], name: str = "activitybi") -> str:
     """The entry as it appears in the file, for ``--print`` and the README."""
     return dumps({"mcpServers": {name: entry}})
+
+
+def is_wrapped(entry: object) -> bool:
+    """Whether ``wrap`` wrote this entry (it carries the original, to be restored)."""
+    return (
+        isinstance(entry, dict) and isinstance(entry.get("env"), dict) and PROXY_ORIGINAL_ENV in entry["env"]
+    )
+
+
+def _wrappable(entry: object) -> bool:
+    """A stdio server entry we can put the proxy in front of (not a remote one, not ours)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("command"), str) or is_wrapped(entry):
+        return False
+    args = entry.get("args", [])
+    env = entry.get("env", {})
+    if not (isinstance(args, list) and all(isinstance(a, str) for a in args) and isinstance(env, dict)):
+        return False
+    return (entry["command"], args) != server_command()
+
+
+def wrapped_entry(key: str, entry: dict[str, Any], customer: str | None) -> dict[str, Any]:
+    """``entry`` run through ``activitybi proxy --name KEY``; its other keys and env kept."""
+    command, prefix = activitybi_command()
+    new = dict(entry)  # same keys in the same order: only command, args and env change
+    new["command"] = command
+    new["args"] = [*prefix, "proxy", "--name", key, "--", entry["command"], *entry.get("args", [])]
+    env = dict(entry.get("env") or {})
+    if customer:
+        env[CUSTOMER_ENV] = customer
+    env[PROXY_ORIGINAL_ENV] = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    new["env"] = env
+    return new
+
+
+def original_entry(key: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """The entry ``wrap`` replaced, exactly as it was."""
+    try:
+        original = json.loads(entry["env"][PROXY_ORIGINAL_ENV])
+    except (TypeError, json.JSONDecodeError) as e:
+        raise ClaudeConfigError(f"mcpServers.{key}: the original entry cannot be read ({e})") from e
+    if not isinstance(original, dict):
+        raise ClaudeConfigError(f"mcpServers.{key}: the original entry is not a JSON object")
+    return original
+
+
+def _rewrite(
+    config_path: Path | None,
+    change: Callable[[str, Any], Any | None],
+    print_only: bool,
+) -> tuple[Path, dict[str, Any], list[str]]:
+    """Applies ``change`` to every server (None keeps it); backs up and writes once if
+    anything changed. Returns the path, the new ``mcpServers`` and the keys changed."""
+    path = Path(config_path).expanduser() if config_path else default_config_path()
+    target = path.resolve() if path.is_symlink() else path
+    raw, old = _load(target)
+    servers = dict(old.get("mcpServers") or {})
+    changed = []
+    for key, entry in servers.items():
+        new_entry = change(key, entry)
+        if new_entry is not None and new_entry != entry:
+            servers[key] = new_entry
+            changed.append(key)
+    if changed and not print_only:
+        if raw is not None:
+            _backup(target, raw)
+        _atomic_write(target, dumps({**old, "mcpServers": servers}).encode())
+    return path, servers, changed
+
+
+def wrap(
+    config_path: Path | None,
+    customer: str | None,
+    skip: str = "activitybi",
+    print_only: bool = False,
+) -> tuple[Path, dict[str, Any], list[str]]:
+    """Routes every stdio server but ``skip`` (ours) through the proxy; idempotent, since a
+    wrapped entry is recognised. Returns the path, the new ``mcpServers`` and the keys wrapped."""
+
+    def change(key: str, entry: Any) -> Any | None:
+        return wrapped_entry(key, entry, customer) if key != skip and _wrappable(entry) else None
+
+    return _rewrite(config_path, change, print_only)
+
+
+def unwrap(config_path: Path | None, print_only: bool = False) -> tuple[Path, dict[str, Any], list[str]]:
+    """Puts every wrapped entry back exactly as it was before ``wrap``."""
+    return _rewrite(
+        config_path, lambda key, entry: original_entry(key, entry) if is_wrapped(entry) else None, print_only
+    )
