@@ -178,7 +178,9 @@ FAILED = "(feature_json->>'outcome' IS NOT NULL AND feature_json->>'outcome' <> 
 """A tool call that failed: its outcome is known and is not `ok`. A call whose source did
 not know the outcome (a hook that saw only the start) is not counted as an error."""
 _LATENCY = "TRY_CAST(feature_json->>'latency_ms' AS DOUBLE)"
-_HAS_MODEL = "feature_json->>'model' IS NOT NULL"
+_HAS_MODEL = "(feature_json->>'model' IS NOT NULL AND activity <> 'recorded_metric')"
+"""A model call: an event carrying a model's figures (`called_model`, or an exchange the
+model logged itself). A recorded metric names a model too, but it is a daily total."""
 _SPEND = ",\n       ".join(
     [
         *(
@@ -218,7 +220,8 @@ def _spend(name: str, key_sql: str, key: str, description: str, *extra: Param) -
     limit = " LIMIT $limit" if LIMIT in extra else ""
     return Template(
         name,
-        f"{description} Model calls are events with feature_json.model (called_model); "
+        f"{description} Model calls are events with feature_json.model (called_model, not "
+        "recorded_metric); "
         "`agent` is feature_json.agent for a subagent's calls, null for the main thread.",
         (SINCE, *extra),
         f"""SELECT {key_sql} AS {key}, feature_json->>'agent' AS agent, count(*) AS exchanges,
