@@ -50,24 +50,38 @@ def ticket_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none"
 
 
+Column = tuple[str, Callable[[Row], str]]
+
+QUIET = {"agent": "main", "cache write": "0", "cache read": "0"}
+"""Columns left out when every cell says this: a picture without subagents or prompt
+caching (the model's own log_event figures) reads as it always did."""
+
+
 @dataclass(frozen=True, slots=True)
 class Table:
     """One table of the report: its title, the report key holding its rows, its columns
-    (header and how a row's cell is written), and whether it shows when empty."""
+    (header and how a row's cell is written), and when it shows: always, or when a row
+    has `needs` (e.g. an MCP server) set."""
 
     title: str
     key: str
-    columns: tuple[tuple[str, Callable[[Row], str]], ...]
+    columns: tuple[Column, ...]
     always: bool = False
+    needs: str | None = None
 
-    def headers(self) -> list[str]:
-        return [h for h, _ in self.columns]
+    def shown(self, report: dict[str, Any]) -> bool:
+        rows = report[self.key]
+        return self.always or any(self.needs is None or r[self.needs] is not None for r in rows)
 
-    def cells(self, rows: Sequence[Row]) -> list[list[str]]:
-        return [[cell(r) for _, cell in self.columns] for r in rows]
+    def render(self, rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+        """(headers, cells) with the quiet columns left out."""
+        cols = [
+            (h, cell) for h, cell in self.columns if h not in QUIET or any(cell(r) != QUIET[h] for r in rows)
+        ]
+        return [h for h, _ in cols], [[cell(r) for _, cell in cols] for r in rows]
 
 
-def _tool_columns(key: str, header: str) -> tuple[tuple[str, Callable[[Row], str]], ...]:
+def _tool_columns(key: str, header: str) -> tuple[Column, ...]:
     return (
         (header, lambda r: text(r[key])),
         ("calls", lambda r: count(r["calls"])),
@@ -78,9 +92,7 @@ def _tool_columns(key: str, header: str) -> tuple[tuple[str, Callable[[Row], str
     )
 
 
-def _spend_columns(
-    key: str, header: str, show: Callable[[Any], str] = text
-) -> tuple[tuple[str, Callable[[Row], str]], ...]:
+def _spend_columns(key: str, header: str, show: Callable[[Any], str] = text) -> tuple[Column, ...]:
     return (
         (header, lambda r: show(r[key])),
         ("agent", lambda r: "main" if r["agent"] is None else text(r["agent"])),
@@ -96,8 +108,13 @@ def _spend_columns(
 TOOLS = Table("Tool calls", "tools", _tool_columns("tool", "tool"), always=True)
 COST_BY_MODEL = Table("Cost by model", "cost_by_model", _spend_columns("model", "model"), always=True)
 SECTIONS = (
-    Table("Tool calls by MCP server", "tool_servers", _tool_columns("mcp_server", "MCP server")),
-    Table("Cost by project", "cost_by_project", _spend_columns("project", "project")),
+    Table(
+        "Tool calls by MCP server",
+        "tool_servers",
+        _tool_columns("mcp_server", "MCP server"),
+        needs="mcp_server",
+    ),
+    Table("Cost by project", "cost_by_project", _spend_columns("project", "project"), needs="project"),
     Table("Cost by session", "cost_by_session", _spend_columns("session_id", "session", short_id)),
     Table(
         "Prompts per day",
@@ -133,4 +150,4 @@ SECTIONS = (
         ),
     ),
 )
-"""The tables after Tool calls and Cost by model, in the order shown; empty ones are left out."""
+"""The tables after Tool calls and Cost by model, in the order shown, when `shown`."""

@@ -146,7 +146,7 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def _declared(spec: f.Table, report: dict[str, Any]) -> str:
-    return _table(spec.headers(), spec.cells(report[spec.key]))
+    return _table(*spec.render(report[spec.key]))
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -254,7 +254,7 @@ def render_html(report: dict[str, Any]) -> str:
         *(
             f'<h2>{_e(spec.title)}</h2><div class="card">{_declared(spec, report)}</div>'
             for spec in f.SECTIONS
-            if report[spec.key]
+            if spec.shown(report)
         ),
         '<h2>Recent insights</h2><div class="card">'
         + _table(

@@ -30,7 +30,7 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 def _declared(spec: f.Table, report: dict[str, Any]) -> Table:
-    return table(spec.title, spec.headers(), spec.cells(report[spec.key]))
+    return table(spec.title, *spec.render(report[spec.key]))
 
 
 def render_terminal(report: dict[str, Any], console: Console) -> None:
@@ -82,7 +82,7 @@ def render_terminal(report: dict[str, Any], console: Console) -> None:
         )
     )
     for spec in f.SECTIONS:
-        if report[spec.key]:
+        if spec.shown(report):
             console.print(_declared(spec, report))
     console.print(
         table(
