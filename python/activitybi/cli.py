@@ -292,4 +292,4 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
         render_terminal(data, Console())
     if html_path is not None:
         html_path.write_text(render_html(data), encoding="utf-8")
-        Console(stderr=True).print(f"wrote {html_path}")
+        Console(stderr=True).print(f"wrote {html_path}", markup=False)
