@@ -22,7 +22,11 @@ EXE = shutil.which("activitybi") or "activitybi"
 
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
+    """A server's whole environment; PYTHONPATH passes through, so that servers run the
+    source tree under test (a worktree) rather than the installed package."""
     env = {"ACTIVITYBI_HOME": str(home), "PATH": os.environ["PATH"]}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update(extra)
     return env
 

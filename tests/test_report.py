@@ -21,13 +21,10 @@ import pytest
 from rich.console import Console
 
 from activitybi import Queue
-from activitybi.reporting.report import (
-    WarehouseBusy,
-    build_report,
-    local_report,
-    render_html,
-    render_terminal,
-)
+from activitybi.reporting.figures import build_report, local_report
+from activitybi.reporting.html import render_html
+from activitybi.reporting.source import WarehouseBusy
+from activitybi.reporting.terminal import render_terminal
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
 T0 = dt.datetime(2026, 11, 20, 9, 0, 0)
@@ -162,9 +159,12 @@ def test_figures_of_a_hand_built_stream(stream: Path, _home: Path) -> None:
     assert [m["model"] for m in r["cost_by_model"]] == ["opus", "sonnet", "haiku"]
     assert models["sonnet"] == {
         "model": "sonnet",
+        "agent": None,
         "exchanges": 2,
         "input_tokens": 1500,
         "output_tokens": 300,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0,
         "cost_usd": 0.009,
     }
     assert [(s["session_id"], s["cost_usd"]) for s in r["cost_by_session"]] == [

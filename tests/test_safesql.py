@@ -92,6 +92,23 @@ def test_string_parameters_never_change_the_sql(value: str) -> None:
             assert value in values and (value or "c") in values
 
 
+def test_everyone_is_for_a_reader_of_the_whole_file_only() -> None:
+    """The local report reads the file for every customer; that scope drops the customer
+    filter of the templates written with it, and fails closed for any other."""
+    for t in templates.TEMPLATES.values():
+        if t.build is not None:
+            with pytest.raises(TemplateError, match="one customer at a time"):
+                t.bind({"spec": {}}, templates.EVERYONE)
+            continue
+        base = {p.name: "x" for p in t.params if p.required}
+        sql, values = t.bind(base, templates.EVERYONE)
+        assert "TRUE" in sql and templates.EVERYONE not in values
+        assert len(values) == len(t.bind(base, "c@x.io")[1]) - t.sql.count("$customer")
+    leaky = Template("leaky", "", (), "SELECT 1 WHERE customer = $customer")
+    with pytest.raises(TemplateError):
+        leaky.bind({}, templates.EVERYONE)
+
+
 def test_injection_strings_come_back_only_as_data(wh: DuckDBWarehouse) -> None:
     import datetime as dt
 

@@ -314,7 +314,10 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
     import orjson
     from rich.console import Console
 
-    from activitybi.reporting.report import WarehouseBusy, local_report, render_html, render_terminal
+    from activitybi.reporting.figures import local_report
+    from activitybi.reporting.html import render_html
+    from activitybi.reporting.source import WarehouseBusy
+    from activitybi.reporting.terminal import render_terminal
 
     try:
         data = local_report(since=since.date() if since else None, customer=customer)
@@ -326,4 +329,4 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
         render_terminal(data, Console())
     if html_path is not None:
         html_path.write_text(render_html(data), encoding="utf-8")
-        Console(stderr=True).print(f"wrote {html_path}")
+        Console(stderr=True).print(f"wrote {html_path}", markup=False)

@@ -309,7 +309,9 @@ def run(home: Path | None = None, *, console: Console | None = None) -> dict[str
     from rich.console import Console
 
     from activitybi.clients.claude_desktop import server_command
-    from activitybi.reporting.report import local_report, render_html, render_terminal
+    from activitybi.reporting.figures import local_report
+    from activitybi.reporting.html import render_html
+    from activitybi.reporting.terminal import render_terminal
 
     console = console or Console()
     started = time.perf_counter()

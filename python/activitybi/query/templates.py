@@ -4,6 +4,9 @@ A template has a description, typed parameters (type, range, pattern, default) a
 written here, for DuckDB, with named placeholders. Values are always bound by the driver,
 never formatted into the text. The customer is bound too, as `$customer`, from the
 connection: every template filters on it, and no parameter can name another customer.
+
+These templates are the only source of every figure a person sees (`activitybi report`,
+its HTML page, cards), so the report and the model's own queries can never disagree.
 """
 
 from __future__ import annotations
@@ -23,6 +26,21 @@ _PLACEHOLDER = re.compile(r"\$([a-z_]+)")
 
 class TemplateError(ValueError):
     """A template that does not exist, or parameters it does not take."""
+
+
+class Everyone:
+    """The scope of a reader who holds the whole warehouse already (the local report,
+    which opens the DuckDB file itself): the customer filter reads TRUE. Tickets never
+    carry it, since their customer is the connection's identity, always a `str`."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "EVERYONE"
+
+
+EVERYONE = Everyone()
+Scope = str | Everyone
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,14 +110,19 @@ class Template:
     sql: str = ""
     build: Callable[[dict[str, Any], str], tuple[str, list[Any]]] | None = field(default=None, compare=False)
 
-    def bind(self, raw: Mapping[str, Any], customer: str) -> tuple[str, list[Any]]:
+    def bind(self, raw: Mapping[str, Any], customer: Scope) -> tuple[str, list[Any]]:
         """(SQL text with `?` placeholders, bound values) for these parameters and this
-        customer: positional, as both DuckDB and Snowflake's connector bind them."""
+        customer (or `EVERYONE`): positional, as both DuckDB and Snowflake's connector bind them."""
         values = check_params(self, raw)
-        if self.build is not None:
+        sql = self.sql
+        if isinstance(customer, Everyone):
+            sql = sql.replace(MINE, "TRUE").replace(MY_ATOMS, "TRUE")
+            if self.build is not None or "$customer" in sql:  # fail closed
+                raise TemplateError(f"template '{self.name}' is read one customer at a time")
+        elif self.build is not None:
             return self.build(values, customer)
         named = {**values, "customer": customer}
-        return _PLACEHOLDER.sub("?", self.sql), [named[n] for n in _PLACEHOLDER.findall(self.sql)]
+        return _PLACEHOLDER.sub("?", sql), [named[n] for n in _PLACEHOLDER.findall(sql)]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -142,7 +165,70 @@ def _days_ago(days: int) -> Callable[[], dt.date]:
 
 SINCE = Param("since", "date", "First day included (UTC).", default=_days_ago(30))
 LIMIT = Param("limit", "int", "Most rows returned.", default=100, minimum=1, maximum=10_000)
+BUCKET = Param(
+    "bucket",
+    "str",
+    "Width of a time bucket.",
+    default="day",
+    pattern="second|minute|hour|day|week|month",
+)
 MINE = "coalesce(customer, anonymous_customer_id) = $customer"
+MY_ATOMS = "customer_id = $customer"
+FAILED = "(feature_json->>'outcome' IS NOT NULL AND feature_json->>'outcome' <> 'ok')"
+"""A tool call that failed: its outcome is known and is not `ok`. A call whose source did
+not know the outcome (a hook that saw only the start) is not counted as an error."""
+_LATENCY = "TRY_CAST(feature_json->>'latency_ms' AS DOUBLE)"
+_HAS_MODEL = "(feature_json->>'model' IS NOT NULL AND activity <> 'recorded_metric')"
+"""A model call: an event carrying a model's figures (`called_model`, or an exchange the
+model logged itself). A recorded metric names a model too, but it is a daily total."""
+_SPEND = ",\n       ".join(
+    [
+        *(
+            f"coalesce(sum(TRY_CAST(feature_json->>'{k}' AS BIGINT)), 0) AS {k}"
+            for k in (
+                "input_tokens",
+                "output_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            )
+        ),
+        "coalesce(round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE)), 6), 0) AS cost_usd",
+    ]
+)
+"""Tokens (input, output, cache write, cache read) and cost of the model calls in a group."""
+
+
+def _tool_stats(name: str, key_sql: str, key: str, description: str) -> Template:
+    """Tool calls grouped by `key_sql`: count, p50/p95 latency in ms, errors, error rate."""
+    return Template(
+        name,
+        f"{description} An error is a call whose outcome is known and is not 'ok'.",
+        (SINCE,),
+        f"""SELECT {key_sql} AS {key}, count(*) AS calls,
+       round(quantile_cont({_LATENCY}, 0.5), 3) AS p50_ms,
+       round(quantile_cont({_LATENCY}, 0.95), 3) AS p95_ms,
+       count(*) FILTER (WHERE {FAILED}) AS errors,
+       round(avg(CASE WHEN {FAILED} THEN 1 ELSE 0 END), 4) AS error_rate
+FROM claude_stream WHERE {MINE} AND activity = 'called_tool' AND ts >= $since
+GROUP BY 1 ORDER BY calls DESC, {key}""",
+    )
+
+
+def _spend(name: str, key_sql: str, key: str, description: str, *extra: Param) -> Template:
+    """Model calls (events carrying feature_json.model) grouped by `key_sql` and by
+    subagent, so that a subagent's spend stays apart from the main thread's."""
+    limit = " LIMIT $limit" if LIMIT in extra else ""
+    return Template(
+        name,
+        f"{description} Model calls are events with feature_json.model (called_model, not "
+        "recorded_metric); "
+        "`agent` is feature_json.agent for a subagent's calls, null for the main thread.",
+        (SINCE, *extra),
+        f"""SELECT {key_sql} AS {key}, feature_json->>'agent' AS agent, count(*) AS exchanges,
+       {_SPEND}
+FROM claude_stream WHERE {MINE} AND ts >= $since AND {_HAS_MODEL}
+GROUP BY 1, 2 ORDER BY cost_usd DESC, {key}, agent NULLS FIRST{limit}""",
+    )
 
 
 def _dataset(values: dict[str, Any], customer: str) -> tuple[str, list[Any]]:
@@ -158,12 +244,48 @@ TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
         Template(
-            "activity_counts",
-            "Events per activity since a date, with the first and last time each happened.",
+            "overview",
+            "Totals: events, customers, sessions, first and last event, tool calls and "
+            "errors, tokens and cost of model calls, ingestion lag p50/p95 (ms from `ts` to "
+            "loaded), and when the newest of these rows was loaded.",
             (SINCE,),
-            f"""SELECT activity, count(*) AS events, min(ts) AS first_at, max(ts) AS last_at
+            f"""SELECT count(*) AS events,
+       count(DISTINCT coalesce(customer, anonymous_customer_id)) AS customers,
+       count(DISTINCT _session_id) AS sessions, min(ts) AS first_at, max(ts) AS last_at,
+       count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls,
+       count(*) FILTER (WHERE activity = 'called_tool' AND {FAILED}) AS tool_errors,
+       count(*) FILTER (WHERE {_HAS_MODEL}) AS exchanges,
+       coalesce(round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE))
+                FILTER (WHERE {_HAS_MODEL}), 6), 0) AS cost_usd,
+       coalesce(sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT))
+                FILTER (WHERE {_HAS_MODEL}), 0) AS input_tokens,
+       coalesce(sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT))
+                FILTER (WHERE {_HAS_MODEL}), 0) AS output_tokens,
+       round(quantile_cont(date_diff('millisecond', ts, _ingested_at), 0.5), 1) AS lag_p50_ms,
+       round(quantile_cont(date_diff('millisecond', ts, _ingested_at), 0.95), 1) AS lag_p95_ms,
+       max(_ingested_at) AS last_loaded_at
+FROM claude_stream WHERE {MINE} AND ts >= $since""",
+        ),
+        Template(
+            "activity_counts",
+            "Events per activity since a date, with the customers who did it and the first "
+            "and last time each happened.",
+            (SINCE,),
+            f"""SELECT activity, count(*) AS events,
+       count(DISTINCT coalesce(customer, anonymous_customer_id)) AS customers,
+       min(ts) AS first_at, max(ts) AS last_at
 FROM claude_stream WHERE {MINE} AND ts >= $since
 GROUP BY activity ORDER BY events DESC, activity""",
+        ),
+        Template(
+            "activity_over_time",
+            "Events and tool calls per time bucket (second, minute, hour, day, week, month; "
+            "UTC). Empty buckets are absent.",
+            (SINCE, BUCKET),
+            f"""SELECT date_trunc($bucket, ts) AS at, count(*) AS events,
+       count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls
+FROM claude_stream WHERE {MINE} AND ts >= $since
+GROUP BY 1 ORDER BY 1""",
         ),
         Template(
             "usage_by_day",
@@ -174,48 +296,104 @@ GROUP BY activity ORDER BY events DESC, activity""",
 FROM claude_stream WHERE {MINE} AND ts >= $since
 GROUP BY day ORDER BY day""",
         ),
-        Template(
+        _tool_stats(
             "tool_latency",
-            "Tool calls by tool: count, p50/p95 latency in ms, error rate.",
-            (SINCE,),
-            f"""SELECT feature_json->>'tool' AS tool, count(*) AS calls,
-       round(quantile_cont(TRY_CAST(feature_json->>'latency_ms' AS DOUBLE), 0.5), 3) AS p50_ms,
-       round(quantile_cont(TRY_CAST(feature_json->>'latency_ms' AS DOUBLE), 0.95), 3) AS p95_ms,
-       round(avg(CASE WHEN feature_json->>'outcome' = 'ok' THEN 0 ELSE 1 END), 4) AS error_rate
-FROM claude_stream WHERE {MINE} AND activity = 'called_tool' AND ts >= $since
-GROUP BY tool ORDER BY calls DESC, tool""",
+            "coalesce(feature_json->>'tool', '?')",
+            "tool",
+            "Tool calls by tool: count, p50/p95 latency in ms, errors, error rate.",
+        ),
+        _tool_stats(
+            "tool_calls_by_server",
+            "feature_json->>'mcp_server'",
+            "mcp_server",
+            "Tool calls by MCP server (feature_json.mcp_server; null for calls not made "
+            "through an MCP server): count, p50/p95 latency in ms, errors, error rate.",
         ),
         Template(
             "sessions",
-            "Sessions, newest first: start, end, events, tool calls.",
+            "Sessions, newest first: customer, source, start, end, events, questions, tool "
+            "calls, model calls, tokens and cost.",
             (SINCE, LIMIT),
-            f"""SELECT _session_id AS session_id, min(ts) AS started_at, max(ts) AS ended_at,
-       count(*) AS events, count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls
+            f"""SELECT _session_id AS session_id,
+       any_value(coalesce(customer, anonymous_customer_id)) AS customer,
+       any_value(_source) AS source, min(ts) AS started_at, max(ts) AS ended_at,
+       count(*) AS events, count(*) FILTER (WHERE activity = 'asked_question') AS questions,
+       count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls,
+       count(*) FILTER (WHERE {_HAS_MODEL}) AS exchanges,
+       coalesce(sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT))
+                FILTER (WHERE {_HAS_MODEL}), 0) AS input_tokens,
+       coalesce(sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT))
+                FILTER (WHERE {_HAS_MODEL}), 0) AS output_tokens,
+       coalesce(round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE))
+                FILTER (WHERE {_HAS_MODEL}), 6), 0) AS cost_usd
 FROM claude_stream WHERE {MINE} AND ts >= $since AND _session_id IS NOT NULL
 GROUP BY _session_id ORDER BY started_at DESC, session_id LIMIT $limit""",
         ),
-        Template(
-            "cost_by_model",
-            "Exchanges, tokens and cost by model (feature_json model, input_tokens, "
-            "output_tokens, cost_usd).",
-            (SINCE,),
-            f"""SELECT feature_json->>'model' AS model, count(*) AS exchanges,
-       sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT)) AS input_tokens,
-       sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT)) AS output_tokens,
-       round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE)), 6) AS cost_usd
-FROM claude_stream WHERE {MINE} AND ts >= $since AND feature_json->>'model' IS NOT NULL
-GROUP BY model ORDER BY cost_usd DESC NULLS LAST, model""",
+        _spend("cost_by_model", "feature_json->>'model'", "model", "Tokens and cost by model."),
+        _spend(
+            "cost_by_project",
+            "feature_json->>'project'",
+            "project",
+            "Tokens and cost by project (feature_json.project, e.g. Claude Code's working "
+            "directory; null when unknown).",
+        ),
+        _spend(
+            "cost_by_session",
+            "_session_id",
+            "session_id",
+            "Tokens and cost by session, costliest first.",
+            LIMIT,
         ),
         Template(
-            "cost_by_session",
-            "Tokens and cost by session, costliest first.",
+            "prompts_by_day",
+            "User prompts (asked_question) per day: prompts, sessions, mean and longest "
+            "prompt length in characters (feature_json.prompt_length).",
+            (SINCE,),
+            f"""SELECT CAST(ts AS DATE) AS day, count(*) AS prompts,
+       count(DISTINCT coalesce(feature_json->>'session_id', _session_id)) AS sessions,
+       round(avg(TRY_CAST(feature_json->>'prompt_length' AS DOUBLE)), 1) AS mean_prompt_length,
+       max(TRY_CAST(feature_json->>'prompt_length' AS BIGINT)) AS longest_prompt_length
+FROM claude_stream WHERE {MINE} AND activity = 'asked_question' AND ts >= $since
+GROUP BY day ORDER BY day""",
+        ),
+        Template(
+            "events_by_source",
+            "Events by the path they came in on: feature_json.source (mcp, proxy, hook, "
+            "otel, transcript) when the event says, else the `_source` column (the "
+            "server's transport).",
+            (SINCE,),
+            f"""SELECT coalesce(feature_json->>'source', _source, '?') AS source, count(*) AS events,
+       count(DISTINCT activity) AS activities, min(ts) AS first_at, max(ts) AS last_at
+FROM claude_stream WHERE {MINE} AND ts >= $since
+GROUP BY 1 ORDER BY events DESC, source""",
+        ),
+        Template(
+            "metrics_by_day",
+            "Claude Code metrics by day, from `recorded_metric` events. Shape of their "
+            "feature_json: {name: the metric (e.g. claude_code.cost.usage, "
+            "claude_code.token.usage, claude_code.lines_of_code.count, "
+            "claude_code.commit.count, claude_code.pull_request.count, "
+            "claude_code.active_time.total), value: a number, the amount for that day "
+            "(a delta: cumulative series are converted before they are recorded), unit?: "
+            "e.g. USD, tokens, s, model?: for cost and tokens, type?: the metric's kind "
+            "attribute (input, output, cacheRead, cacheCreation; added, removed), day: "
+            "YYYY-MM-DD (UTC) the value belongs to; else the event's ts}. Values are "
+            "summed per day, name, model, type and unit.",
+            (SINCE,),
+            f"""SELECT coalesce(TRY_CAST(feature_json->>'day' AS DATE), CAST(ts AS DATE)) AS day,
+       feature_json->>'name' AS name, feature_json->>'model' AS model,
+       feature_json->>'type' AS type, feature_json->>'unit' AS unit,
+       sum(TRY_CAST(feature_json->>'value' AS DOUBLE)) AS value, count(*) AS points
+FROM claude_stream WHERE {MINE} AND activity = 'recorded_metric' AND ts >= $since
+GROUP BY 1, 2, 3, 4, 5 ORDER BY day, name, model NULLS FIRST, type NULLS FIRST, unit""",
+        ),
+        Template(
+            "recent_insights",
+            "The newest insights learned (log_insight), newest first.",
             (SINCE, LIMIT),
-            f"""SELECT _session_id AS session_id, count(*) AS exchanges,
-       sum(TRY_CAST(feature_json->>'input_tokens' AS BIGINT)) AS input_tokens,
-       sum(TRY_CAST(feature_json->>'output_tokens' AS BIGINT)) AS output_tokens,
-       round(sum(TRY_CAST(feature_json->>'cost_usd' AS DOUBLE)), 6) AS cost_usd
-FROM claude_stream WHERE {MINE} AND ts >= $since AND feature_json->>'cost_usd' IS NOT NULL
-GROUP BY session_id ORDER BY cost_usd DESC NULLS LAST, session_id LIMIT $limit""",
+            f"""SELECT ts, customer_id AS customer, subject, metric, value, provenance_query_hash
+FROM insight_atoms WHERE {MY_ATOMS} AND ts >= $since
+ORDER BY ts DESC, atom_id DESC LIMIT $limit""",
         ),
         Template(
             "insight_history",
@@ -226,8 +404,8 @@ GROUP BY session_id ORDER BY cost_usd DESC NULLS LAST, session_id LIMIT $limit""
                 SINCE,
                 LIMIT,
             ),
-            """SELECT ts, value, provenance_query_hash, atom_id
-FROM insight_atoms WHERE customer_id = $customer AND subject = $subject AND metric = $metric
+            f"""SELECT ts, value, provenance_query_hash, atom_id
+FROM insight_atoms WHERE {MY_ATOMS} AND subject = $subject AND metric = $metric
   AND ts >= $since
 ORDER BY ts DESC, atom_id LIMIT $limit""",
         ),

@@ -128,7 +128,7 @@ class TicketStore:
         return out
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """A warehouse value as JSON carries it: integers past 64 bits (a HUGEINT sum) and
     decimals as text, dates as ISO text."""
     if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**64:
@@ -143,7 +143,7 @@ def _jsonable(value: Any) -> Any:
 def cap_rows(columns: list[str], rows: list[tuple[Any, ...]], byte_cap: int) -> dict[str, Any]:
     """Rows as JSON objects within `byte_cap`; past it, a deterministic sample of whole
     rows (the rows whose index hashes lowest), in their original order."""
-    records = [dict(zip(columns, map(_jsonable, r), strict=True)) for r in rows]
+    records = [dict(zip(columns, map(jsonable, r), strict=True)) for r in rows]
     encoded = [orjson.dumps(r) for r in records]
     total = sum(len(e) + 1 for e in encoded) + 2
     out: dict[str, Any] = {
