@@ -23,6 +23,8 @@ EXE = shutil.which("activitybi") or "activitybi"
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
     env = {"ACTIVITYBI_HOME": str(home), "PATH": os.environ["PATH"]}
+    if "PYTHONPATH" in os.environ:  # a source tree under test, not the installed wheel
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update(extra)
     return env
 
