@@ -343,7 +343,7 @@ def health(home: Path) -> dict[str, Any]:
     tickets: dict[str, int] = {}
     tdir = config.Home(home).tickets
     if tdir.is_dir():
-        for path in tdir.glob("*.json"):
+        for path in tdir.glob("*/*.json"):  # one folder per day of submission
             try:
                 status = orjson.loads(path.read_bytes()).get("status", "?")
             except (OSError, orjson.JSONDecodeError):
