@@ -183,6 +183,7 @@ def test_init_is_idempotent(live: FakeSnowServer) -> None:
                 "002_memory.sql",
                 "003_queries.sql",
                 "004_governance.sql",
+                "005_drop_query_tickets.sql",
             ]
         )
         assert w.skipped == first_skipped
@@ -217,10 +218,10 @@ def test_init_is_idempotent(live: FakeSnowServer) -> None:
             "insight_atoms",
             "context_cache",
             "artifacts",
-            "query_tickets",
             "query_audit",
             "activitybi_customer_access",
         } <= tables
+        assert "query_tickets" not in tables  # never written: dropped (005)
         # The seed row mapping the init role to every customer is written once.
         assert count(w, "activitybi_customer_access") == 1
         columns = [
@@ -290,7 +291,6 @@ def test_governance_sql_text() -> None:
         "insight_atoms": "customer_id",
         "context_cache": "customer_id",
         "artifacts": "customer_id",
-        "query_tickets": "customer_id",
         "query_audit": "customer_id",
     }
     for table, column in customer_tables.items():
@@ -333,7 +333,7 @@ def test_ddl_splits_as_the_connector_splits_it() -> None:
     statements = [s for s, _ in split_statements(StringIO(text)) if s.strip()]
     blocks = [s for s in statements if "EXECUTE IMMEDIATE" in s]
     assert len(blocks) == 1 and blocks[0].rstrip().endswith("$$;")
-    assert blocks[0].count("ADD ROW ACCESS POLICY") == 7
+    assert blocks[0].count("ADD ROW ACCESS POLICY") == 6  # query_tickets dropped (005)
 
 
 def test_emulator_skip_list_matches_only_unsupported_kinds() -> None:
