@@ -56,14 +56,10 @@ class Home:
     @property
     def tickets(self) -> Path:
         """Query tickets and their results, one JSON file each, in a folder per day of
-        submission (`YYYY-MM-DD/<id>.json`, `.result`, `.cancel`)."""
-        return self.root / "tickets"
-
-    @property
-    def pending_tickets(self) -> Path:
-        """One empty marker per unfinished ticket (`<customer key>/<id>`): all the owner
+        submission (`YYYY-MM-DD/<id>.json`, `.result`, `.cancel`), and `pending/`, one
+        empty marker per unfinished ticket (`pending/<customer key>/<id>`): all the owner
         lists, so its scan costs what is pending, not every ticket ever asked."""
-        return self.tickets / "pending"
+        return self.root / "tickets"
 
     @property
     def memory(self) -> Path:
