@@ -183,6 +183,7 @@ def test_init_is_idempotent(live: FakeSnowServer) -> None:
                 "002_memory.sql",
                 "003_queries.sql",
                 "004_governance.sql",
+                "005_drop_query_tickets.sql",
             ]
         )
         assert w.skipped == first_skipped
@@ -217,10 +218,10 @@ def test_init_is_idempotent(live: FakeSnowServer) -> None:
             "insight_atoms",
             "context_cache",
             "artifacts",
-            "query_tickets",
             "query_audit",
             "activitybi_customer_access",
         } <= tables
+        assert "query_tickets" not in tables  # never written: dropped (005)
         # The seed row mapping the init role to every customer is written once.
         assert count(w, "activitybi_customer_access") == 1
         columns = [
@@ -290,7 +291,6 @@ def test_governance_sql_text() -> None:
         "insight_atoms": "customer_id",
         "context_cache": "customer_id",
         "artifacts": "customer_id",
-        "query_tickets": "customer_id",
         "query_audit": "customer_id",
     }
     for table, column in customer_tables.items():
@@ -333,7 +333,7 @@ def test_ddl_splits_as_the_connector_splits_it() -> None:
     statements = [s for s, _ in split_statements(StringIO(text)) if s.strip()]
     blocks = [s for s in statements if "EXECUTE IMMEDIATE" in s]
     assert len(blocks) == 1 and blocks[0].rstrip().endswith("$$;")
-    assert blocks[0].count("ADD ROW ACCESS POLICY") == 7
+    assert blocks[0].count("ADD ROW ACCESS POLICY") == 6  # query_tickets dropped (005)
 
 
 def test_emulator_skip_list_matches_only_unsupported_kinds() -> None:
@@ -978,3 +978,102 @@ def test_every_plain_template_runs_transpiled(wh: SnowflakeWarehouse) -> None:
         assert "theirs" not in str(result.rows), name
         if name in ("activity_counts", "usage_by_day"):
             assert result.rows, name
+
+
+class Killed(BaseException):
+    """The process dies here (nothing catches it)."""
+
+
+def test_upload_streaming_is_exactly_once_across_restarts(
+    wh: SnowflakeWarehouse, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`activitybi upload` in streaming mode: the uploader reads the queue from the channel's
+    committed token. Killed after a commit but before the queue ack, killed between an
+    append and its commit, and a commit that fails transiently: every event lands once."""
+    from activitybi import Queue, QueueReader
+    from activitybi.owner.uploader import Uploader
+    from activitybi.warehouse.snowpipe import SnowpipeStreamer, StreamingLoad
+
+    qdir = tmp_path / "queue"
+    with Queue(str(qdir)) as q:
+        sent = q.append_many([{"activity": "asked_question", "customer": "a@x.io"}] * 150)
+        atom = q.append(
+            {
+                "activity": INSIGHT_ACTIVITY,
+                "customer": "a@x.io",
+                "feature_json": {"subject": "repo", "metric": "m", "value": 1},
+            }
+        )
+    service = FakeIngestService()
+
+    def uploader() -> Uploader:
+        sink = StreamingLoad(wh, SnowpipeStreamer(FakeIngestClient(service)), commit_timeout_s=1)
+        return Uploader(qdir, wh, batch_lines=50, sink=sink)
+
+    # 1. Batch 1 is committed, then the process dies before acknowledging the queue.
+    up = uploader()
+    load = up.sink.load
+
+    def load_then_die(*args: Any) -> int:
+        load(*args)
+        raise Killed
+
+    monkeypatch.setattr(up.sink, "load", load_then_die)
+    with pytest.raises(Killed):
+        up.step()
+    up.close()
+    assert len(service.rows) == 50
+
+    # 2. Batch 2 is appended; the process dies before Snowflake commits it.
+    def die(self: FakeChannel, *args: Any, **kwargs: Any) -> None:
+        raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(FakeChannel, "wait_for_commit", die)
+        up = uploader()
+        with pytest.raises(Killed):
+            up.step()
+        up.close()
+    assert len(service.rows) == 50
+
+    # 3. One commit fails transiently (503): the channel is reopened and the batch sent again.
+    real_wait = FakeChannel.wait_for_commit
+    failed: list[bool] = []
+
+    def flaky(self: FakeChannel, *args: Any, **kwargs: Any) -> None:
+        if not failed:
+            failed.append(True)
+            raise FakeIngestError("HTTP_RETRYABLE_CLIENT_ERROR", 503)
+        real_wait(self, *args, **kwargs)
+
+    monkeypatch.setattr(FakeChannel, "wait_for_commit", flaky)
+    up = uploader()
+    stats = up.drain()
+    up.close()
+    assert failed and stats.retries == 1
+    streamed = [r["activity_id"] for r in service.rows]
+    assert sorted(streamed) == sorted(sent)  # every event once, none twice
+    assert ids(wh) == [atom]  # the insight took the COPY path, with its atom
+    assert count(wh, "insight_atoms") == 1
+    with QueueReader(str(qdir)) as r:
+        assert r.pending() == 0
+
+
+def test_the_load_mode_setting(wh: SnowflakeWarehouse, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from activitybi.extras import MissingExtra
+    from activitybi.owner.uploader import streaming_sink
+
+    assert streaming_sink(wh) is None  # copy, the default
+    monkeypatch.setenv("ACTIVITYBI_SNOWFLAKE_LOAD", "streaming")
+    with pytest.raises(ValueError, match="SNOWFLAKE_PRIVATE_KEY_PATH"):
+        streaming_sink(wh)
+    for name in ("ACCOUNT", "USER", "PRIVATE_KEY_PATH", "DATABASE", "SCHEMA"):
+        monkeypatch.setenv(f"SNOWFLAKE_{name}", "x")
+    if importlib.util.find_spec("snowflake.ingest") is None:
+        with pytest.raises(MissingExtra, match=r"activitybi\[snowflake\]"):
+            streaming_sink(wh)
+    monkeypatch.setenv("ACTIVITYBI_SNOWFLAKE_LOAD", "kafka")
+    with pytest.raises(ValueError, match="copy or streaming"):
+        streaming_sink(wh)

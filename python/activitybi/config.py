@@ -58,7 +58,10 @@ class Home:
 
     @property
     def tickets(self) -> Path:
-        """Query tickets and their results, one JSON file each."""
+        """Query tickets and their results, one JSON file each, in a folder per day of
+        submission (`YYYY-MM-DD/<id>.json`, `.result`, `.cancel`), and `pending/`, one
+        empty marker per unfinished ticket (`pending/<customer key>/<id>`): all the owner
+        lists, so its scan costs what is pending, not every ticket ever asked."""
         return self.root / "tickets"
 
     @property
@@ -118,6 +121,20 @@ class Settings:
     """`ACTIVITYBI_QUERIES_PER_MINUTE` (default 30): submit_query budget per customer."""
     query_timeout_s: float
     """`ACTIVITYBI_QUERY_TIMEOUT` (default 60 s): one ticket's statement timeout."""
+    ticket_retention_days: float
+    """`ACTIVITYBI_TICKET_RETENTION_DAYS` (default 7; 0 keeps them): finished tickets and
+    their results are deleted this long after the day they were submitted."""
+    tickets_per_customer: int
+    """`ACTIVITYBI_TICKETS_PER_CUSTOMER` (default 20): queued and running tickets one
+    customer may have; a submit past it is refused."""
+    query_memory_limit: str
+    """`ACTIVITYBI_QUERY_MEMORY_LIMIT` (default 1GB): DuckDB's `memory_limit` in the owner
+    (queries run one at a time, so it bounds each query; past it DuckDB spills or fails)."""
+    query_threads: int
+    """`ACTIVITYBI_QUERY_THREADS` (default 2): DuckDB's `threads` in the owner."""
+    snowflake_load: str
+    """`ACTIVITYBI_SNOWFLAKE_LOAD`: copy (default; PUT + COPY INTO + one transaction) or
+    streaming (the Snowpipe Streaming SDK, the queue checkpoint as the offset token)."""
     redis_url: str | None
     """`REDIS_URL`: the shared tier-2 context cache, when set."""
     artifacts_s3: str | None
@@ -138,6 +155,9 @@ class Settings:
         warehouse = env.get("ACTIVITYBI_WAREHOUSE", "duckdb").strip().lower() or "duckdb"
         if warehouse not in ("duckdb", "snowflake"):
             raise ValueError(f"ACTIVITYBI_WAREHOUSE must be duckdb or snowflake, not {warehouse!r}")
+        snowflake_load = env.get("ACTIVITYBI_SNOWFLAKE_LOAD", "copy").strip().lower() or "copy"
+        if snowflake_load not in ("copy", "streaming"):
+            raise ValueError(f"ACTIVITYBI_SNOWFLAKE_LOAD must be copy or streaming, not {snowflake_load!r}")
         return cls(
             customer=env.get(CUSTOMER_ENV) or None,
             warehouse=warehouse,
@@ -146,6 +166,11 @@ class Settings:
             events_per_second=_number(env, "ACTIVITYBI_EVENTS_PER_SECOND", 100),
             queries_per_minute=_number(env, "ACTIVITYBI_QUERIES_PER_MINUTE", 30),
             query_timeout_s=_number(env, "ACTIVITYBI_QUERY_TIMEOUT", 60),
+            ticket_retention_days=_number(env, "ACTIVITYBI_TICKET_RETENTION_DAYS", 7),
+            tickets_per_customer=int(_number(env, "ACTIVITYBI_TICKETS_PER_CUSTOMER", 20)),
+            query_memory_limit=env.get("ACTIVITYBI_QUERY_MEMORY_LIMIT", "").strip() or "1GB",
+            query_threads=int(_number(env, "ACTIVITYBI_QUERY_THREADS", 2)),
+            snowflake_load=snowflake_load,
             redis_url=env.get("REDIS_URL", "").strip() or None,
             artifacts_s3=env.get("ACTIVITYBI_ARTIFACTS_S3") or None,
             artifact_ttl_days=_number(env, "ACTIVITYBI_ARTIFACTS_TTL_DAYS", 30),

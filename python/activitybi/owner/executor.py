@@ -17,8 +17,16 @@ from activitybi.warehouse import QueryResult, QueryStopped, Warehouse
 log = logging.getLogger(__name__)
 
 
+SWEEP_EVERY_S = 3600.0
+
+
 class TicketExecutor(threading.Thread):
-    """Runs queued tickets against the warehouse, one at a time, in the owner process."""
+    """Runs queued tickets against the warehouse, one at a time, in the owner process.
+
+    Customers take turns (round robin over those with pending tickets, each customer's
+    own in submission order), so one customer's heavy queries delay another's by at most
+    the one already running. Finished tickets older than `retention_days` are deleted
+    at start and hourly."""
 
     def __init__(
         self,
@@ -27,24 +35,39 @@ class TicketExecutor(threading.Thread):
         *,
         timeout_s: float = 60.0,
         poll: float = 0.05,
+        retention_days: float = 7.0,
     ) -> None:
         super().__init__(name="activitybi-tickets", daemon=True)
         self.store = store
         self.warehouse = warehouse
         self.timeout_s = timeout_s
         self.poll = poll
+        self.retention_days = retention_days
         self.stop = threading.Event()
+        self._last_customer = ""
 
     def run(self) -> None:
+        self.store.migrate()
+        next_sweep = 0.0
         while not self.stop.is_set():
-            ran = False
-            for ticket in self.store.unfinished():
-                if self.stop.is_set():
-                    break
-                self.execute(ticket)
-                ran = True
-            if not ran:
+            if time.monotonic() >= next_sweep:
+                self.store.expire(self.retention_days)
+                next_sweep = time.monotonic() + SWEEP_EVERY_S
+            ticket = self.next_ticket()
+            if ticket is None:
                 self.stop.wait(self.poll)
+            else:
+                self.execute(ticket)
+
+    def next_ticket(self) -> Ticket | None:
+        """The oldest pending ticket of the customer after the last one served."""
+        pending = self.store.pending()
+        if not pending:
+            return None
+        keys = sorted(pending)
+        key = next((k for k in keys if k > self._last_customer), keys[0])
+        self._last_customer = key
+        return pending[key][0]
 
     def execute(self, ticket: Ticket) -> None:
         if self.store.cancel_requested(ticket.ticket_id):
@@ -94,6 +117,7 @@ class TicketExecutor(threading.Thread):
     ) -> None:
         ticket.status, ticket.error, ticket.finished_at = status, error, now()
         self.store.save(ticket)
+        self.store.finished(ticket)
         try:
             self.warehouse.execute(
                 "INSERT INTO query_audit VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -41,10 +41,12 @@ def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0, parent: 
     """Uploads until stopped (or until `parent` exits); refreshes the context every
     `refresh_every` seconds when new rows came in, and at least every 5 minutes; runs
     the query tickets meanwhile."""
+    settings = config.settings()
     executor = TicketExecutor(
         TicketStore(config.Home(home).tickets),
         uploader.warehouse,
-        timeout_s=config.settings().query_timeout_s,
+        timeout_s=settings.query_timeout_s,
+        retention_days=settings.ticket_retention_days,
     )
     executor.start()
     try:

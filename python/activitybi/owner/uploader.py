@@ -23,7 +23,7 @@ import orjson
 
 from activitybi import QueueReader, config, ulid
 from activitybi.events import Rejected, StreamRow, to_row
-from activitybi.warehouse import Checkpoint, DataError, TransientError, Warehouse
+from activitybi.warehouse import Checkpoint, DataError, Sink, TransientError, Warehouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,9 +92,12 @@ class Uploader:
         quarantine_file: Path | None = None,
         batch_lines: int = 20_000,
         stop: threading.Event | None = None,
+        sink: Sink | None = None,
     ) -> None:
+        """`sink` is where rows load, the warehouse itself unless a streaming channel."""
         self.queue_dir = queue_dir
         self.warehouse = warehouse
+        self.sink: Sink = sink or warehouse
         self.reader = QueueReader(str(queue_dir))
         self.queue_id = queue_id(queue_dir)
         self.quarantine_file = quarantine_file or config.Home(queue_dir.parent).quarantine
@@ -145,7 +148,7 @@ class Uploader:
 
     def _start_checkpoint(self) -> Checkpoint:
         if self._checkpoint is None:
-            stored = self._retrying("read checkpoint", lambda: self.warehouse.checkpoint(self.queue_id))
+            stored = self._retrying("read checkpoint", lambda: self.sink.checkpoint(self.queue_id))
             self._checkpoint = _merge(self.reader.acked(), stored)
         return self._checkpoint
 
@@ -163,13 +166,11 @@ class Uploader:
         """Loads rows; a batch the warehouse refuses for what its rows hold is split until
         the refused rows are alone, and those go to quarantine. Other errors propagate."""
         try:
-            return self._retrying("load", lambda: self.warehouse.load(rows, self.queue_id, checkpoint))
+            return self._retrying("load", lambda: self.sink.load(rows, self.queue_id, checkpoint))
         except DataError as e:
             if len(rows) <= 1:
                 self._quarantine([(f"warehouse refused: {e}", orjson.dumps(r.columns())) for r in rows])
-                return self._retrying(
-                    "checkpoint", lambda: self.warehouse.load([], self.queue_id, checkpoint)
-                )
+                return self._retrying("checkpoint", lambda: self.sink.load([], self.queue_id, checkpoint))
             half = len(rows) // 2
             return self._load(rows[:half], None) + self._load(rows[half:], checkpoint)
 
@@ -218,6 +219,8 @@ class Uploader:
 
     def close(self) -> None:
         self.reader.close()
+        if self.sink is not self.warehouse:
+            self.sink.close()
 
 
 def open_uploader(
@@ -240,8 +243,18 @@ def open_uploader(
             continue
         try:
             warehouse.init()
-            return Uploader(queue_dir, warehouse, stop=stop)
+            return Uploader(queue_dir, warehouse, stop=stop, sink=streaming_sink(warehouse))
         except BaseException:
             warehouse.close()
             raise
     return None
+
+
+def streaming_sink(warehouse: Warehouse) -> Sink | None:
+    """A Snowpipe Streaming channel into the warehouse when `ACTIVITYBI_SNOWFLAKE_LOAD` is
+    streaming (Snowflake only), else None: rows load through the warehouse itself."""
+    if warehouse.kind != "snowflake" or config.settings().snowflake_load != "streaming":
+        return None
+    from activitybi.warehouse.snowpipe import SnowpipeStreamer, StreamingLoad
+
+    return StreamingLoad(warehouse, SnowpipeStreamer.from_env())

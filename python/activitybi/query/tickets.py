@@ -5,16 +5,25 @@ and read them while one process (the warehouse owner) executes them, and they su
 restart: a ticket found `running` at start-up was interrupted and runs again. Results
 never exceed their byte cap: past it, a deterministic sample of whole rows is kept and
 the result says `sampled`, with the total row count.
+
+Layout (docs/architecture.md): `<YYYY-MM-DD>/<id>.json|.result|.cancel`, the day being
+the submission day that the ULID itself encodes, so a ticket is found from its id alone
+and a whole day expires at once; and `pending/<customer key>/<id>`, an empty marker per
+unfinished ticket, so the owner lists only what it still has to run, by customer (for
+round robin and the per-customer cap), however many tickets were ever asked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import logging
 import os
 import threading
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,11 +36,45 @@ from activitybi.query import templates
 log = logging.getLogger(__name__)
 
 DEFAULT_BYTE_CAP = 64 * 1024
+DEFAULT_PER_CUSTOMER = 20
 FINAL = ("succeeded", "failed", "cancelled")
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_SUFFIXES = (".json", ".result", ".cancel")
 
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
+
+
+class TooManyTickets(Exception):
+    """A customer already has as many unfinished tickets as the cap allows."""
+
+
+def submitted_day(ticket_id: str) -> str:
+    """The UTC day (YYYY-MM-DD) a ticket id's ULID was minted; KeyError for anything that
+    is not a ULID (it could be a path)."""
+    if len(ticket_id) != 26 or not all(c in _CROCKFORD for c in ticket_id):
+        raise KeyError(ticket_id)
+    ms = 0
+    for c in ticket_id[:10]:
+        ms = ms * 32 + _CROCKFORD.index(c)
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+
+def customer_key(customer: str) -> str:
+    """The customer's folder name under `pending/` (a customer may be any text)."""
+    return hashlib.blake2b(customer.encode(), digest_size=10).hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive flock on a folder: submits of one customer count and add in turn."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -58,22 +101,24 @@ class Ticket:
 
 
 class TicketStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, per_customer: int = DEFAULT_PER_CUSTOMER) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.pending_root = root / "pending"
+        self.per_customer = per_customer
+        self.pending_root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, ticket_id: str, suffix: str = "json") -> Path:
-        if not ticket_id.isalnum():  # ids are ULIDs; anything else could be a path
-            raise KeyError(ticket_id)
-        return self.root / f"{ticket_id}.{suffix}"
+        return self.root / submitted_day(ticket_id) / f"{ticket_id}.{suffix}"
 
     def _write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
     def submit(self, customer: str, template: str, params: dict[str, Any], byte_cap: int) -> Ticket:
-        """Validates (refusing before anything is written) and queues a query."""
+        """Validates (refusing before anything is written) and queues a query; raises
+        TooManyTickets when the customer already has `per_customer` unfinished."""
         templates.get(template).bind(params, customer)
         ticket = Ticket(
             ticket_id=ulid(),
@@ -85,8 +130,24 @@ class TicketStore:
             query_tag=f"cdesk_{uuid.uuid4()}",
             submitted_at=now(),
         )
-        self.save(ticket)
-        return ticket
+        folder = self.pending_root / customer_key(customer)
+        for _ in range(10):  # the owner removes an empty folder: then make it again
+            folder.mkdir(exist_ok=True)
+            try:
+                with _locked(folder):
+                    if len(os.listdir(folder)) >= self.per_customer:
+                        raise TooManyTickets(
+                            f"too many queries waiting: {self.per_customer} queued or running"
+                            " for this user; wait for one to finish or cancel one"
+                        )
+                    # The ticket first, then its marker: a crash between leaves a ticket
+                    # nobody was told about, never a marker without a ticket.
+                    self.save(ticket)
+                    (folder / ticket.ticket_id).touch(exist_ok=False)
+                    return ticket
+            except FileNotFoundError:
+                continue
+        raise RuntimeError(f"could not queue a ticket in {folder}")
 
     def save(self, ticket: Ticket) -> None:
         self._write(self._path(ticket.ticket_id), orjson.dumps(asdict(ticket)))
@@ -113,19 +174,87 @@ class TicketStore:
         self._write(self._path(ticket_id, "result"), orjson.dumps(result))
 
     def cancel(self, ticket_id: str) -> None:
-        self._path(ticket_id, "cancel").touch()
+        path = self._path(ticket_id, "cancel")
+        path.parent.mkdir(exist_ok=True)
+        path.touch()
 
     def cancel_requested(self, ticket_id: str) -> bool:
         return self._path(ticket_id, "cancel").exists()
 
+    def finished(self, ticket: Ticket) -> None:
+        """Drops the pending marker of a ticket saved in a final state."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.pending_root / customer_key(ticket.customer) / ticket.ticket_id).unlink()
+
+    def pending(self) -> dict[str, list[Ticket]]:
+        """Queued and interrupted tickets by customer key, oldest first. Reads only the
+        markers; drops those of finished or vanished tickets and empty customer folders."""
+        out: dict[str, list[Ticket]] = {}
+        with os.scandir(self.pending_root) as folders:
+            customers = [f.name for f in folders if f.is_dir()]
+        for key in customers:
+            folder = self.pending_root / key
+            try:
+                ids = sorted(os.listdir(folder))
+            except FileNotFoundError:
+                continue
+            for ticket_id in ids:
+                ticket = self.get(ticket_id)
+                if ticket is None or ticket.status in FINAL:
+                    with contextlib.suppress(FileNotFoundError):
+                        (folder / ticket_id).unlink()
+                    continue
+                out.setdefault(key, []).append(ticket)
+            if key not in out:
+                with contextlib.suppress(OSError):  # not empty any more: a submit won
+                    folder.rmdir()
+        return out
+
     def unfinished(self) -> list[Ticket]:
         """Queued and interrupted tickets, oldest first."""
-        out = []
-        for path in sorted(self.root.glob("*.json")):
-            ticket = self.get(path.stem)
-            if ticket is not None and ticket.status not in FINAL:
-                out.append(ticket)
-        return out
+        return sorted((t for ts in self.pending().values() for t in ts), key=lambda t: t.ticket_id)
+
+    def expire(self, retention_days: float, today: dt.date | None = None) -> int:
+        """Deletes the days of tickets submitted more than `retention_days` before
+        `today` (0 keeps everything); an unfinished ticket stays. Returns files removed."""
+        if retention_days <= 0:
+            return 0
+        today = today or dt.datetime.now(dt.UTC).date()
+        cutoff = (today - dt.timedelta(days=retention_days)).isoformat()
+        keep = {t.ticket_id for t in self.unfinished()}
+        removed = 0
+        for day in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name[:1].isdigit()):
+            if day.name >= cutoff:
+                break
+            for path in day.iterdir():
+                if path.name.lstrip(".").split(".")[0] not in keep:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            with contextlib.suppress(OSError):  # an unfinished ticket is still in it
+                day.rmdir()
+        return removed
+
+    def migrate(self) -> int:
+        """Moves tickets of the flat layout (`tickets/<id>.json`, before day folders) into
+        their day, with a marker for each unfinished one. Once, at the owner's start."""
+        moved = 0
+        for path in list(self.root.iterdir()):
+            if not path.is_file() or path.suffix not in _SUFFIXES or path.name.startswith("."):
+                continue
+            try:
+                target = self._path(path.stem, path.suffix[1:])
+            except KeyError:
+                continue
+            target.parent.mkdir(exist_ok=True)
+            os.replace(path, target)
+            moved += 1
+            if path.suffix == ".json":
+                ticket = self.get(path.stem)
+                if ticket is not None and ticket.status not in FINAL:
+                    folder = self.pending_root / customer_key(ticket.customer)
+                    folder.mkdir(exist_ok=True)
+                    (folder / ticket.ticket_id).touch()
+        return moved
 
 
 def jsonable(value: Any) -> Any:

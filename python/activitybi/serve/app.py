@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field
 from activitybi import __version__, config, ulid
 from activitybi.events import STEP_FIELDS, Step
 from activitybi.query import templates
-from activitybi.query.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket
+from activitybi.query.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket, TooManyTickets
 from activitybi.serve import sdk
 from activitybi.serve.handshake import INSTRUCTIONS, SERVER_NAME, Handshake
 from activitybi.serve.runtime import Runtime
@@ -221,7 +221,7 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         rt.limit("submit_query", customer)
         try:
             ticket = rt.tickets.submit(customer, template, params or {}, byte_cap or DEFAULT_BYTE_CAP)
-        except templates.TemplateError as e:
+        except (templates.TemplateError, TooManyTickets) as e:
             raise ToolError(str(e)) from None
         return orjson.dumps({"ticket": ticket.ticket_id, "status": ticket.status}).decode()
 

@@ -155,7 +155,9 @@ class Runtime:
             writer=writer,
             context=context,
             journal=journal,
-            tickets=TicketStore(config.Home(home).tickets),
+            tickets=TicketStore(
+                config.Home(home).tickets, per_customer=config.settings().tickets_per_customer
+            ),
             limits=RateLimits(),
             calls=ToolCallRecorder(writer, metrics, session_id, source),
             stdio_customer=customer,

@@ -41,6 +41,16 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
+class Sink(Protocol):
+    """Where the uploader loads: a `Warehouse` itself, or a streaming channel into one."""
+
+    def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int: ...
+
+    def checkpoint(self, queue_id: str) -> Checkpoint | None: ...
+
+    def close(self) -> None: ...
+
+
 class Warehouse(Protocol):
     kind: str
 

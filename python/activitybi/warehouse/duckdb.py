@@ -74,17 +74,36 @@ def _atom_table(atoms: list[dict[str, Any]]) -> pa.Table:
 class DuckDBWarehouse:
     kind = "duckdb"
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        """`memory_limit` and `threads` bound the whole database instance, so one query
+        (they run one at a time) cannot take the owner's machine."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        limits: dict[str, str | bool | int | float | list[str]] = {}
+        if memory_limit is not None:
+            limits["memory_limit"] = memory_limit
+        if threads is not None:
+            limits["threads"] = threads
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            self.con = duckdb.connect(str(self.path), read_only=read_only, config=limits)
         except duckdb.IOException as e:
             raise TransientError(f"DuckDB file {self.path} is busy: {e}") from e
 
     @classmethod
     def open_default(cls) -> DuckDBWarehouse:
-        return cls(config.Home.current().warehouse)
+        settings = config.settings()
+        return cls(
+            config.Home.current().warehouse,
+            memory_limit=settings.query_memory_limit,
+            threads=settings.query_threads,
+        )
 
     def init(self) -> list[str]:
         names = []

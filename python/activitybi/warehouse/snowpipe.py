@@ -1,21 +1,26 @@
-"""Optional streaming path into Snowflake: the ``snowpipe-streaming`` SDK, one channel per queue.
+"""The streaming load mode into Snowflake (`ACTIVITYBI_SNOWFLAKE_LOAD=streaming`): the
+``snowpipe-streaming`` SDK, one channel per queue, in place of PUT + COPY INTO.
 
 Exactly once the way the Snowflake Kafka connector does it: every batch is appended with
 the queue checkpoint that follows it as its offset token (JSON of the checkpoint), and
 Snowflake commits rows and token together. On start, `resume` opens the queue's channel
 (always the same name, so a restart takes over from the previous process) and returns the
 last committed checkpoint: the uploader reads the queue from there, so what was appended
-but not committed is sent again and what was committed is not.
+but not committed is sent again and what was committed is not. The queue is acknowledged
+only once the committed token covers the batch.
 
-This path lands rows in ``claude_stream`` only (through the table's default pipe); insight
-atoms and the query-visible checkpoint table stay with `SnowflakeWarehouse.load`. The SDK
-is imported lazily and cannot run offline: tests/test_snowflake.py drives this wrapper with
-a fake of its offset-token protocol.
+The channel lands rows in ``claude_stream`` (through the table's default pipe). Insight
+rows, rare, go through `SnowflakeWarehouse.load` instead (idempotent on activity_id, and it
+also writes their `insight_atoms`), before the rest of their batch is streamed.
+`_activitybi_checkpoints` is not written in this mode: the channel's token is the
+checkpoint. The SDK (in the `snowflake` extra) is imported lazily and cannot run offline:
+tests/test_snowflake.py drives this module with a fake of its offset-token protocol.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -23,8 +28,9 @@ from typing import Any
 
 import orjson
 
-from activitybi.events import StreamRow
-from activitybi.warehouse import Checkpoint, TransientError
+from activitybi import extras
+from activitybi.events import INSIGHT_ACTIVITY, StreamRow
+from activitybi.warehouse import Checkpoint, TransientError, Warehouse
 
 _TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 _REOPEN_CODES = frozenset({"INVALID_CHANNEL_ERROR", "CLOSED_CHANNEL_ERROR", "CHANNEL_NOT_FOUND"})
@@ -89,10 +95,7 @@ class SnowpipeStreamer:
         ]
         if missing:
             raise ValueError("snowpipe streaming needs " + ", ".join(missing))
-        from snowflake.ingest.streaming import (  # type: ignore[import-untyped,import-not-found,unused-ignore]
-            StreamingIngestClient,
-        )
-
+        sdk = extras.require("snowflake.ingest.streaming", "snowflake", "Snowpipe Streaming")
         account = env["SNOWFLAKE_ACCOUNT"]
         host = env.get("SNOWFLAKE_HOST") or f"{account}.snowflakecomputing.com"
         properties = {
@@ -103,7 +106,7 @@ class SnowpipeStreamer:
         }
         if env.get("SNOWFLAKE_ROLE"):
             properties["role"] = env["SNOWFLAKE_ROLE"]
-        client = StreamingIngestClient.from_table(
+        client = sdk.StreamingIngestClient.from_table(
             "activitybi",
             env["SNOWFLAKE_DATABASE"],
             env["SNOWFLAKE_SCHEMA"],
@@ -161,10 +164,15 @@ class SnowpipeStreamer:
         channel = self._channel(queue_id)
         self._guard(
             lambda: channel.wait_for_commit(
-                lambda token: covers(parse_token(token), checkpoint), timeout_seconds=timeout_s
+                lambda token: covers(parse_token(token), checkpoint),
+                timeout_seconds=max(1, math.ceil(timeout_s)),  # the SDK takes whole seconds
             ),
             queue_id,
         )
+
+    def forget(self, queue_id: str) -> None:
+        """Drops the queue's channel handle: the next call opens the channel again."""
+        self._channels.pop(queue_id, None)
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -173,3 +181,45 @@ class SnowpipeStreamer:
                 channel.close()
         self._channels.clear()
         self.client.close()
+
+
+class StreamingLoad:
+    """The uploader's `load` and `checkpoint` through a channel (see the module's text)."""
+
+    def __init__(self, warehouse: Warehouse, streamer: SnowpipeStreamer, *, commit_timeout_s: float = 60):
+        self.warehouse = warehouse
+        self.streamer = streamer
+        self.commit_timeout_s = commit_timeout_s
+        self._held: list[StreamRow] = []
+        self._reopened = False
+
+    def checkpoint(self, queue_id: str) -> Checkpoint | None:
+        return self.streamer.resume(queue_id)
+
+    def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int:
+        """Streams the rows with `checkpoint` as their token and waits for the commit.
+        Rows given without a checkpoint (the uploader splitting a refused batch) are held
+        and sent with the next call that has one: a row committed without a token would
+        be sent again after a crash. After a failure the channel is opened again, which
+        discards what the old handle appended but Snowflake did not commit, and the batch
+        is sent again only if the committed token does not cover it already."""
+        insights = [r for r in rows if r.activity == INSIGHT_ACTIVITY]
+        inserted = self.warehouse.load(insights, queue_id, None) if insights else 0
+        stream = [r for r in rows if r.activity != INSIGHT_ACTIVITY]
+        if checkpoint is None:
+            self._held.extend(stream)
+            return inserted
+        batch = [*self._held, *stream]
+        try:
+            if not (self._reopened and covers(self.streamer.resume(queue_id), checkpoint)):
+                self.streamer.append(batch, queue_id, checkpoint)
+                self.streamer.wait_committed(queue_id, checkpoint, self.commit_timeout_s)
+        except TransientError:
+            self.streamer.forget(queue_id)
+            self._reopened = True
+            raise
+        self._held, self._reopened = [], False
+        return inserted + len(batch)
+
+    def close(self) -> None:
+        self.streamer.close()

@@ -98,13 +98,6 @@ BEGIN
     END IF;
 
     SELECT COUNT(*) INTO :n FROM TABLE(INFORMATION_SCHEMA.POLICY_REFERENCES(
-        REF_ENTITY_NAME => 'query_tickets', REF_ENTITY_DOMAIN => 'table'))
-    WHERE POLICY_KIND = 'ROW_ACCESS_POLICY';
-    IF (n = 0) THEN
-        ALTER TABLE query_tickets ADD ROW ACCESS POLICY activitybi_customer_policy ON (customer_id);
-    END IF;
-
-    SELECT COUNT(*) INTO :n FROM TABLE(INFORMATION_SCHEMA.POLICY_REFERENCES(
         REF_ENTITY_NAME => 'query_audit', REF_ENTITY_DOMAIN => 'table'))
     WHERE POLICY_KIND = 'ROW_ACCESS_POLICY';
     IF (n = 0) THEN
