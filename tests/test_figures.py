@@ -190,8 +190,6 @@ def loaded(_home: Path) -> Path:
 @pytest.fixture
 def owner(loaded: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A running warehouse owner (`activitybi upload --follow`): it holds the file and runs tickets."""
-    # a standalone owner's context refresh fails when no server made this folder (owner/loop.py)
-    (loaded / "context").mkdir(exist_ok=True)
     proc = subprocess.Popen(["activitybi", "upload", "--follow", "--quiet"])
     try:
         deadline = time.monotonic() + 30

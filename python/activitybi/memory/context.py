@@ -101,6 +101,7 @@ def snapshot_path(snapshot_dir: Path, customer: str) -> Path:
 def write_snapshot(snapshot_dir: Path, customer: str, activity: dict[str, Any]) -> None:
     """Tier 3's mirror of a customer's activity summary, replaced atomically by the
     process that owns the warehouse."""
+    snapshot_dir.mkdir(parents=True, exist_ok=True)  # a standalone owner may be the first
     path = snapshot_path(snapshot_dir, customer)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(orjson.dumps(activity))
