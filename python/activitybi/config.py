@@ -82,6 +82,28 @@ class Home:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def capture(self) -> Path:
+        """State of the capture commands (how far each transcript was read, open sessions)."""
+        return self.root / "capture"
+
+    @property
+    def transcript_state(self) -> Path:
+        """`activitybi import claude-code`: byte offset and unfinished tool calls per file (JSON)."""
+        return self.capture / "claude-code-transcripts.json"
+
+    @property
+    def hook_sessions(self) -> Path:
+        """`activitybi hook`: per-session prompt counts, so a hook's prompt and the
+        transcript's get the same id (one small JSON file per session)."""
+        return self.capture / "claude-code-sessions"
+
+    @property
+    def capture_quarantine(self) -> Path:
+        """Input a capture path could not use (a malformed transcript line, a bad hook
+        payload), each with its reason (JSON lines)."""
+        return self.root / "quarantine" / "capture.jsonl"
+
 
 def queue_dir() -> Path:
     return Home.current().queue
@@ -125,6 +147,12 @@ class Settings:
     """`ACTIVITYBI_TRACES=console` prints spans to stderr."""
     otlp_endpoint: str | None
     """`OTEL_EXPORTER_OTLP_ENDPOINT`: where our own traces go, over OTLP/HTTP."""
+    capture_content: bool
+    """`ACTIVITYBI_CAPTURE_CONTENT=1`: captured events keep prompt text (off by default)."""
+    prices: str | None
+    """`ACTIVITYBI_PRICES`: a JSON price table replacing the shipped snapshot."""
+    claude_config_dir: str | None
+    """`CLAUDE_CONFIG_DIR`: Claude Code's own settings and transcripts (default ~/.claude)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,8 +173,17 @@ class Settings:
             artifact_ttl_days=_number(env, "ACTIVITYBI_ARTIFACTS_TTL_DAYS", 30),
             traces=env.get("ACTIVITYBI_TRACES") or None,
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            capture_content=env.get("ACTIVITYBI_CAPTURE_CONTENT", "0").strip() == "1",
+            prices=env.get("ACTIVITYBI_PRICES") or None,
+            claude_config_dir=env.get("CLAUDE_CONFIG_DIR") or None,
         )
 
 
 def settings() -> Settings:
     return Settings.from_env()
+
+
+def claude_dir() -> Path:
+    """Claude Code's configuration directory: `$CLAUDE_CONFIG_DIR`, else ~/.claude."""
+    explicit = settings().claude_config_dir
+    return Path(explicit).expanduser() if explicit else Path.home() / ".claude"
