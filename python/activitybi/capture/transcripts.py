@@ -1,0 +1,488 @@
+"""Claude Code's session transcripts (`~/.claude/projects/<project>/<session>.jsonl`) to facts.
+
+Claude Code deletes transcripts after 30 days, so an importer run now and then is the only
+long-term record. It reads each file from where it stopped (a byte offset per file in
+`Home.transcript_state`), one line at a time, and appends the facts before it saves the new
+offsets: a process killed in between reads the same lines again next time, and the facts'
+deterministic ids make that harmless (the loader keeps one row per id).
+
+What a line means (docs/claude-code-capture.md in the shared reference):
+- `assistant` lines with `usage` are model calls. One response is often written as several
+  lines with the same `message.id` and `requestId`, the first ones with partial counts, so
+  the lines of one response are merged and the one with the largest token total is kept.
+  A response at the end of a file still being written is held back (its lines are read
+  again next time) until another line follows it, the file has been quiet for
+  `SETTLE_S`, or the session has ended.
+- `tool_use` blocks are tool calls; each is written when its `tool_result` arrives (in a
+  later line, possibly a later run: unfinished calls are kept in the state).
+- `user` lines whose content is a string or text blocks (not tool results, not `isMeta`,
+  not a subagent's, not command output) are prompts.
+Lines of other types are skipped; a line that is not a JSON object is quarantined with its
+reason; a last line without its newline yet is left for the next read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import getpass
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from activitybi import config
+from activitybi.capture import facts
+from activitybi.capture.prices import PriceTable
+
+SETTLE_S = 30.0
+"""A file untouched this long is complete: its last response is written out."""
+BATCH = 5000
+"""Events appended (and offsets saved) together."""
+PROMPT_CAP = 65_536
+"""Longest prompt text kept when content capture is on (characters)."""
+COMMAND_PREFIXES = ("<command-", "<local-command-", "[Request interrupted", "Caveat:")
+"""User-line text that Claude Code writes itself (slash commands and their output)."""
+
+
+def default_projects_dir() -> Path:
+    return config.claude_dir() / "projects"
+
+
+def customer() -> str:
+    """The configured customer (`ACTIVITYBI_CUSTOMER`), else this machine's user."""
+    return config.settings().customer or getpass.getuser()
+
+
+def prompt_id(session_id: str, text: str, occurrence: int) -> str:
+    """The source key shared by a hook's prompt and the transcript's line for it: neither
+    has an id the other knows, so the key is the session, the text's digest and how many
+    times this text was asked before in the session."""
+    digest = hashlib.sha256(text.strip().encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return f"{session_id}:{digest}:{occurrence}"
+
+
+def prompt_digest(session_id: str, text: str) -> str:
+    """The key under which a session's count of one prompt text is kept."""
+    return hashlib.sha256(f"{session_id}\0{text.strip()}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def mcp_server(tool: str | None) -> str | None:
+    """`mcp__<server>__<tool>` is how Claude Code names an MCP server's tool."""
+    if tool and tool.startswith("mcp__"):
+        server = tool[5:].split("__", 1)[0]
+        return server or None
+    return None
+
+
+def quarantine(file: Path, source: str, reason: str, raw: bytes, **where: Any) -> None:
+    """Keeps input we could not use, with why, so nothing is lost silently."""
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        import base64
+
+        text, encoding = base64.b64encode(raw).decode(), "base64"
+    record = {"ts": facts.iso_ts(now()), "source": source, "reason": reason, **where}
+    record.update(raw=text, encoding=encoding)
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file, "ab") as f:
+        f.write(orjson.dumps(record) + b"\n")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file, fsync, rename: a crash leaves the old state or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class FileState:
+    """How far one transcript was read, and what is still open in it."""
+
+    offset: int = 0
+    inode: int = 0
+    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """tool_use id → the call's details, until its result is read."""
+    prompts: dict[str, int] = field(default_factory=dict)
+    """`prompt_digest` → times asked so far in this file."""
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    lines: int = 0
+    events: int = 0
+    quarantined: int = 0
+    bytes: int = 0
+
+
+@dataclass
+class _Response:
+    """The lines of one model response seen so far (they repeat its ids)."""
+
+    key: str
+    start: int
+    total: int
+    event: dict[str, Any]
+
+
+class Importer:
+    """Reads transcripts incrementally into the queue; one instance per run."""
+
+    def __init__(
+        self,
+        queue: Any,
+        *,
+        customer: str,
+        prices: PriceTable,
+        home: config.Home | None = None,
+        content: bool = False,
+        settle_s: float = SETTLE_S,
+        batch: int = BATCH,
+    ) -> None:
+        self.queue = queue
+        self.customer = customer
+        self.prices = prices
+        self.home = home or config.Home.current()
+        self.content = content
+        self.settle_s = settle_s
+        self.batch = batch
+        self.stats = Stats()
+        self._buffer: list[dict[str, Any]] = []
+        self._files = self._load_state()
+
+    # --- state --------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, FileState]:
+        try:
+            raw = orjson.loads(self.home.transcript_state.read_bytes())
+        except FileNotFoundError:
+            return {}
+        return {path: FileState(**st) for path, st in raw.get("files", {}).items()}
+
+    def commit(self) -> None:
+        """Appends the buffered facts, then saves the offsets that produced them."""
+        if self._buffer:
+            self.queue.append_many(self._buffer)
+            self.stats.events += len(self._buffer)
+            self._buffer = []
+        files = {path: vars(st) for path, st in self._files.items()}
+        atomic_write(self.home.transcript_state, orjson.dumps({"version": 1, "files": files}))
+
+    def pending_bytes(self, paths: Iterable[Path]) -> int:
+        """Bytes not read yet in these files (for a progress bar)."""
+        total = 0
+        for path in paths:
+            st = self._files.get(str(path.absolute()))
+            with contextlib.suppress(OSError):
+                size = path.stat().st_size
+                total += size - (st.offset if st and st.offset <= size else 0)
+        return total
+
+    # --- reading ------------------------------------------------------------------------
+
+    def run(
+        self, paths: Iterable[Path], *, final: bool = False, advance: Callable[[int], None] | None = None
+    ) -> Stats:
+        """Reads what is new in each file and commits; `final` means the sessions ended."""
+        for path in paths:
+            self.import_file(path, final=final, advance=advance)
+        self.commit()
+        return self.stats
+
+    def import_file(
+        self, path: Path, *, final: bool = False, advance: Callable[[int], None] | None = None
+    ) -> None:
+        key = str(path.absolute())
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return
+        st = self._files.get(key)
+        if st is None or st.inode != stat.st_ino or stat.st_size < st.offset:  # new or replaced
+            st = self._files[key] = FileState(inode=stat.st_ino)
+        if stat.st_size == st.offset and not (final and st.tools):
+            return
+        self.stats.files += 1
+        settled = final or time.time() - stat.st_mtime >= self.settle_s
+        project = _project(path)
+        with open(path, "rb") as f:
+            f.seek(st.offset)
+            self._read(f, path, st, project, settled, advance)
+        if final:
+            for tool_id, call in list(st.tools.items()):
+                self._tool_event(tool_id, call, None, "no_result")
+                del st.tools[tool_id]
+        if len(self._buffer) >= self.batch:
+            self.commit()
+
+    def _read(
+        self,
+        lines: Iterator[bytes],
+        path: Path,
+        st: FileState,
+        project: str,
+        settled: bool,
+        advance: Callable[[int], None] | None,
+    ) -> None:
+        pos = st.offset
+        pending: _Response | None = None
+        for raw in lines:
+            if not raw.endswith(b"\n"):
+                break  # torn: Claude Code is still writing it
+            start, pos = pos, pos + len(raw)
+            self.stats.lines += 1
+            self.stats.bytes += len(raw)
+            if advance is not None:
+                advance(len(raw))
+            response = self._line(raw, path, start, st, project)
+            if pending is not None and (response is None or response.key != pending.key):
+                self._buffer.append(pending.event)
+                pending = None
+            if response is not None:
+                if pending is None:
+                    response.start = start
+                    pending = response
+                elif response.total >= pending.total:
+                    pending.event, pending.total = response.event, response.total
+            st.offset = pending.start if pending is not None else pos
+            if len(self._buffer) >= self.batch:
+                self.commit()
+        if pending is not None and settled:
+            self._buffer.append(pending.event)
+            st.offset = pos
+
+    def _line(self, raw: bytes, path: Path, start: int, st: FileState, project: str) -> _Response | None:
+        """Handles one complete line; returns it when it is (part of) a model response."""
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
+            self._quarantine(path, start, f"not JSON: {e}", raw)
+            return None
+        if not isinstance(obj, dict):
+            self._quarantine(path, start, f"not a JSON object but {type(obj).__name__}", raw)
+            return None
+        kind = obj.get("type")
+        message = obj.get("message")
+        if kind not in ("assistant", "user") or not isinstance(message, dict):
+            return None  # summary, system, file-history-snapshot and types we do not know
+        sid = obj.get("sessionId")
+        session = sid if isinstance(sid, str) and sid else path.stem
+        ts = parse_time(obj.get("timestamp")) or now()
+        agent = _agent(obj)
+        cwd = obj.get("cwd")
+        project = cwd if isinstance(cwd, str) and cwd else project
+        content = message.get("content")
+        if kind == "user":
+            self._user(obj, content, session, ts, st, project)
+            return None
+        if isinstance(content, list):
+            for block in content:
+                if (
+                    isinstance(block, dict)
+                    and block.get("type") == "tool_use"
+                    and isinstance(block.get("id"), str)
+                ):
+                    name = block.get("name") if isinstance(block.get("name"), str) else None
+                    st.tools[block["id"]] = {
+                        "tool": name,
+                        "ts": facts.iso_ts(ts),
+                        "session": session,
+                        "agent": agent,
+                        "project": project,
+                    }
+        return self._response(obj, message, session, ts, agent, project)
+
+    def _response(
+        self,
+        obj: dict[str, Any],
+        message: dict[str, Any],
+        session: str,
+        ts: dt.datetime,
+        agent: str | None,
+        project: str,
+    ) -> _Response | None:
+        usage = message.get("usage")
+        model = message.get("model")
+        if not isinstance(usage, dict) or obj.get("isApiErrorMessage") or model == "<synthetic>":
+            return None
+        request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
+        key = request_id or (message.get("id") if isinstance(message.get("id"), str) else None)
+        if key is None:
+            return None
+        n_in, n_out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
+        n_write, n_read = (
+            _int(usage.get("cache_creation_input_tokens")),
+            _int(usage.get("cache_read_input_tokens")),
+        )
+        split = usage.get("cache_creation")
+        w1h = _int(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else 0
+        w5m = max(n_write - w1h, 0)
+        model_name = model if isinstance(model, str) else None
+        cost = self.prices.cost(model_name, n_in, n_out, w5m, w1h, n_read)
+        event = facts.called_model(
+            customer=self.customer,
+            source="transcript",
+            ts=ts,
+            request_id=key,
+            session_id=session,
+            model=model_name,
+            input_tokens=n_in,
+            output_tokens=n_out,
+            cache_creation_input_tokens=n_write,
+            cache_read_input_tokens=n_read,
+            cost_usd=cost,
+            agent=agent,
+            cost_source=self.prices.cost_source if cost is not None else None,
+            message_id=message.get("id"),
+            project=project,
+        )
+        return _Response(key, 0, n_in + n_out + n_write + n_read, event)
+
+    def _user(
+        self, obj: dict[str, Any], content: object, session: str, ts: dt.datetime, st: FileState, project: str
+    ) -> None:
+        texts: list[str] = []
+        if isinstance(content, str):
+            texts.append(content)
+        elif isinstance(content, list):
+            for block in content:
+                if not isinstance(block, dict):
+                    continue
+                if block.get("type") == "tool_result" and isinstance(block.get("tool_use_id"), str):
+                    self._tool_result(block, ts, st)
+                elif block.get("type") == "text" and isinstance(block.get("text"), str):
+                    texts.append(block["text"])
+        if not texts or obj.get("isMeta") or obj.get("isSidechain") or "toolUseResult" in obj:
+            return
+        text = "\n".join(texts)
+        if not text.strip() or text.lstrip().startswith(COMMAND_PREFIXES):
+            return
+        digest = prompt_digest(session, text)
+        occurrence = st.prompts.get(digest, 0)
+        st.prompts[digest] = occurrence + 1
+        self._buffer.append(
+            facts.asked_question(
+                customer=self.customer,
+                source="transcript",
+                ts=ts,
+                prompt_id=prompt_id(session, text, occurrence),
+                session_id=session,
+                prompt_length=len(text),
+                prompt=text[:PROMPT_CAP] if self.content else None,
+                project=project,
+            )
+        )
+
+    def _tool_result(self, block: dict[str, Any], ts: dt.datetime, st: FileState) -> None:
+        call = st.tools.pop(block["tool_use_id"], None)
+        if call is None:
+            return  # a result whose call we never saw (the file was cut), or read twice
+        error = None
+        if block.get("is_error"):
+            error = _text(block.get("content"))[:300] or "error"
+        self._tool_event(block["tool_use_id"], call, ts, "error" if error else "ok", error)
+
+    def _tool_event(
+        self,
+        tool_id: str,
+        call: dict[str, Any],
+        end: dt.datetime | None,
+        outcome: str,
+        error: str | None = None,
+    ) -> None:
+        start = parse_time(call.get("ts")) or now()
+        latency = round((end - start).total_seconds() * 1000, 3) if end is not None else None
+        self._buffer.append(
+            facts.called_tool(
+                customer=self.customer,
+                source="transcript",
+                ts=start,
+                tool_use_id=tool_id,
+                session_id=call.get("session"),
+                tool=call.get("tool"),
+                outcome=outcome,
+                latency_ms=latency if latency is None or latency >= 0 else None,
+                mcp_server=mcp_server(call.get("tool")),
+                error=error,
+                agent=call.get("agent"),
+                project=call.get("project"),
+            )
+        )
+
+    def _quarantine(self, path: Path, offset: int, reason: str, raw: bytes) -> None:
+        self.stats.quarantined += 1
+        quarantine(self.home.capture_quarantine, "transcript", reason, raw, path=str(path), offset=offset)
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _text(content: object) -> str:
+    """A tool result's text: a string, or its text blocks joined."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            str(b.get("text")) for b in content if isinstance(b, dict) and b.get("type") == "text"
+        )
+    return ""
+
+
+def _agent(obj: dict[str, Any]) -> str | None:
+    """A subagent's lines are marked `isSidechain`; newer versions also name the agent."""
+    if not obj.get("isSidechain"):
+        return None
+    agent = obj.get("agentId")
+    return agent if isinstance(agent, str) and agent else "subagent"
+
+
+def _project(path: Path) -> str:
+    """The project folder (`<cwd with non-alphanumerics as ->`): the directory just under
+    `projects/`, for a subagent's file under `<project>/<session>/subagents/` too."""
+    for parent in path.parents:
+        if parent.parent.name == "projects":
+            return parent.name
+    return path.parent.name
+
+
+def transcripts(projects: Path) -> list[Path]:
+    """Every session file under `projects`, subagents' files included, in a stable order."""
+    return sorted(projects.rglob("*.jsonl")) if projects.is_dir() else []
+
+
+def session_files(transcript: Path) -> list[Path]:
+    """A session's transcript and its subagents' (`<session>/subagents/*.jsonl`)."""
+    sub = transcript.with_suffix("") / "subagents"
+    return [transcript, *sorted(sub.glob("*.jsonl"))] if sub.is_dir() else [transcript]
