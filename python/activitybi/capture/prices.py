@@ -86,16 +86,18 @@ def _parse(raw: bytes, path: Path) -> PriceTable:
         models = data["models"]
         if not isinstance(models, dict) or not models:
             raise PriceTableError(f"{path}: 'models' must be a non-empty object")
-        table = {
-            str(name): Price(**{r: float(rates[r]) for r in RATES}) for name, rates in models.items()
-        }
-        return PriceTable(str(data["snapshot"]), str(data.get("source", "")), str(data.get("note", "")), table, path)
+        table = {str(name): Price(**{r: float(rates[r]) for r in RATES}) for name, rates in models.items()}
+        return PriceTable(
+            str(data["snapshot"]), str(data.get("source", "")), str(data.get("note", "")), table, path
+        )
     except PriceTableError:
         raise
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise PriceTableError(
             f"{path}: not a price table ({type(e).__name__}: {e}); expected "
-            '{"snapshot": "YYYY-MM-DD", "models": {"<model prefix>": {' + ", ".join(f'"{r}": …' for r in RATES) + "}}}"
+            '{"snapshot": "YYYY-MM-DD", "models": {"<model prefix>": {'
+            + ", ".join(f'"{r}": …' for r in RATES)
+            + "}}}"
         ) from None
 
 

@@ -26,9 +26,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import getpass
-import hashlib
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,14 +36,20 @@ import orjson
 
 from activitybi import config
 from activitybi.capture import facts
+from activitybi.capture.common import (
+    PROMPT_CAP,
+    atomic_write,
+    mcp_server,
+    prompt_digest,
+    prompt_id,
+    quarantine,
+)
 from activitybi.capture.prices import PriceTable
 
 SETTLE_S = 30.0
 """A file untouched this long is complete: its last response is written out."""
 BATCH = 5000
 """Events appended (and offsets saved) together."""
-PROMPT_CAP = 65_536
-"""Longest prompt text kept when content capture is on (characters)."""
 COMMAND_PREFIXES = ("<command-", "<local-command-", "[Request interrupted", "Caveat:")
 """User-line text that Claude Code writes itself (slash commands and their output)."""
 
@@ -60,19 +63,6 @@ def customer() -> str:
     return config.settings().customer or getpass.getuser()
 
 
-def prompt_id(session_id: str, text: str, occurrence: int) -> str:
-    """The source key shared by a hook's prompt and the transcript's line for it: neither
-    has an id the other knows, so the key is the session, the text's digest and how many
-    times this text was asked before in the session."""
-    digest = hashlib.sha256(text.strip().encode("utf-8", "surrogatepass")).hexdigest()[:32]
-    return f"{session_id}:{digest}:{occurrence}"
-
-
-def prompt_digest(session_id: str, text: str) -> str:
-    """The key under which a session's count of one prompt text is kept."""
-    return hashlib.sha256(f"{session_id}\0{text.strip()}".encode("utf-8", "surrogatepass")).hexdigest()[:24]
-
-
 def parse_time(value: object) -> dt.datetime | None:
     if not isinstance(value, str):
         return None
@@ -84,45 +74,6 @@ def parse_time(value: object) -> dt.datetime | None:
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def mcp_server(tool: str | None) -> str | None:
-    """`mcp__<server>__<tool>` is how Claude Code names an MCP server's tool."""
-    if tool and tool.startswith("mcp__"):
-        server = tool[5:].split("__", 1)[0]
-        return server or None
-    return None
-
-
-def quarantine(file: Path, source: str, reason: str, raw: bytes, **where: Any) -> None:
-    """Keeps input we could not use, with why, so nothing is lost silently."""
-    try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        import base64
-
-        text, encoding = base64.b64encode(raw).decode(), "base64"
-    record = {"ts": facts.iso_ts(now()), "source": source, "reason": reason, **where}
-    record.update(raw=text, encoding=encoding)
-    file.parent.mkdir(parents=True, exist_ok=True)
-    with open(file, "ab") as f:
-        f.write(orjson.dumps(record) + b"\n")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a crash leaves the old state or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
