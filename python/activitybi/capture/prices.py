@@ -8,7 +8,7 @@ snapshot of the published prices shipped with the package (`prices.json`) or a f
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class PriceTable:
     note: str
     models: dict[str, Price]
     path: Path
+    _matches: dict[str, Price | None] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def cost_source(self) -> str:
@@ -52,10 +53,12 @@ class PriceTable:
         (`us.anthropic.claude-…`, `claude-…@vertex`); None for an unknown model."""
         if not model:
             return None
-        start = model.find("claude")
-        name = model[start:] if start >= 0 else model
-        best = max((k for k in self.models if name.startswith(k)), key=len, default=None)
-        return None if best is None else self.models[best]
+        if model not in self._matches:
+            start = model.find("claude")
+            name = model[start:] if start >= 0 else model
+            best = max((k for k in self.models if name.startswith(k)), key=len, default=None)
+            self._matches[model] = None if best is None else self.models[best]
+        return self._matches[model]
 
     def cost(
         self,

@@ -50,6 +50,7 @@ SETTLE_S = 30.0
 """A file untouched this long is complete: its last response is written out."""
 BATCH = 5000
 """Events appended (and offsets saved) together."""
+TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 COMMAND_PREFIXES = ("<command-", "<local-command-", "[Request interrupted", "Caveat:")
 """User-line text that Claude Code writes itself (slash commands and their output)."""
 
@@ -97,14 +98,20 @@ class Stats:
     bytes: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Response:
-    """The lines of one model response seen so far (they repeat its ids)."""
+    """The best line so far of one model response (its lines repeat its ids); the event is
+    built once, when the response is complete."""
 
     key: str
     start: int
     total: int
-    event: dict[str, Any]
+    usage: dict[str, Any]
+    message: dict[str, Any]
+    session: str
+    ts: dt.datetime
+    agent: str | None
+    project: str
 
 
 class Importer:
@@ -218,19 +225,20 @@ class Importer:
                 advance(len(raw))
             response = self._line(raw, path, start, st, project)
             if pending is not None and (response is None or response.key != pending.key):
-                self._buffer.append(pending.event)
+                self._buffer.append(self._model_event(pending))
                 pending = None
             if response is not None:
                 if pending is None:
                     response.start = start
                     pending = response
                 elif response.total >= pending.total:
-                    pending.event, pending.total = response.event, response.total
+                    response.start = pending.start
+                    pending = response
             st.offset = pending.start if pending is not None else pos
             if len(self._buffer) >= self.batch:
                 self.commit()
         if pending is not None and settled:
-            self._buffer.append(pending.event)
+            self._buffer.append(self._model_event(pending))
             st.offset = pos
 
     def _line(self, raw: bytes, path: Path, start: int, st: FileState, project: str) -> _Response | None:
@@ -267,7 +275,7 @@ class Importer:
                     name = block.get("name") if isinstance(block.get("name"), str) else None
                     st.tools[block["id"]] = {
                         "tool": name,
-                        "ts": facts.iso_ts(ts),
+                        "ts": ts.isoformat(),
                         "session": session,
                         "agent": agent,
                         "project": project,
@@ -291,34 +299,40 @@ class Importer:
         key = request_id or (message.get("id") if isinstance(message.get("id"), str) else None)
         if key is None:
             return None
-        n_in, n_out = _int(usage.get("input_tokens")), _int(usage.get("output_tokens"))
-        n_write, n_read = (
-            _int(usage.get("cache_creation_input_tokens")),
-            _int(usage.get("cache_read_input_tokens")),
+        get = usage.get
+        total = (
+            _int(get("input_tokens"))
+            + _int(get("output_tokens"))
+            + _int(get("cache_creation_input_tokens"))
+            + _int(get("cache_read_input_tokens"))
         )
+        return _Response(key, 0, total, usage, message, session, ts, agent, project)
+
+    def _model_event(self, r: _Response) -> dict[str, Any]:
+        usage = r.usage
+        n_in, n_out, n_write, n_read = (_int(usage.get(k)) for k in TOKEN_KEYS)
         split = usage.get("cache_creation")
         w1h = _int(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else 0
-        w5m = max(n_write - w1h, 0)
+        model = r.message.get("model")
         model_name = model if isinstance(model, str) else None
-        cost = self.prices.cost(model_name, n_in, n_out, w5m, w1h, n_read)
-        event = facts.called_model(
+        cost = self.prices.cost(model_name, n_in, n_out, max(n_write - w1h, 0), w1h, n_read)
+        return facts.called_model(
             customer=self.customer,
             source="transcript",
-            ts=ts,
-            request_id=key,
-            session_id=session,
+            ts=r.ts,
+            request_id=r.key,
+            session_id=r.session,
             model=model_name,
             input_tokens=n_in,
             output_tokens=n_out,
             cache_creation_input_tokens=n_write,
             cache_read_input_tokens=n_read,
             cost_usd=cost,
-            agent=agent,
+            agent=r.agent,
             cost_source=self.prices.cost_source if cost is not None else None,
-            message_id=message.get("id"),
-            project=project,
+            message_id=r.message.get("id"),
+            project=r.project,
         )
-        return _Response(key, 0, n_in + n_out + n_write + n_read, event)
 
     def _user(
         self, obj: dict[str, Any], content: object, session: str, ts: dt.datetime, st: FileState, project: str
