@@ -390,3 +390,35 @@ def test_sigkill_during_import_then_rerun_loads_each_fact_once(tmp_path: Path, _
     ).fetchall()
     n = facts_total // 3
     assert rows == [("asked_question", n, n), ("called_model", n, n), ("called_tool", n, n)]
+
+
+def test_follow_tails_new_lines(tmp_path: Path, _home: Path) -> None:
+    projects = tmp_path / "projects"
+    path = write_session(projects)
+    cmd = [
+        sys.executable,
+        "-m",
+        "activitybi",
+        "import",
+        "claude-code",
+        "--projects",
+        str(projects),
+        "--follow",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(cmd, env={**os.environ, "ACTIVITYBI_CUSTOMER": "ana@example.com"})
+    try:
+        deadline = time.monotonic() + 60
+        while len(queued(_home)) < 7 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with path.open("ab") as f:
+            f.write(b"\n" + encode(LAST))
+        while len(queued(_home)) < 9 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    events = queued(_home)
+    assert len(events) == len({e["activity_id"] for e in events}) == 9  # req_04 once, complete, and "Great"
+    [req_04] = [e for e in events if e["feature_json"].get("request_id") == "req_04"]
+    assert req_04["feature_json"]["output_tokens"] == 400

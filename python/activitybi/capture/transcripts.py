@@ -138,6 +138,7 @@ class Importer:
         self.stats = Stats()
         self._buffer: list[dict[str, Any]] = []
         self._files = self._load_state()
+        self._dirty = False
 
     # --- state --------------------------------------------------------------------------
 
@@ -154,8 +155,11 @@ class Importer:
             self.queue.append_many(self._buffer)
             self.stats.events += len(self._buffer)
             self._buffer = []
+        if not self._dirty:
+            return  # --follow looks every second: no write when nothing was read
         files = {path: vars(st) for path, st in self._files.items()}
         atomic_write(self.home.transcript_state, orjson.dumps({"version": 1, "files": files}))
+        self._dirty = False
 
     def pending_bytes(self, paths: Iterable[Path]) -> int:
         """Bytes not read yet in these files (for a progress bar)."""
@@ -192,6 +196,7 @@ class Importer:
         if stat.st_size == st.offset and not (final and st.tools):
             return
         self.stats.files += 1
+        self._dirty = True
         settled = final or time.time() - stat.st_mtime >= self.settle_s
         project = _project(path)
         with open(path, "rb") as f:
@@ -338,6 +343,7 @@ class Importer:
         self, obj: dict[str, Any], content: object, session: str, ts: dt.datetime, st: FileState, project: str
     ) -> None:
         texts: list[str] = []
+        results = False
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
@@ -346,9 +352,10 @@ class Importer:
                     continue
                 if block.get("type") == "tool_result" and isinstance(block.get("tool_use_id"), str):
                     self._tool_result(block, ts, st)
+                    results = True
                 elif block.get("type") == "text" and isinstance(block.get("text"), str):
                     texts.append(block["text"])
-        if not texts or obj.get("isMeta") or obj.get("isSidechain") or "toolUseResult" in obj:
+        if not texts or results or obj.get("isMeta") or obj.get("isSidechain") or "toolUseResult" in obj:
             return
         text = "\n".join(texts)
         if not text.strip() or text.lstrip().startswith(COMMAND_PREFIXES):
