@@ -434,7 +434,7 @@ def install_claude_code(
         if uninstall:
             path, changed = claude_code.uninstall(settings_path)
         else:
-            path, changed = claude_code.install(settings_path, customer)
+            path, changed = claude_code.install(settings_path, _customer(customer))
     except ClaudeConfigError as e:
         raise click.ClickException(str(e)) from e
     done = "removed from" if uninstall else "installed in"
