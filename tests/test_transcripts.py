@@ -422,3 +422,26 @@ def test_follow_tails_new_lines(tmp_path: Path, _home: Path) -> None:
     assert len(events) == len({e["activity_id"] for e in events}) == 9  # req_04 once, complete, and "Great"
     [req_04] = [e for e in events if e["feature_json"].get("request_id") == "req_04"]
     assert req_04["feature_json"]["output_tokens"] == 400
+
+
+def test_price_table_override_and_command(
+    tmp_path: Path, _home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table = tmp_path / "prices.json"
+    rates = {"input": 1, "output": 2, "cache_write_5m": 3, "cache_write_1h": 4, "cache_read": 5}
+    table.write_bytes(orjson.dumps({"snapshot": "2027-01-01", "models": {"claude-sonnet-4-5": rates}}))
+    monkeypatch.setenv("ACTIVITYBI_PRICES", str(table))
+    loaded = prices.load()
+    assert loaded.cost("us.anthropic.claude-sonnet-4-5-20250929-v1:0", 1, 1, 1, 1, 1) == 15 / 1e6
+    assert loaded.cost(OPUS, 1, 1, 1, 1, 1) is None and loaded.cost_source == "price_table:2027-01-01"
+    shown = subprocess.run(
+        [sys.executable, "-m", "activitybi", "prices"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert "2027-01-01" in shown.stdout and "claude-sonnet-4-5" in shown.stdout
+    table.write_text('{"snapshot": "x", "models": {"m": {"input": 1}}}')
+    with pytest.raises(prices.PriceTableError, match="not a price table"):
+        prices.load()
