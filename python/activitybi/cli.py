@@ -330,3 +330,154 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
     if html_path is not None:
         html_path.write_text(render_html(data), encoding="utf-8")
         Console(stderr=True).print(f"wrote {html_path}", markup=False)
+
+
+def _customer(customer: str | None) -> str:
+    """The capture commands' customer; says in one line when none is configured."""
+    if customer:
+        return customer
+    from activitybi.capture.transcripts import customer as default_customer
+
+    configured = config.settings().customer
+    if configured:
+        return configured
+    who = default_customer()
+    click.echo(f"no customer configured (--customer or {config.CUSTOMER_ENV}): recording as {who}", err=True)
+    return who
+
+
+@main.command()
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A price table to show instead (default ACTIVITYBI_PRICES, else the shipped one).",
+)
+def prices(path: Path | None) -> None:
+    """The model price table that costs of captured model calls are computed from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from activitybi.capture.prices import RATES, PriceTableError, as_rows, load
+
+    try:
+        table = load(path)
+    except PriceTableError as e:
+        raise click.ClickException(str(e)) from e
+    out = Table(title=f"US$ per million tokens — snapshot {table.snapshot} ({table.path})")
+    out.add_column("model (prefix)", no_wrap=True)
+    for rate in RATES:
+        out.add_column(rate.replace("cache_", "").replace("_", " "), justify="right")
+    for row in as_rows(table):
+        out.add_row(row["model"], *(f"{row[r]:g}" for r in RATES))
+    console = Console()
+    console.print(out)
+    console.print(f"source: {table.source}\n{table.note}", highlight=False)
+
+
+@main.group("import")
+def import_() -> None:
+    """Import interactions that other tools recorded."""
+
+
+@import_.command("claude-code")
+@click.option(
+    "--projects",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Claude Code's projects folder (default $CLAUDE_CONFIG_DIR/projects, else ~/.claude/projects).",
+)
+@click.option("--follow", is_flag=True, help="Keep reading new lines until interrupted.")
+@click.option("--quiet", is_flag=True, help="No progress bar, no summary.")
+@click.option("--customer", help="Who this is (default ACTIVITYBI_CUSTOMER, else the user).")
+def import_claude_code(projects: Path | None, follow: bool, quiet: bool, customer: str | None) -> None:
+    """Read Claude Code's session transcripts (prompts, model calls with tokens and cost,
+    tool calls) into the queue, from where the last import stopped."""
+    import signal
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
+
+    from activitybi import Queue
+    from activitybi.capture import prices, transcripts
+
+    who = _customer(customer)
+    folder = projects or transcripts.default_projects_dir()
+    try:
+        table = prices.load()
+    except prices.PriceTableError as e:
+        raise click.ClickException(str(e)) from e
+    console = Console(stderr=True)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: commit, exit
+    queue = Queue(str(config.queue_dir()))
+    importer = transcripts.Importer(
+        queue, customer=who, prices=table, content=config.settings().capture_content
+    )
+    try:
+        files = transcripts.transcripts(folder)
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as bar:
+            task = bar.add_task(f"{len(files)} transcripts", total=importer.pending_bytes(files))
+            importer.run(files, advance=lambda n: bar.advance(task, n))
+        while follow:
+            time.sleep(1.0)
+            importer.run(transcripts.transcripts(folder))
+    except KeyboardInterrupt:
+        importer.commit()
+    finally:
+        queue.close()
+    s = importer.stats
+    if not quiet:
+        console.print(
+            f"{folder}: {s.events:,} events from {s.lines:,} new lines in {s.files:,} files, "
+            f"{s.quarantined:,} quarantined (see {config.Home.current().capture_quarantine})"
+        )
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+def hook() -> None:
+    """A Claude Code command hook: reads the event's JSON on stdin, records it, prints
+    nothing and exits 0 (the installed hooks run `python -m activitybi.capture.hooks`,
+    the same code without this command line's start-up cost)."""
+    from activitybi.capture.hooks import main as run_hook
+
+    run_hook()
+
+
+@main.command("install-claude-code")
+@click.option(
+    "--settings",
+    "settings_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Claude Code's settings (default $CLAUDE_CONFIG_DIR/settings.json, else ~/.claude/settings.json).",
+)
+@click.option("--customer", envvar="ACTIVITYBI_CUSTOMER", help="Who this is, fixed in the hook command.")
+@click.option("--print", "print_only", is_flag=True, help="Show what would be merged; change nothing.")
+@click.option("--uninstall", is_flag=True, help="Remove exactly what an install added.")
+def install_claude_code(
+    settings_path: Path | None, customer: str | None, print_only: bool, uninstall: bool
+) -> None:
+    """Set Claude Code up: hooks for every event, and telemetry to the local receiver."""
+    from activitybi.clients import claude_code
+    from activitybi.clients.claude_desktop import ClaudeConfigError, dumps
+
+    if print_only:
+        click.echo(dumps(claude_code.planned(customer)), nl=False)
+        return
+    try:
+        if uninstall:
+            path, changed = claude_code.uninstall(settings_path)
+        else:
+            path, changed = claude_code.install(settings_path, _customer(customer))
+    except ClaudeConfigError as e:
+        raise click.ClickException(str(e)) from e
+    done = "removed from" if uninstall else "installed in"
+    click.echo(
+        f"{path}: activitybi hooks and telemetry {done} it" + ("" if changed else " already (no change)")
+    )

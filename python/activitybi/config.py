@@ -88,6 +88,28 @@ class Home:
     def logs(self) -> Path:
         return self.root / "logs"
 
+    @property
+    def capture(self) -> Path:
+        """State of the capture commands (how far each transcript was read, open sessions)."""
+        return self.root / "capture"
+
+    @property
+    def transcript_state(self) -> Path:
+        """`activitybi import claude-code`: byte offset and unfinished tool calls per file (JSON)."""
+        return self.capture / "claude-code-transcripts.json"
+
+    @property
+    def hook_sessions(self) -> Path:
+        """`activitybi hook`: per-session prompt counts, so a hook's prompt and the
+        transcript's get the same id (one small JSON file per session)."""
+        return self.capture / "claude-code-sessions"
+
+    @property
+    def capture_quarantine(self) -> Path:
+        """Input a capture path could not use (a malformed transcript line, a bad hook
+        payload), each with its reason (JSON lines)."""
+        return self.root / "quarantine" / "capture.jsonl"
+
 
 def queue_dir() -> Path:
     return Home.current().queue
@@ -148,6 +170,10 @@ class Settings:
     capture_content: bool
     """`ACTIVITYBI_CAPTURE_CONTENT` (default off): captured events may hold what was said
     (prompts, tool arguments and results); off, they hold sizes and outcomes only."""
+    prices: str | None
+    """`ACTIVITYBI_PRICES`: a JSON price table replacing the shipped snapshot."""
+    claude_config_dir: str | None
+    """`CLAUDE_CONFIG_DIR`: Claude Code's own settings and transcripts (default ~/.claude)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -178,8 +204,16 @@ class Settings:
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             capture_content=env.get("ACTIVITYBI_CAPTURE_CONTENT", "").strip().lower()
             in ("1", "true", "yes", "on"),
+            prices=env.get("ACTIVITYBI_PRICES") or None,
+            claude_config_dir=env.get("CLAUDE_CONFIG_DIR") or None,
         )
 
 
 def settings() -> Settings:
     return Settings.from_env()
+
+
+def claude_dir() -> Path:
+    """Claude Code's configuration directory: `$CLAUDE_CONFIG_DIR`, else ~/.claude."""
+    explicit = settings().claude_config_dir
+    return Path(explicit).expanduser() if explicit else Path.home() / ".claude"

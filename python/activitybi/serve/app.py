@@ -30,6 +30,8 @@ from activitybi.serve.handshake import INSTRUCTIONS, SERVER_NAME, Handshake
 from activitybi.serve.runtime import Runtime
 
 log = logging.getLogger(__name__)
+HOOK_BODY_CAP = 4 * 1024 * 1024
+"""Largest Claude Code hook event accepted over HTTP (a tool's response can be large)."""
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -352,6 +354,35 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
         from starlette.responses import Response
 
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @server.custom_route("/hooks/claude-code", methods=["POST"])  # type: ignore[untyped-decorator]
+    async def claude_code_hook(request: Any) -> Any:
+        """Claude Code's `http` hooks: the same facts as `activitybi hook`, for the bearer
+        token's customer. The transcript is not imported at SessionEnd: its path names a
+        file on the client's machine, which a server must not read."""
+        from starlette.responses import Response
+
+        from activitybi.capture.common import quarantine
+        from activitybi.capture.hooks import BadHook, events
+
+        auth = request.headers.get("authorization", "")
+        customer = tokens.get(auth[7:]) if auth[:7].lower() == "bearer " else None
+        if customer is None:
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        if int(request.headers.get("content-length") or 0) > HOOK_BODY_CAP:
+            return Response(status_code=413)
+        raw = await request.body()
+        home = config.Home.current()
+        try:
+            found = events(
+                orjson.loads(raw), customer=customer, home=home, content=config.settings().capture_content
+            )
+        except (orjson.JSONDecodeError, BadHook) as e:
+            quarantine(home.capture_quarantine, "hook", str(e), raw, customer=customer)
+            return Response(str(e), status_code=400, media_type="text/plain")
+        if found:
+            rt.writer.queue.append_many(found)
+        return Response(status_code=200)
 
     app = server.streamable_http_app(stateless_http=stateless, json_response=True)
     if not config.settings().fast_http:  # the SDK's transport alone
