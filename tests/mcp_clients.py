@@ -23,6 +23,8 @@ EXE = shutil.which("activitybi") or "activitybi"
 
 def server_env(home: Path, **extra: str) -> dict[str, str]:
     env = {"ACTIVITYBI_HOME": str(home), "PATH": os.environ["PATH"]}
+    if "PYTHONPATH" in os.environ:  # the sources under test, not an installed copy
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env.update(extra)
     return env
 
@@ -49,7 +51,9 @@ def free_port() -> int:
 class HttpServer:
     """`activitybi serve --http` in its own process."""
 
-    def __init__(self, home: Path, tokens: dict[str, str], *extra_args: str) -> None:
+    def __init__(
+        self, home: Path, tokens: dict[str, str], *extra_args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         token_file = home.parent / f"tokens-{self.port}.json"
@@ -66,7 +70,7 @@ class HttpServer:
                 str(token_file),
                 *extra_args,
             ],
-            env=server_env(home),
+            env=server_env(home, **(env or {})),
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
