@@ -715,7 +715,11 @@ def main() -> None:
     use_uvloop()
     token = "tok-bench"
     workdir = Path(tempfile.mkdtemp(prefix="http-cost-"))
-    env = {"ACTIVITYBI_EVENTS_PER_SECOND": "1000000"}  # one customer makes every call here
+    env = {  # one customer makes every call and opens every session here
+        "ACTIVITYBI_EVENTS_PER_SECOND": "1000000",
+        "ACTIVITYBI_INITIALIZE_PER_MINUTE": "1000000",
+        "ACTIVITYBI_SESSIONS_PER_CUSTOMER": "1000000",
+    }
     kinds = a.servers.split(",")
     results: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     print(

@@ -50,7 +50,7 @@ if idle is None:
         return built[-1]
 
     server.build = capture
-    app = server.http_app(rt, tokens, stateless=stateless)
+    app = server.http_app(rt, tokens, stateless=stateless).app  # inside the SessionGuard
     server.build = original
     if isinstance(app, fast_http.FastFront):
         front, sdk = app, app.sdk_app

@@ -14,7 +14,7 @@ from tests.mcp_clients import HttpServer, http_session
 
 
 def test_http_metrics_and_status(_home: Path) -> None:
-    server = HttpServer(_home, {"tok": "m@x.io"})
+    server = HttpServer(_home, {"tok": "m@x.io"}, env={"ACTIVITYBI_OPERATOR_TOKEN": "op"})
     try:
 
         async def go() -> None:
@@ -24,7 +24,9 @@ def test_http_metrics_and_status(_home: Path) -> None:
                 await s.call_tool("get_context", {})
 
         anyio.run(go)
-        body = httpx2.get(f"http://127.0.0.1:{server.port}/metrics").text
+        metrics = f"http://127.0.0.1:{server.port}/metrics"
+        assert httpx2.get(metrics).status_code == 401  # the operator's, not everyone's
+        body = httpx2.get(metrics, headers={"Authorization": "Bearer op"}).text
         assert 'activitybi_tool_latency_seconds_count{tool="log_event"} 2.0' in body
         assert 'activitybi_tool_errors_total{tool="log_event"} 1.0' in body
         assert 'activitybi_cache_misses_total{tier="memory"}' in body

@@ -27,6 +27,7 @@ class _Commands(click.Group):
 @click.version_option(__version__, prog_name="activitybi")
 def main() -> None:
     """Log every MCP interaction as ActivitySchema v2.0 events, durably."""
+    config.private_umask()  # every file under the home 0600, every directory 0700
 
 
 @main.command()
@@ -41,6 +42,11 @@ def main() -> None:
 @click.option("--stateless", is_flag=True, help="HTTP: no sessions (any request may go anywhere).")
 @click.option("--customer", help="stdio: who this is (default ACTIVITYBI_CUSTOMER, else the user).")
 @click.option("--metrics-port", type=int, help="stdio: serve Prometheus metrics on this port.")
+@click.option(
+    "--operator-token-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="HTTP: a file holding the bearer token GET /metrics requires (or ACTIVITYBI_OPERATOR_TOKEN).",
+)
 def serve(
     http: bool,
     host: str,
@@ -49,6 +55,7 @@ def serve(
     stateless: bool,
     customer: str | None,
     metrics_port: int | None,
+    operator_token_file: Path | None,
 ) -> None:
     """Run the MCP server (stdio for Claude Desktop, or --http)."""
     handshake = None
@@ -70,6 +77,7 @@ def serve(
     from activitybi.serve import runtime
 
     end_traces = tracing.setup("activitybi")
+    config.secure_home()
 
     rt = runtime.Runtime.open(
         customer=None if http else (customer or runtime.stdio_customer()),
@@ -92,15 +100,34 @@ def serve(
     status_file = status_dir(config.home()) / f"server-{os.getpid()}.json"
     source = "http" if http else "stdio"
     stop_status = threading.Event()
-    every(2.0, lambda: write_status(status_file, rt.metrics.status(source)), stop_status)
+
+    def write_server_status() -> None:
+        write_status(status_file, rt.metrics.status(source))
+
+    every(2.0, write_server_status, stop_status)
     try:
         if handshake is not None:
             server.serve_stdio(rt, handshake)
         else:
             import uvicorn
 
-            app = server.http_app(rt, server.load_tokens(tokens), stateless=stateless)
-            uvicorn.run(app, host=host, port=port, log_level="warning")
+            from activitybi.serve.guard import connections_per_client, guarded_protocol
+
+            settings = config.settings()
+            operator = (
+                operator_token_file.read_text().strip() if operator_token_file else settings.operator_token
+            )
+            app = server.http_app(
+                rt, server.load_tokens(tokens), stateless=stateless, operator_token=operator or None
+            )
+            uvicorn.run(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                http=guarded_protocol(settings.http_request_timeout_s, connections_per_client()),
+                timeout_keep_alive=5,
+            )
     finally:
         if end_traces is not None:
             end_traces()

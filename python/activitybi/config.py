@@ -111,6 +111,22 @@ class Home:
         return self.root / "quarantine" / "capture.jsonl"
 
 
+def secure_home(root: Path | None = None) -> Path:
+    """Creates the home (0700, parents as needed) and makes it 0700 if it was not; files
+    inside are private because every entry point runs with `os.umask(0o077)`."""
+    path = root or home()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_uid == os.getuid() and path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def private_umask() -> None:
+    """The umask of every activitybi process: what it creates is 0600 (files) and 0700
+    (directories), whatever the caller's umask (DuckDB, the Rust queue, tickets, cards)."""
+    os.umask(0o077)
+
+
 def queue_dir() -> Path:
     return Home.current().queue
 
@@ -174,6 +190,29 @@ class Settings:
     """`ACTIVITYBI_PRICES`: a JSON price table replacing the shipped snapshot."""
     claude_config_dir: str | None
     """`CLAUDE_CONFIG_DIR`: Claude Code's own settings and transcripts (default ~/.claude)."""
+    insights_per_minute: float
+    """`ACTIVITYBI_INSIGHTS_PER_MINUTE` (default 60): log_insight budget per customer."""
+    cards_per_minute: float
+    """`ACTIVITYBI_CARDS_PER_MINUTE` (default 10): render_card budget per customer."""
+    unknown_calls_per_minute: float
+    """`ACTIVITYBI_UNKNOWN_CALLS_PER_MINUTE` (default 30): calls of tools that do not exist."""
+    initialize_per_minute: float
+    """`ACTIVITYBI_INITIALIZE_PER_MINUTE` (default 60): new HTTP sessions per customer."""
+    sessions_per_customer: int
+    """`ACTIVITYBI_SESSIONS_PER_CUSTOMER` (default 100): live HTTP sessions per customer."""
+    insight_max_bytes: int
+    """`ACTIVITYBI_INSIGHT_MAX_BYTES` (default 4096): one insight value, as JSON."""
+    context_max_insights: int
+    """`ACTIVITYBI_CONTEXT_MAX_INSIGHTS` (default 200): insight series (and as many
+    preferences) a customer's context keeps; the least recent go first."""
+    operator_token: str | None
+    """`ACTIVITYBI_OPERATOR_TOKEN`: the bearer token `/metrics` asks for on `serve --http`."""
+    http_request_timeout_s: float
+    """`ACTIVITYBI_HTTP_REQUEST_TIMEOUT` (default 10 s): a request's headers and body must
+    arrive within this time, and a new connection must start its request within it."""
+    http_connections_per_client: int | None
+    """`ACTIVITYBI_HTTP_CONNECTIONS_PER_CLIENT`: open connections per client address
+    (default a quarter of the descriptor limit, at most 4096)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -206,6 +245,18 @@ class Settings:
             in ("1", "true", "yes", "on"),
             prices=env.get("ACTIVITYBI_PRICES") or None,
             claude_config_dir=env.get("CLAUDE_CONFIG_DIR") or None,
+            insights_per_minute=_number(env, "ACTIVITYBI_INSIGHTS_PER_MINUTE", 60),
+            cards_per_minute=_number(env, "ACTIVITYBI_CARDS_PER_MINUTE", 10),
+            unknown_calls_per_minute=_number(env, "ACTIVITYBI_UNKNOWN_CALLS_PER_MINUTE", 30),
+            initialize_per_minute=_number(env, "ACTIVITYBI_INITIALIZE_PER_MINUTE", 60),
+            sessions_per_customer=int(_number(env, "ACTIVITYBI_SESSIONS_PER_CUSTOMER", 100)),
+            insight_max_bytes=int(_number(env, "ACTIVITYBI_INSIGHT_MAX_BYTES", 4096)),
+            context_max_insights=int(_number(env, "ACTIVITYBI_CONTEXT_MAX_INSIGHTS", 200)),
+            operator_token=env.get("ACTIVITYBI_OPERATOR_TOKEN") or None,
+            http_request_timeout_s=_number(env, "ACTIVITYBI_HTTP_REQUEST_TIMEOUT", 10),
+            http_connections_per_client=(
+                int(_number(env, "ACTIVITYBI_HTTP_CONNECTIONS_PER_CLIENT", 0)) or None
+            ),
         )
 
 

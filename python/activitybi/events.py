@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
 SPEC_COLUMNS = (
     "activity_id",
@@ -36,6 +36,12 @@ KNOWN_KEYS = frozenset(LOADED_COLUMNS)
 INSIGHT_ACTIVITY = "learned_insight"
 """Insight atoms travel as stream events of this activity and are also loaded into
 `insight_atoms` (atom_id = activity_id)."""
+TOOL_CALL_ACTIVITY = "called_tool"
+"""The server's own record of every tool call (and the proxy's of every proxied call)."""
+RESERVED_ACTIVITIES = frozenset({TOOL_CALL_ACTIVITY, INSIGHT_ACTIVITY})
+"""Activities only activitybi itself emits (tool calls, insights): log_event and log_events
+refuse them, so a customer can never mix hand-made rows into the figures of the server's
+own telemetry. A capture path that emits an activity of its own adds it here."""
 
 
 class Rejected(ValueError):
@@ -185,8 +191,18 @@ COST_KEYS = ("model", "input_tokens", "output_tokens", "cost_usd")
 README), so that cost can be attributed by model and session."""
 
 
+def _not_reserved(activity: str) -> str:
+    if activity in RESERVED_ACTIVITIES:
+        raise ValueError(
+            f"activity {activity!r} is reserved for what activitybi records itself "
+            f"({', '.join(sorted(RESERVED_ACTIVITIES))}); log_insight records an insight"
+        )
+    return activity
+
+
 Activity = Annotated[
     str,
+    AfterValidator(_not_reserved),
     Field(
         pattern=ACTIVITY_NAME,
         max_length=100,
@@ -232,7 +248,7 @@ signature of the log_event tool (the MCP schema the model sees)."""
 
 
 class _StepMethods(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     def event(self, customer: str, session: str, source: str) -> dict[str, Any]:
         """The queue event: cost keys go into feature_json, the customer is the connection's."""

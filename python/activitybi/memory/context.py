@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from activitybi import LruCache
+from activitybi import LruCache, config
 from activitybi.memory.journal import PREFERENCES_SUBJECT, MemoryJournal, customer_key
 
 Version = tuple[int, int]
@@ -49,7 +50,8 @@ class InsightSeries:
             "latest_at": self.latest_at,
             "count": self.count,
         }
-        window = [v for at, v in self.numbers if at >= since]
+        self.numbers = [(at, v) for at, v in self.numbers if at >= since]  # older ones never count again
+        window = [v for _, v in self.numbers]
         if window:
             out.update(
                 min=min(window),
@@ -68,7 +70,8 @@ class CustomerMemory:
     series: dict[tuple[str, str], InsightSeries] = field(default_factory=dict)
     preferences: dict[str, tuple[str, Any]] = field(default_factory=dict)
 
-    def absorb(self, atoms: list[dict[str, Any]]) -> None:
+    def absorb(self, atoms: list[dict[str, Any]], keep: int) -> None:
+        """Folds `atoms` in, then keeps the `keep` most recent series and preferences."""
         for a in atoms:
             subject, metric, at = a["subject"], a["metric"], a["ts"]
             if subject == PREFERENCES_SUBJECT:
@@ -79,6 +82,12 @@ class CustomerMemory:
             if key not in self.series:
                 self.series[key] = InsightSeries(subject, metric)
             self.series[key].add(a["value"], at)
+        if len(self.series) > keep:
+            recent = sorted(self.series.items(), key=lambda kv: kv[1].latest_at, reverse=True)
+            self.series = dict(recent[:keep])
+        if len(self.preferences) > keep:
+            recent_prefs = sorted(self.preferences.items(), key=lambda kv: kv[1][0], reverse=True)
+            self.preferences = dict(recent_prefs[:keep])
 
 
 @dataclass(slots=True)
@@ -86,6 +95,9 @@ class Cached:
     version: Version
     payload: bytes
     memory: CustomerMemory
+
+
+Lookup = tuple[Cached | None, Version]
 
 
 def redis_version(version: Version) -> int:
@@ -114,29 +126,43 @@ def _now() -> dt.datetime:
 
 def trim(context: dict[str, Any], max_bytes: int) -> bytes:
     """Drops whole items (oldest insights, rarest activities, preferences) until the JSON
-    fits; the result is always a complete JSON object."""
+    fits; the result is always a complete JSON object.
+
+    Linear in the context's size: each item is serialised once, and the JSON's length
+    is kept as a running sum (orjson writes no spaces, so an item costs its own bytes
+    plus one comma)."""
     payload = orjson.dumps(context)
     if len(payload) <= max_bytes:
         return payload
     ctx = {**context, "truncated": True, "insights": list(context.get("insights", []))}
     activity = dict(ctx.get("activity") or {})
     ctx["activity"] = activity
-    lists = [
-        ctx["insights"],
-        activity.setdefault("top_activities", []),
-        activity.setdefault("tools", []),
-    ]
+    kept = [ctx["insights"], list(activity.get("top_activities") or []), list(activity.get("tools") or [])]
+    lists: list[list[Any]] = [[], [], []]  # filled with what fits, below
+    ctx["insights"], activity["top_activities"], activity["tools"] = lists
     prefs = dict(ctx.get("preferences") or {})
-    ctx["preferences"] = prefs
-    while len(payload := orjson.dumps(ctx)) > max_bytes:
-        longest = max(lists, key=len)
-        if longest:
-            longest.pop()
-        elif prefs:
-            prefs.pop(next(reversed(prefs)))
+    ctx["preferences"] = {}
+    size = len(orjson.dumps(ctx))  # every list and the preferences empty
+    sizes = [[len(orjson.dumps(item)) for item in items] for items in kept]
+    pref_sizes = [len(orjson.dumps({k: v})) - 2 for k, v in prefs.items()]
+    counts = [len(s) for s in sizes]
+    size += sum(sum(s) + max(0, len(s) - 1) for s in sizes)
+    size += sum(pref_sizes) + max(0, len(pref_sizes) - 1)
+    n_prefs = len(pref_sizes)
+    while size > max_bytes:
+        longest = max(range(len(counts)), key=lambda i: counts[i])
+        if counts[longest]:
+            counts[longest] -= 1
+            size -= sizes[longest][counts[longest]] + (1 if counts[longest] else 0)
+        elif n_prefs:
+            n_prefs -= 1
+            size -= pref_sizes[n_prefs] + (1 if n_prefs else 0)
         else:
             return orjson.dumps({"customer": ctx["customer"], "truncated": True})
-    return payload
+    for items, whole, n in zip(lists, kept, counts, strict=True):
+        items.extend(whole[:n])
+    ctx["preferences"] = dict(list(prefs.items())[:n_prefs])
+    return orjson.dumps(ctx)
 
 
 class ContextService:
@@ -148,8 +174,11 @@ class ContextService:
         *,
         capacity: int = 10_000,
         window_days: int = 30,
+        max_insights: int | None = None,
     ) -> None:
         self.journal = journal
+        self.max_insights = max_insights or config.settings().context_max_insights
+        self._build_lock = threading.Lock()
         self.snapshot_dir = snapshot_dir
         snapshot_dir.mkdir(parents=True, exist_ok=True)
         self.redis = redis
@@ -170,10 +199,30 @@ class ContextService:
 
     def get(self, customer: str, max_bytes: int | None = None) -> bytes:
         """The context as JSON; at most `max_bytes` when given."""
+        return self.resolve(customer, self.lookup(customer), max_bytes)
+
+    def lookup(self, customer: str) -> Lookup:
+        """(the cached context, the current version): two `stat` calls and a cache read."""
         version = self.version(customer)
-        cached = self.cache.get(customer)
+        return self.cache.get(customer), version
+
+    @staticmethod
+    def ready(found: Lookup, max_bytes: int | None = None) -> bytes | None:
+        """The answer when `lookup` found it current and small enough (no build, no trim:
+        cheap enough for the event loop); None when `resolve` has work to do."""
+        cached, version = found
         if cached is None or cached.version != version:
-            cached = self._from_redis(customer, version) or self._build(customer, version, cached)
+            return None
+        if max_bytes is not None and len(cached.payload) > max_bytes:
+            return None
+        return cached.payload
+
+    def resolve(self, customer: str, found: Lookup, max_bytes: int | None = None) -> bytes:
+        """The answer from what `lookup` found, building and trimming as needed."""
+        cached, version = found
+        if cached is None or cached.version != version:
+            with self._build_lock:  # builds share the customer's folded memory
+                cached = self._from_redis(customer, version) or self._build(customer, version, cached)
         if max_bytes is not None and len(cached.payload) > max_bytes:
             return trim(orjson.loads(cached.payload), max_bytes)
         return cached.payload
@@ -193,7 +242,7 @@ class ContextService:
     def _build(self, customer: str, version: Version, stale: Cached | None) -> Cached:
         memory = stale.memory if stale is not None and stale.memory.offset >= 0 else CustomerMemory()
         atoms, memory.offset = self.journal.read(customer, memory.offset)
-        memory.absorb(atoms)
+        memory.absorb(atoms, self.max_insights)
         now = _now()
         since = (now - self.window).isoformat(timespec="milliseconds")
         series = sorted(memory.series.values(), key=lambda s: s.latest_at, reverse=True)

@@ -3,6 +3,7 @@ while nobody holds the queue's reader lock; when an owner exits, another server 
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import threading
 from pathlib import Path
 
 from activitybi import QueueReader
+
+log = logging.getLogger(__name__)
 
 
 class OwnerSupervisor(threading.Thread):
@@ -31,22 +34,29 @@ class OwnerSupervisor(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            if (self.child is None or self.child.poll() is not None) and self._free():
-                self.child = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "activitybi",
-                        "upload",
-                        "--follow",
-                        "--quiet",
-                        "--parent",
-                        str(os.getpid()),
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                )
+            try:
+                self._look()
+            except OSError as e:  # EMFILE, ENOMEM: the next look may succeed
+                log.warning("could not check or start the warehouse owner: %s; retrying", e)
             self.stop.wait(self.retry_every)
+
+    def _look(self) -> None:
+        """Starts an owner when none runs and the queue is free."""
+        if (self.child is None or self.child.poll() is not None) and self._free():
+            self.child = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "activitybi",
+                    "upload",
+                    "--follow",
+                    "--quiet",
+                    "--parent",
+                    str(os.getpid()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
 
     def close(self, timeout: float = 10.0) -> None:
         """Stops supervising and lets the owner finish its batch and exit."""

@@ -423,7 +423,5 @@ def card_for_ticket(
     artifact = None
     if store is not None:
         artifact = store.put(customer, png, "image/png")
-        info.update(
-            artifact_id=artifact.artifact_id, url=artifact.s3_url, expires_at=artifact.to_json()["expires_at"]
-        )
+        info.update(artifact_id=artifact.artifact_id, expires_at=artifact.to_json()["expires_at"])
     return Card(png, info, artifact)

@@ -7,6 +7,7 @@ under `$ACTIVITYBI_HOME/status/` for a person running `activitybi status`.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -21,6 +22,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from activitybi import config
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -156,12 +159,19 @@ def serve_port(registry: CollectorRegistry, port: int) -> None:
 
 
 def every(seconds: float, fn: Callable[[], None], stop: threading.Event) -> threading.Thread:
-    """Calls `fn` now and then every `seconds` on a daemon thread until `stop` is set."""
+    """Calls `fn` now and then every `seconds` on a daemon thread until `stop` is set; an
+    error in one call is logged and the thread goes on."""
+
+    def once() -> None:
+        try:
+            fn()
+        except Exception:  # EMFILE, a full disk: say so, and try again next time
+            log.warning("%s failed; retrying in %g s", getattr(fn, "__name__", fn), seconds, exc_info=True)
 
     def loop() -> None:
-        fn()
+        once()
         while not stop.wait(seconds):
-            fn()
+            once()
 
     thread = threading.Thread(target=loop, daemon=True, name="activitybi-status")
     thread.start()

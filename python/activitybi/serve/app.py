@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TextIO, TypeVar, cast
 
+import anyio
 import orjson
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
@@ -27,6 +28,7 @@ from activitybi.query import templates
 from activitybi.query.tickets import DEFAULT_BYTE_CAP, FINAL, Ticket, TooManyTickets
 from activitybi.serve import sdk
 from activitybi.serve.handshake import INSTRUCTIONS, SERVER_NAME, Handshake
+from activitybi.serve.ratelimit import RateLimited
 from activitybi.serve.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,12 @@ class ToolCallLogger:
     async def __call__(self, ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
         if ctx.method != "tools/call":
             return await call_next(ctx)
+        name = (ctx.params or {}).get("name")
+        if name not in self.rt.calls.known:  # an unknown tool: answered, limited like a write
+            try:
+                self.rt.limits.check("unknown_tool", self.rt.customer())
+            except (RateLimited, ToolError) as e:
+                return {"content": [{"type": "text", "text": str(e)}], "isError": True}
         start = time.perf_counter()
         outcome, error = "ok", None
         try:
@@ -89,12 +97,13 @@ def _takes_step(fn: F) -> F:
 
 
 def _forbid_extra_arguments(server: MCPServer) -> None:
-    """An unknown argument is an error (the SDK ignores it by default)."""
+    """An unknown argument is an error (the SDK ignores it by default), and so is a value
+    of another type ("12" for an integer): the models validate strictly."""
     for tool in sdk.tools(server):
         loose = sdk.tool_argument_model(tool)
 
         class Strict(loose):  # type: ignore[valid-type, misc]
-            model_config = ConfigDict(extra="forbid")
+            model_config = ConfigDict(extra="forbid", strict=True)
 
         Strict.__name__ = loose.__name__
         sdk.set_tool_argument_model(tool, Strict)
@@ -130,7 +139,11 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         """Record many steps in one call (one write); returns their activity_ids as JSON."""
         customer = rt.customer()
         rt.limit("log_event", customer, len(events))
-        ids = rt.writer.append_many([e.event(customer, rt.session_id, rt.source) for e in events])
+        try:
+            ids = rt.writer.append_many([e.event(customer, rt.session_id, rt.source) for e in events])
+        except ToolError:
+            rt.limits.refund("log_event", customer, len(events))  # nothing was written
+            raise
         return orjson.dumps(ids).decode()
 
     @mcp.tool(structured_output=False)
@@ -160,9 +173,11 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         get_context shows it, in this and every other session."""
         if isinstance(value, float) and value != value:
             raise ToolError("value must not be NaN")
-        if isinstance(value, str) and len(value) > 4096:
-            raise ToolError("value is over 4096 characters")
+        cap = config.settings().insight_max_bytes
+        if len(orjson.dumps(value)) > cap:
+            raise ToolError(f"value is over {cap} bytes as JSON")
         customer = rt.customer()
+        rt.limit("log_insight", customer)
         features = {"subject": subject, "metric": metric, "value": value}
         if provenance_query_hash:
             features["provenance_query_hash"] = provenance_query_hash
@@ -195,7 +210,12 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
     ) -> str:
         """What is known about this user, as JSON: recent activity, insights with their
         latest value and min/max/avg over 30 days, preferences. Call it first."""
-        return rt.context.get(rt.customer(), max_bytes).decode()
+        customer = rt.customer()
+        found = rt.context.lookup(customer)
+        payload = rt.context.ready(found, max_bytes)
+        if payload is None:  # a build or a trim: off the event loop, other customers go on
+            payload = await anyio.to_thread.run_sync(rt.context.resolve, customer, found, max_bytes)
+        return payload.decode()
 
     @mcp.tool(structured_output=False)
     async def list_query_templates() -> str:
@@ -263,7 +283,8 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         description="This user's context, as get_context returns it.",
     )
     async def context_resource() -> str:
-        return rt.context.get(rt.customer()).decode()
+        customer = rt.customer()
+        return (await anyio.to_thread.run_sync(rt.context.get, customer)).decode()
 
     from mcp.server.mcpserver import Image
 
@@ -284,23 +305,25 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
     ) -> list[Any]:
         """Draw a finished query's result as a chart card (PNG with title, axes and the
         data's provenance), shown inline; the card is also kept as an artifact."""
-        import anyio
-
         customer = rt.customer()
+        rt.limit("render_card", customer)
         try:
             card = await anyio.to_thread.run_sync(
                 lambda: cards.card_for_ticket(rt.tickets, ticket, customer, kind=kind, store=artifacts)
             )
         except cards.CardError as e:
             raise ToolError(str(e)) from None
-        return [orjson.dumps(card.info).decode(), Image(data=card.png, format="png")]
+        info = card.info
+        if rt.artifact_route is not None and "artifact_id" in info:
+            info = {**info, "url": rt.artifact_route + info["artifact_id"]}
+        return [orjson.dumps(info).decode(), Image(data=card.png, format="png")]
 
     _forbid_extra_arguments(mcp)
+    rt.calls.known = frozenset(tool.name for tool in sdk.tools(mcp))
     return mcp
 
 
 def serve_stdio(rt: Runtime, handshake: Handshake) -> None:
-    import anyio
     from mcp.server.stdio import stdio_server
 
     server = build(rt)
@@ -328,10 +351,31 @@ def load_tokens(path: Path | None) -> dict[str, str]:
     return tokens
 
 
-def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) -> Any:
+ARTIFACT_ROUTE = "/artifacts/"
+"""On `serve --http`, GET `/artifacts/<artifact_id>` with the customer's bearer token serves
+that customer's own card; render_card's `url` is this path."""
+
+
+def _bearer(request: Any) -> str | None:
+    value: str = request.headers.get("authorization", "")
+    return value[7:] if value[:7].lower() == "bearer " else None
+
+
+def http_app(
+    rt: Runtime, tokens: dict[str, str], *, stateless: bool = False, operator_token: str | None = None
+) -> Any:
+    """The ASGI app of `serve --http`: the MCP endpoint (behind `SessionGuard`, and the fast
+    front unless `ACTIVITYBI_FAST_HTTP=0`), `/metrics` for the operator's token only, and
+    each customer's own artifacts."""
+    import hmac
+
     from mcp.server.auth.provider import AccessToken
     from mcp.server.auth.settings import AuthSettings
     from pydantic import AnyHttpUrl
+    from starlette.responses import PlainTextResponse, Response
+
+    from activitybi.query.artifacts import ArtifactStore
+    from activitybi.serve.guard import SessionGuard
 
     class TokenCustomers:
         """Each bearer token names one customer; any other token is refused (401)."""
@@ -342,6 +386,7 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
                 return None
             return AccessToken(token=token, client_id=customer, scopes=[], subject=customer)
 
+    rt.artifact_route = ARTIFACT_ROUTE
     server = build(
         rt,
         token_verifier=TokenCustomers(),
@@ -351,8 +396,15 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
     @server.custom_route("/metrics", methods=["GET"])  # type: ignore[untyped-decorator]
     async def metrics(request: Any) -> Any:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-        from starlette.responses import Response
 
+        given = _bearer(request)
+        if operator_token is None:
+            return PlainTextResponse(
+                "metrics need an operator token: ACTIVITYBI_OPERATOR_TOKEN or --operator-token-file",
+                status_code=403,
+            )
+        if given is None or not hmac.compare_digest(given.encode(), operator_token.encode()):
+            return PlainTextResponse("the operator token is required", status_code=401)
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @server.custom_route("/hooks/claude-code", methods=["POST"])  # type: ignore[untyped-decorator]
@@ -360,13 +412,10 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
         """Claude Code's `http` hooks: the same facts as `activitybi hook`, for the bearer
         token's customer. The transcript is not imported at SessionEnd: its path names a
         file on the client's machine, which a server must not read."""
-        from starlette.responses import Response
-
         from activitybi.capture.common import quarantine
         from activitybi.capture.hooks import BadHook, events
 
-        auth = request.headers.get("authorization", "")
-        customer = tokens.get(auth[7:]) if auth[:7].lower() == "bearer " else None
+        customer = tokens.get(_bearer(request) or "")
         if customer is None:
             return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
         if int(request.headers.get("content-length") or 0) > HOOK_BODY_CAP:
@@ -384,9 +433,22 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
             rt.writer.queue.append_many(found)
         return Response(status_code=200)
 
-    app = server.streamable_http_app(stateless_http=stateless, json_response=True)
-    if not config.settings().fast_http:  # the SDK's transport alone
-        return app
-    from activitybi.serve.fast_http import FastFront
+    store = ArtifactStore.from_env()
 
-    return FastFront(app, server, rt, tokens)
+    @server.custom_route(ARTIFACT_ROUTE + "{artifact_id}", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def artifact(request: Any) -> Any:
+        customer = tokens.get(_bearer(request) or "")
+        if customer is None:
+            return PlainTextResponse("a customer's bearer token is required", status_code=401)
+        found = store.get(str(request.path_params["artifact_id"])[:64], customer)
+        if found is None:
+            return PlainTextResponse("no such artifact for this user", status_code=404)
+        data = await anyio.to_thread.run_sync(store.read, found)
+        return Response(data, media_type=found.content_type or "application/octet-stream")
+
+    app: Any = server.streamable_http_app(stateless_http=stateless, json_response=True)
+    if config.settings().fast_http:
+        from activitybi.serve.fast_http import FastFront
+
+        app = FastFront(app, server, rt, tokens)
+    return SessionGuard(app, server.session_manager, rt, tokens)

@@ -9,8 +9,10 @@ the SDK's own answer. `tests/test_server.py` checks that the two answers are ide
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable
@@ -61,12 +63,45 @@ a message nested past its parser's limit (about 190 levels) without any answer, 
 client would wait. (Events themselves may nest 64 levels; the queue refuses deeper ones.)"""
 
 
-def _depth(value: object) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+_TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+"""A JSON string (escapes included) or a structural character: what `scan` steps over."""
+
+
+def scan(line: str) -> tuple[int, dict[str, Any]]:
+    """(the nesting depth of the JSON text `line`, the scalar members of its top-level
+    object), in one pass without recursion and without parsing what is nested: an id can
+    be read from a message far too deep to parse."""
+    depth = deepest = 0
+    top: dict[str, Any] = {}
+    key: str | None = None
+    value_at = -1  # where a top-level member's value starts, while it is scalar so far
+    last_string: str | None = None
+    for token in _TOKENS.finditer(line):
+        char = token.group()
+        if char[0] == '"':
+            last_string = char
+            continue
+        if char in "{[":
+            depth += 1
+            deepest = max(deepest, depth)
+            if depth == 2:
+                value_at = -1  # a nested value: not a scalar member
+        elif char in "}]":
+            if depth == 1 and value_at >= 0 and key is not None:
+                _member(top, key, line[value_at : token.start()])
+            depth -= 1
+        elif depth == 1 and char == ":":
+            key, value_at = last_string, token.end()
+        elif depth == 1 and char == ",":
+            if value_at >= 0 and key is not None:
+                _member(top, key, line[value_at : token.start()])
+            key, value_at = None, -1
+    return deepest, top
+
+
+def _member(top: dict[str, Any], key: str, value: str) -> None:
+    with contextlib.suppress(orjson.JSONDecodeError):  # not a JSON scalar: not a member to read
+        top[orjson.loads(key)] = orjson.loads(value)
 
 
 class ReplayReader:
@@ -86,14 +121,10 @@ class ReplayReader:
             line = self._rest.readline(-1 if size is None else size)
             if line.count("{") + line.count("[") <= MAX_DEPTH:
                 return line  # cannot be too deep: the common case costs two counts
-            try:
-                message = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                message = None
-            if message is None or _depth(message) <= MAX_DEPTH + 2:
+            depth, top = scan(line)
+            if depth <= MAX_DEPTH + 2:
                 return line
-            if isinstance(message, dict):
-                self._refuse(message, f"the request is nested deeper than {MAX_DEPTH} levels")
+            self._refuse(top, f"the request is nested deeper than {MAX_DEPTH} levels")
 
 
 class AnswerDropper:

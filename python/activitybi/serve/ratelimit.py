@@ -1,9 +1,12 @@
-"""Per-customer token buckets for log_event and submit_query.
+"""Per-customer token buckets for every tool that writes, and for new HTTP sessions.
 
-Limits are per server process and configurable by environment:
-`ACTIVITYBI_EVENTS_PER_SECOND` (default 100, bursts of 10 s, enough for a full log_events
-batch) and
-`ACTIVITYBI_QUERIES_PER_MINUTE` (default 30, bursts of 10). A refused call writes nothing.
+Limits are per server process and configurable by environment (config.Settings):
+`ACTIVITYBI_EVENTS_PER_SECOND` (log_event and log_events; default 100, bursts of 10 s,
+enough for a full log_events batch), `ACTIVITYBI_QUERIES_PER_MINUTE` (submit_query; 30),
+`ACTIVITYBI_INSIGHTS_PER_MINUTE` (log_insight; 60), `ACTIVITYBI_CARDS_PER_MINUTE`
+(render_card; 10), `ACTIVITYBI_UNKNOWN_CALLS_PER_MINUTE` (tools that do not exist; 30) and
+`ACTIVITYBI_INITIALIZE_PER_MINUTE` (new HTTP sessions; 60). Per-minute limits allow
+bursts of up to 10 calls. A refused call writes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +41,11 @@ class Bucket:
         return (n - self.tokens) / self.rate
 
 
+def _per_minute(per_minute: float) -> tuple[float, float, str]:
+    """(rate per second, burst, text) of a per-minute budget: bursts of up to 10 calls."""
+    return per_minute / 60, max(1.0, min(10.0, per_minute)), f"{per_minute:g}/min"
+
+
 class RateLimits:
     def __init__(
         self, events_per_second: float | None = None, queries_per_minute: float | None = None
@@ -47,7 +55,11 @@ class RateLimits:
         qpm = queries_per_minute or settings.queries_per_minute
         self.limits = {
             "log_event": (eps, max(1.0, eps * 10), f"{eps:g}/s"),
-            "submit_query": (qpm / 60, max(1.0, min(10.0, qpm)), f"{qpm:g}/min"),
+            "submit_query": _per_minute(qpm),
+            "log_insight": _per_minute(settings.insights_per_minute),
+            "render_card": _per_minute(settings.cards_per_minute),
+            "unknown_tool": _per_minute(settings.unknown_calls_per_minute),
+            "initialize": _per_minute(settings.initialize_per_minute),
         }
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.lock = threading.Lock()
@@ -63,3 +75,10 @@ class RateLimits:
             wait = bucket.take(now, n)
         if wait:
             raise RateLimited(action, text, wait)
+
+    def refund(self, action: str, customer: str, n: int = 1) -> None:
+        """Gives back `n` tokens taken for a call that was then refused."""
+        with self.lock:
+            bucket = self.buckets.get((action, customer))
+            if bucket is not None:
+                bucket.tokens = min(bucket.burst, bucket.tokens + n)

@@ -76,6 +76,8 @@ class ToolCallRecorder:
         self.metrics = metrics
         self.session_id = session_id
         self.source = source
+        self.known: frozenset[str] = frozenset()
+        """The server's own tool names (set by `app.build`); any other is `unknown`."""
 
     def record(
         self,
@@ -86,8 +88,11 @@ class ToolCallRecorder:
         error: str | None,
         session: str | None,
     ) -> None:
-        self.metrics.observe(tool, latency_ms, None if outcome == "ok" else (error or outcome))
-        features: dict[str, Any] = {"tool": tool, "latency_ms": round(latency_ms, 3), "outcome": outcome}
+        label = tool if tool in self.known else "unknown"  # customer text never becomes a label
+        self.metrics.observe(label, latency_ms, None if outcome == "ok" else (error or outcome))
+        features: dict[str, Any] = {"tool": label, "latency_ms": round(latency_ms, 3), "outcome": outcome}
+        if label != tool:
+            features["requested_tool"] = tool[:100]
         if error:
             features["error"] = error
         event = {
@@ -133,6 +138,8 @@ class Runtime:
     stdio_customer: str | None
     session_id: str
     source: str
+    artifact_route: str | None = None
+    """Where `serve --http` serves a customer's artifacts (render_card's `url`), else None."""
 
     @property
     def metrics(self) -> ServerMetrics:

@@ -109,6 +109,12 @@ def session_owner(manager: Any, session_id: str) -> Any:
     return manager._session_owners.get(session_id)
 
 
+def sessions_owned_by(manager: Any, owner: Any) -> int:
+    """How many live sessions ``owner`` (a session owner as `session_owner` returns it) holds."""
+    live = manager._server_instances
+    return sum(1 for sid, o in list(manager._session_owners.items()) if o == owner and sid in live)
+
+
 def hold_session(transport: Any) -> bool:
     """Counts a request in flight on the session, so its idle timer does not fire; returns
     whether there was a timer to hold (then `release_session` must follow)."""
