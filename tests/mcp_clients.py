@@ -53,7 +53,9 @@ def free_port() -> int:
 class HttpServer:
     """`activitybi serve --http` in its own process."""
 
-    def __init__(self, home: Path, tokens: dict[str, str], *extra_args: str) -> None:
+    def __init__(
+        self, home: Path, tokens: dict[str, str], *extra_args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/mcp"
         token_file = home.parent / f"tokens-{self.port}.json"
@@ -70,7 +72,7 @@ class HttpServer:
                 str(token_file),
                 *extra_args,
             ],
-            env=server_env(home),
+            env=server_env(home, **(env or {})),
             stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 30
