@@ -79,6 +79,12 @@ class Home:
         return self.root / "artifacts"
 
     @property
+    def otlp_series(self) -> Path:
+        """The OTLP receiver's last point of each cumulative metric series (JSON), so that
+        each point is recorded as its increase since the previous one."""
+        return self.root / "capture" / "otlp_series.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -125,6 +131,11 @@ class Settings:
     """`ACTIVITYBI_TRACES=console` prints spans to stderr."""
     otlp_endpoint: str | None
     """`OTEL_EXPORTER_OTLP_ENDPOINT`: where our own traces go, over OTLP/HTTP."""
+    capture_content: bool
+    """`ACTIVITYBI_CAPTURE_CONTENT` (default 0): capture paths record prompt texts too."""
+    otlp_max_bytes: int
+    """`ACTIVITYBI_OTLP_MAX_BYTES` (default 8 MiB): the largest OTLP request body the
+    receiver takes, before and after gzip; a larger one gets 413."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -145,6 +156,9 @@ class Settings:
             artifact_ttl_days=_number(env, "ACTIVITYBI_ARTIFACTS_TTL_DAYS", 30),
             traces=env.get("ACTIVITYBI_TRACES") or None,
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
+            capture_content=env.get("ACTIVITYBI_CAPTURE_CONTENT", "0").strip().lower()
+            in ("1", "true", "yes"),
+            otlp_max_bytes=int(_number(env, "ACTIVITYBI_OTLP_MAX_BYTES", 8 * 1024 * 1024)),
         )
 
 

@@ -352,9 +352,36 @@ def http_app(rt: Runtime, tokens: dict[str, str], *, stateless: bool = False) ->
 
         return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    _add_otlp(server, rt, tokens)
     app = server.streamable_http_app(stateless_http=stateless, json_response=True)
     if not config.settings().fast_http:  # the SDK's transport alone
         return app
     from activitybi.serve.fast_http import FastFront
 
     return FastFront(app, server, rt, tokens)
+
+
+def _add_otlp(server: Any, rt: Runtime, tokens: dict[str, str]) -> None:
+    """The OTLP/HTTP receiver on /v1/logs, /v1/metrics, /v1/traces, each request as its
+    bearer token's customer (checked by the receiver: custom routes skip the SDK's auth);
+    without the otel extra the server runs without them."""
+    from activitybi.extras import MissingExtra, require
+
+    try:
+        require("opentelemetry.proto", "otel", "the OTLP receiver")
+    except MissingExtra as e:
+        log.warning("%s; /v1/* not served", e)
+        return
+    from starlette.responses import Response
+
+    from activitybi.capture.otlp import PATHS, OtlpApp, Receiver
+
+    otlp = OtlpApp(Receiver(lambda: rt.writer.queue), tokens=tokens)
+
+    async def receive(request: Any) -> Any:
+        reply = await otlp.handle(request.scope, request.receive)
+        headers = {k.decode(): v.decode() for k, v in reply.headers}
+        return Response(reply.body, reply.status, headers, media_type=reply.content_type)
+
+    for path in PATHS:
+        server.custom_route(path, methods=["POST", "GET", "PUT"])(receive)
