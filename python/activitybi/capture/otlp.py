@@ -19,8 +19,8 @@ The mapping (also in the README):
   `attributes`. `value` is always the increase over the point's interval: a cumulative
   series is turned into deltas against its previous point, kept per series in
   `Home.otlp_series` (a new series, a new start time or a smaller value is a reset: the
-  value counts from zero). Gauges keep their value; histograms record `value` = sum and
-  `count` as sent.
+  value counts from zero; a point that adds nothing is not recorded). Gauges keep their
+  value; histograms record `value` = sum and `count` as sent.
 - spans with `gen_ai.operation.name` `chat` (or `text_completion`, `generate_content`) →
   `called_model`, `execute_tool` → `called_tool`; other spans are not recorded.
 
@@ -271,7 +271,7 @@ def _log_event(
     customer: str, record: Any, resource: Mapping[str, Any], capture_content: bool
 ) -> dict[str, Any]:
     attrs = attributes(record.attributes)
-    name = attrs.get("event.name")
+    name = attrs.get("event.name") or record.event_name
     if not isinstance(name, str) or not name:
         body = _value(record.body)
         name = body if isinstance(body, str) and body else "event"
@@ -475,7 +475,7 @@ def _metric(
             series = _digest(customer, metric.name, sorted(attrs.items()), sorted(resource.items()))
             if temporality == "cumulative":
                 delta = state.delta(series, point.start_time_unix_nano, point.time_unix_nano, value)
-                if delta is None:
+                if not delta:  # an old point, or nothing new since the previous one
                     continue
                 value = delta
             batch.events.append(
