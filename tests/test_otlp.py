@@ -59,18 +59,24 @@ def free_port() -> int:
 
 
 class Collector:
-    """`activitybi collect` in a process of its own."""
+    """`activitybi collect` (or another command that listens) in a process of its own."""
 
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: tuple[str, ...] = ("collect",),
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "ACTIVITYBI_HOME": str(home), **(env or {})}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "activitybi", "collect", "--port", str(self.port), *args],
+            [sys.executable, "-m", "activitybi", *command, "--port", str(self.port), *args],
             env=self.env,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
@@ -459,3 +465,19 @@ def test_collect_without_a_customer_says_so(_home: Path) -> None:
     )
     assert done.returncode != 0 and "no customer" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_mounted_on_serve_http(_home: Path, tmp_path: Path) -> None:
+    """`serve --http` answers OTLP too, each request as its bearer token's customer."""
+    tokens = tmp_path / "tokens.json"
+    tokens.write_bytes(orjson.dumps({"tok-a": "alice@a.io"}))
+    server = Collector(_home, "--tokens", str(tokens), command=("serve", "--http"))
+    try:
+        body = log_request(("via-serve", "7")).SerializeToString()
+        assert server.post("/v1/logs", body, "application/x-protobuf")[0] == 401
+        auth = {"Authorization": "Bearer tok-a"}
+        assert server.post("/v1/logs", body, "application/x-protobuf", headers=auth)[0] == 200
+        rows = server.upload()
+    finally:
+        server.stop()
+    assert [(r["customer"], r["feature_json"]["input_tokens"]) for r in rows] == [("alice@a.io", 7)]
