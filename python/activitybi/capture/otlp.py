@@ -212,7 +212,11 @@ def _value(v: AnyValue) -> Any:
 
 
 def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in kvs}
+    out: dict[str, Any] = {}
+    for kv in kvs:  # strings first: Claude Code sends nearly every attribute as one
+        v = kv.value
+        out[kv.key] = v.string_value if v.WhichOneof("value") == "string_value" else _value(v)
+    return out
 
 
 def _int(value: Any) -> int | None:
@@ -278,15 +282,18 @@ def _log_event(
     name = name.removeprefix("claude_code.")
     ts = _ts(record.time_unix_nano or record.observed_time_unix_nano, attrs)
     session = _text(attrs.get("session.id", resource.get("session.id")))
-    # A key for records without their own: the record itself (same record, same key).
-    fallback = _digest(session, attrs.get("prompt.id"), attrs.get("event.sequence"), name, ts.isoformat())
+
+    def fallback() -> str:
+        """A key for records without their own: the record itself (same record, same key)."""
+        return _digest(session, attrs.get("prompt.id"), attrs.get("event.sequence"), name, ts.isoformat())
+
     if name == "user_prompt":
         prompt = attrs.get("prompt") if capture_content else None
         return facts.asked_question(
             customer=customer,
             source="otel",
             ts=ts,
-            prompt_id=_text(attrs.get("prompt.id")) or fallback,
+            prompt_id=_text(attrs.get("prompt.id")) or fallback(),
             session_id=session,
             prompt_length=_int(attrs.get("prompt_length")),
             prompt=_text(prompt),
@@ -297,7 +304,7 @@ def _log_event(
             customer=customer,
             source="otel",
             ts=ts,
-            request_id=_text(attrs.get("request_id")) or fallback,
+            request_id=_text(attrs.get("request_id")) or fallback(),
             session_id=session,
             model=_text(attrs.get("model")),
             input_tokens=_int(attrs.get("input_tokens")),
@@ -321,7 +328,7 @@ def _log_event(
             customer=customer,
             source="otel",
             ts=ts,
-            tool_use_id=_text(attrs.get("tool_use_id")) or fallback,
+            tool_use_id=_text(attrs.get("tool_use_id")) or fallback(),
             session_id=session,
             tool=tool,
             outcome="ok" if ok else (_text(attrs.get("error")) or "error"),
@@ -335,7 +342,7 @@ def _log_event(
     activity = activity_name(name)
     return facts.event(
         activity,
-        activity_id=facts.fact_id(customer, activity, fallback),
+        activity_id=facts.fact_id(customer, activity, fallback()),
         customer=customer,
         source="otel",
         ts=ts,
