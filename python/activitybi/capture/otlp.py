@@ -36,6 +36,7 @@ import hashlib
 import os
 import re
 import threading
+import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -366,12 +367,15 @@ def log_events(request: Any, customer: str, capture_content: bool) -> Batch:
 
 class SeriesState:
     """The last point of each cumulative series, so each point becomes its increase; kept
-    in a small JSON file (0600) that survives restarts. One receiver per home owns it."""
+    in a small JSON file (0600) that survives restarts. One receiver per home owns it. A
+    series silent for `SERIES_TTL_NS` is forgotten (Claude Code starts new series with each
+    session), so the file stays small."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.lock = threading.Lock()
         self.series: dict[str, list[float]] = {}
+        self.changed = False
         if path is not None and path.exists():
             try:
                 loaded = orjson.loads(path.read_bytes())
@@ -382,23 +386,29 @@ class SeriesState:
     def delta(self, key: str, start_ns: int, time_ns: int, value: float) -> float | None:
         """The increase since the series' previous point; None for a point not newer than it."""
         last = self.series.get(key)
+        if last is not None and last[0] == start_ns and time_ns <= last[1]:
+            return None
         self.series[key] = [start_ns, time_ns, value]
+        self.changed = True
         if last is None or last[0] != start_ns or value < last[2]:
             return value
-        if time_ns <= last[1]:
-            self.series[key] = last
-            return None
         return value - last[2]
 
-    def save(self) -> None:
-        if self.path is None:
+    def save(self, now_ns: int | None = None) -> None:
+        if self.path is None or not self.changed:
             return
+        horizon = (time.time_ns() if now_ns is None else now_ns) - SERIES_TTL_NS
+        self.series = {k: v for k, v in self.series.items() if v[1] >= horizon}
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(orjson.dumps(self.series))
         os.replace(tmp, self.path)
+        self.changed = False
+
+
+SERIES_TTL_NS = 7 * 24 * 3600 * 10**9
 
 
 def _point_value(point: Any) -> float | None:
