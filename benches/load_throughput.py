@@ -70,7 +70,7 @@ def main() -> None:
         base = DuckDBWarehouse(root / "b.duckdb")
         base.init()
         t = time.perf_counter()
-        columns = "activity_id, ts, customer, activity, feature_json, _session_id"
+        columns = "activity_id, ts, customer, activity, feature_json, _session_id, _customer_key"
         types = (
             "{activity_id: 'VARCHAR', ts: 'VARCHAR', customer: 'VARCHAR', activity: 'VARCHAR', "
             "feature_json: 'JSON', _session_id: 'VARCHAR'}"
@@ -78,7 +78,8 @@ def main() -> None:
         base.execute(
             f"INSERT INTO claude_stream ({columns}) "
             "SELECT activity_id, ts::TIMESTAMPTZ AT TIME ZONE 'UTC', customer, activity, feature_json, "
-            f"_session_id FROM read_json({files!r}, format='newline_delimited', columns={types})"
+            f"_session_id, coalesce(customer, '') FROM read_json({files!r}, format='newline_delimited', "
+            f"columns={types})"
         )
         raw = time.perf_counter() - t
         base.close()

@@ -32,7 +32,7 @@ def count(wh: DuckDBWarehouse, sql: str = "SELECT count(*) FROM claude_stream") 
 
 
 def test_init_is_idempotent(wh: DuckDBWarehouse) -> None:
-    assert wh.init() == ["001_stream.sql", "002_memory.sql", "003_queries.sql"]
+    assert wh.init() == ["001_stream.sql", "002_memory.sql", "003_queries.sql", "004_customer_key.sql"]
     tables = {r[0] for r in wh.execute("SELECT table_name FROM information_schema.tables").rows}
     assert {
         "claude_stream",
@@ -311,10 +311,11 @@ def test_rows_the_warehouse_refuses_are_isolated_and_quarantined(qdir: Path, tmp
     db = tmp_path / "strict.duckdb"
     con = duckdb.connect(str(db))
     con.execute(
-        "CREATE TABLE claude_stream (activity_id VARCHAR PRIMARY KEY, ts TIMESTAMP NOT NULL, "
+        "CREATE TABLE claude_stream (activity_id VARCHAR, ts TIMESTAMP NOT NULL, "
         "customer VARCHAR, activity VARCHAR NOT NULL CHECK (length(activity) < 40), "
         "anonymous_customer_id VARCHAR, feature_json JSON, revenue_impact DOUBLE, link VARCHAR, "
-        "_session_id VARCHAR, _source VARCHAR, _ingested_at TIMESTAMP DEFAULT now())"
+        "_session_id VARCHAR, _source VARCHAR, _ingested_at TIMESTAMP DEFAULT now(), "
+        "_customer_key VARCHAR NOT NULL, PRIMARY KEY (_customer_key, activity_id))"
     )
     con.close()
     wh = DuckDBWarehouse(db)

@@ -43,7 +43,7 @@ def _event(
     ts = at or T0 + dt.timedelta(seconds=n)
     wh.execute(
         "INSERT INTO claude_stream (activity_id, ts, customer, activity, feature_json, "
-        "_session_id, _source, _ingested_at) VALUES (?, ?, ?, ?, ?, ?, 'stdio', ?)",
+        "_session_id, _source, _ingested_at, _customer_key) VALUES (?, ?, ?, ?, ?, ?, 'stdio', ?, ?)",
         [
             f"a{n:04d}",
             ts,
@@ -52,6 +52,7 @@ def _event(
             orjson.dumps(features).decode() if features else None,
             session,
             ts + dt.timedelta(milliseconds=100 * (n % 5 + 1)),
+            customer,
         ],
     )
 

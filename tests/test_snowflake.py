@@ -184,11 +184,15 @@ def test_init_is_idempotent(live: FakeSnowServer) -> None:
                 "003_queries.sql",
                 "004_governance.sql",
                 "005_drop_query_tickets.sql",
+                "006_customer_key.sql",
             ]
         )
         assert w.skipped == first_skipped
-        # Only governance statements were skipped, and each for a kind fakesnow lacks.
-        assert first_skipped and all(s.startswith("004_governance.sql: ") for s in first_skipped)
+        # Only governance and key statements were skipped, each for a kind fakesnow lacks.
+        assert first_skipped and all(
+            s.startswith(("004_governance.sql: ", "006_customer_key.sql: EXECUTE IMMEDIATE"))
+            for s in first_skipped
+        )
         kinds = " | ".join(first_skipped)
         for kind in (
             "CREATE ROW ACCESS POLICY",
@@ -255,7 +259,7 @@ def _columns(sql: str) -> dict[str, list[str]]:
         cols = []
         for line in m.group(2).splitlines():
             line = line.split("--")[0].strip()
-            if line:
+            if line and not line.startswith("CONSTRAINT "):
                 cols.append(line.split()[0].strip('"').lower())
         out[m.group(1).lower()] = cols
     return out
@@ -1077,3 +1081,27 @@ def test_the_load_mode_setting(wh: SnowflakeWarehouse, monkeypatch: pytest.Monke
     monkeypatch.setenv("ACTIVITYBI_SNOWFLAKE_LOAD", "kafka")
     with pytest.raises(ValueError, match="copy or streaming"):
         streaming_sink(wh)
+
+
+# -- one row per fact, per customer ----------------------------------------------------------
+
+
+def test_activity_ids_are_per_customer(wh: SnowflakeWarehouse) -> None:
+    """Issue 16 item 3: Bob's id never hides, replaces or reveals Alice's event."""
+    assert wh.load([row("conv-42-step-1", customer="bob", link="https://bob")], "q", None) == 1
+    assert wh.load([row("conv-42-step-1", customer="alice", link="https://alice")], "q", None) == 1
+    assert wh.load([row("conv-42-step-1", customer="alice", link="https://again")], "q", None) == 0
+    got = wh.execute("SELECT customer, link FROM claude_stream ORDER BY 1").rows
+    assert [tuple(r) for r in got] == [("alice", "https://alice"), ("bob", "https://bob")]
+
+
+def test_a_higher_ranked_source_replaces_whatever_the_order(wh: SnowflakeWarehouse) -> None:
+    """The precedence rule: otel > hook > transcript, in every arrival order, batch or not."""
+    sources = ("transcript", "hook", "otel")
+    for i, order in enumerate(itertools.permutations(sources)):
+        aid = f"call-{i}"
+        for source in order:
+            wh.load([row(aid, customer="alice", _source=source, link=source)], "q", None)
+        wh.load([row(f"batch-{i}", customer="alice", _source=s, link=s) for s in order], "q", None)
+    got = wh.execute("SELECT activity_id, link, _source FROM claude_stream ORDER BY 1").rows
+    assert len(got) == 12 and all(r[1] == r[2] == "otel" for r in got)

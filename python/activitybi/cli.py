@@ -137,6 +137,43 @@ def serve(
         owner.close()
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=4318, show_default=True)
+@click.option("--customer", help="Who the telemetry is of (default ACTIVITYBI_CUSTOMER).")
+@click.option(
+    "--tokens",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='Require bearer tokens: a JSON file {"<token>": "<customer>"}; each token\'s customer.',
+)
+def collect(host: str, port: int, customer: str | None, tokens: Path | None) -> None:
+    """Receive OpenTelemetry over OTLP/HTTP (Claude Code, GenAI agents) into the queue."""
+    from activitybi import extras
+
+    extras.require("opentelemetry.proto", "otel", "the OTLP receiver")
+    import signal
+    import sys
+
+    import uvicorn
+
+    from activitybi import Queue
+    from activitybi.capture.otlp import OtlpApp, Receiver
+    from activitybi.serve.app import load_tokens
+
+    token_map = load_tokens(tokens) if tokens else None
+    customer = customer or config.settings().customer
+    if token_map is None and not customer:
+        raise click.ClickException("no customer: pass --customer, set ACTIVITYBI_CUSTOMER, or give --tokens")
+    queue = Queue(str(config.queue_dir()))
+    # uvicorn re-raises SIGTERM after its graceful shutdown: exit so the queue is sealed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        app = OtlpApp(Receiver(lambda: queue), tokens=token_map, customer=customer)
+        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
+    finally:
+        queue.close()
+
+
 @main.command("install-claude")
 @click.option(
     "--customer",

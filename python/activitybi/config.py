@@ -85,6 +85,12 @@ class Home:
         return self.root / "artifacts"
 
     @property
+    def otlp_series(self) -> Path:
+        """The OTLP receiver's last point of each cumulative metric series (JSON), so that
+        each point is recorded as its increase since the previous one."""
+        return self.root / "capture" / "otlp_series.json"
+
+    @property
     def logs(self) -> Path:
         return self.root / "logs"
 
@@ -213,6 +219,9 @@ class Settings:
     http_connections_per_client: int | None
     """`ACTIVITYBI_HTTP_CONNECTIONS_PER_CLIENT`: open connections per client address
     (default a quarter of the descriptor limit, at most 4096)."""
+    otlp_max_bytes: int
+    """`ACTIVITYBI_OTLP_MAX_BYTES` (default 8 MiB): the largest OTLP request body the
+    receiver takes, before and after gzip; a larger one gets 413."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -257,6 +266,7 @@ class Settings:
             http_connections_per_client=(
                 int(_number(env, "ACTIVITYBI_HTTP_CONNECTIONS_PER_CLIENT", 0)) or None
             ),
+            otlp_max_bytes=int(_number(env, "ACTIVITYBI_OTLP_MAX_BYTES", 8 * 1024 * 1024)),
         )
 
 

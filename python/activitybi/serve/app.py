@@ -446,9 +446,36 @@ def http_app(
         data = await anyio.to_thread.run_sync(store.read, found)
         return Response(data, media_type=found.content_type or "application/octet-stream")
 
+    _add_otlp(server, rt, tokens)
     app: Any = server.streamable_http_app(stateless_http=stateless, json_response=True)
     if config.settings().fast_http:
         from activitybi.serve.fast_http import FastFront
 
         app = FastFront(app, server, rt, tokens)
     return SessionGuard(app, server.session_manager, rt, tokens)
+
+
+def _add_otlp(server: Any, rt: Runtime, tokens: dict[str, str]) -> None:
+    """The OTLP/HTTP receiver on /v1/logs, /v1/metrics, /v1/traces, each request as its
+    bearer token's customer (checked by the receiver: custom routes skip the SDK's auth);
+    without the otel extra the server runs without them."""
+    from activitybi.extras import MissingExtra, require
+
+    try:
+        require("opentelemetry.proto", "otel", "the OTLP receiver")
+    except MissingExtra as e:
+        log.warning("%s; /v1/* not served", e)
+        return
+    from starlette.responses import Response
+
+    from activitybi.capture.otlp import PATHS, OtlpApp, Receiver
+
+    otlp = OtlpApp(Receiver(lambda: rt.writer.queue), tokens=tokens)
+
+    async def receive(request: Any) -> Any:
+        reply = await otlp.handle(request.scope, request.receive)
+        headers = {k.decode(): v.decode() for k, v in reply.headers}
+        return Response(reply.body, reply.status, headers, media_type=reply.content_type)
+
+    for path in PATHS:
+        server.custom_route(path, methods=["POST", "GET", "PUT"])(receive)

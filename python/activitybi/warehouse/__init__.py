@@ -87,6 +87,14 @@ class Warehouse(Protocol):
     def close(self) -> None: ...
 
 
+def source_rank_sql(column: str) -> str:
+    """SQL for the precedence rank of a row's `_source` (`capture.facts.SOURCE_RANK`)."""
+    from activitybi.capture.facts import SOURCE_RANK
+
+    cases = " ".join(f"WHEN '{source}' THEN {rank}" for source, rank in SOURCE_RANK.items())
+    return f"(CASE {column} {cases} ELSE 0 END)"
+
+
 def ddl_files(kind: str) -> list[tuple[str, str]]:
     """(name, text) of the numbered DDL files of a backend, in order."""
     folder = resources.files("activitybi") / "ddl" / kind

@@ -29,9 +29,12 @@ from activitybi.warehouse import (
     QueryStopped,
     TransientError,
     ddl_files,
+    source_rank_sql,
 )
 
-_STREAM_TYPES = {"ts": pa.timestamp("us"), "revenue_impact": pa.float64()}
+_STREAM_TYPES = {"ts": pa.timestamp("us"), "revenue_impact": pa.float64(), "_n": pa.int64()}
+_REPLACED = tuple(c for c in LOADED_COLUMNS if c not in ("activity_id", "customer", "anonymous_customer_id"))
+"""What a higher-ranked source's row replaces (the key columns stay)."""
 _ATOM_COLUMNS = (
     "atom_id",
     "customer_id",
@@ -43,12 +46,34 @@ _ATOM_COLUMNS = (
 )
 
 
+_ONLY_IF = "-- only if: "
+_COLS = ", ".join(LOADED_COLUMNS)
+_UPSERT_STREAM = f"""
+INSERT INTO claude_stream ({_COLS}, _customer_key)
+SELECT {_COLS}, _customer_key FROM (
+    SELECT *, coalesce(customer, anonymous_customer_id, '') AS _customer_key FROM _batch
+)
+QUALIFY row_number() OVER (
+    PARTITION BY _customer_key, activity_id ORDER BY {source_rank_sql("_source")} DESC, _n
+) = 1
+ON CONFLICT (_customer_key, activity_id) DO UPDATE SET
+    {", ".join(f"{c} = excluded.{c}" for c in _REPLACED)},
+    _ingested_at = now() AT TIME ZONE 'UTC'
+WHERE {source_rank_sql("excluded._source")} > {source_rank_sql("claude_stream._source")}
+"""
+"""One statement, keyed by (customer or anonymous id, activity_id): a new row is inserted;
+a row whose source outranks the stored one's (`SOURCE_RANK`: otel > hook > transcript >
+the rest) replaces it; an equal or lower rank changes nothing, so a re-read batch is a
+no-op. Within a batch the highest rank wins, then the first line."""
+
+
 def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
 def _stream_table(rows: Sequence[StreamRow]) -> pa.Table:
     columns: dict[str, list[Any]] = {c: [] for c in LOADED_COLUMNS}
+    columns["_n"] = list(range(len(rows)))
     for r in rows:
         columns["activity_id"].append(r.activity_id)
         columns["ts"].append(r.ts)
@@ -106,8 +131,16 @@ class DuckDBWarehouse:
         )
 
     def init(self) -> list[str]:
+        """Runs the numbered DDL files; a file whose first line is `-- only if: <query>`
+        runs only when that query answers true (a migration DuckDB cannot make idempotent)."""
         names = []
         for name, sql in ddl_files(self.kind):
+            first = sql.partition("\n")[0]
+            if first.startswith(_ONLY_IF):
+                row = self.con.execute(first.removeprefix(_ONLY_IF)).fetchone()
+                if not (row and row[0]):
+                    names.append(name)
+                    continue
             self.con.execute(sql)
             names.append(name)
         return names
@@ -120,11 +153,7 @@ class DuckDBWarehouse:
             inserted = 0
             if rows:
                 con.register("_batch", _stream_table(rows))
-                cols = ", ".join(LOADED_COLUMNS)
-                result = con.execute(
-                    f"INSERT OR IGNORE INTO claude_stream ({cols}) SELECT {cols} FROM _batch"
-                )
-                inserted = int(result.fetchone()[0])  # type: ignore[index]
+                inserted = int(con.execute(_UPSERT_STREAM).fetchone()[0])  # type: ignore[index]
                 con.unregister("_batch")
             if atoms:
                 con.register("_atoms", _atom_table(atoms))

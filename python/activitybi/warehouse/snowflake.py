@@ -8,10 +8,15 @@ in ONE transaction:
    purpose: on Snowflake an UPDATE holds the table's lock until COMMIT, so two loaders of
    one queue, which should never run at once, would queue up here rather than both insert
    the same rows);
-2. ``INSERT INTO claude_stream ... SELECT ... FROM _activitybi_landing WHERE NOT EXISTS``
-   the same ``activity_id`` in the table, keeping the first line of an ``activity_id``
-   repeated within the batch (``QUALIFY ROW_NUMBER() ... = 1``);
-3. the same for the insight atoms (``row.insight()``) into ``insight_atoms``;
+2. ``UPDATE claude_stream`` the rows whose (customer or anonymous id, ``activity_id``)
+   the batch holds from a higher-ranked source (the precedence rule of
+   `activitybi.capture.facts.SOURCE_RANK`: otel > hook > transcript > the rest), then
+   ``INSERT INTO claude_stream ... SELECT ... FROM _activitybi_landing WHERE NOT EXISTS``
+   the same (customer, ``activity_id``) in the table; within the batch, the
+   highest-ranked line of a key wins, then the first (``QUALIFY ROW_NUMBER() ... = 1``).
+   Deduplication is per customer: one customer's id never hides another's event;
+3. the same for the insight atoms (``row.insight()``) into ``insight_atoms`` (per
+   customer too), insert only;
 4. ``INSERT`` the checkpoint row when the UPDATE found none (when a checkpoint is given);
 5. ``DELETE`` the batch (and the lines of this queue's crashed loads older than an hour)
    from the landing table.
@@ -58,6 +63,7 @@ from activitybi.warehouse import (
     QueryStopped,
     TransientError,
     ddl_files,
+    source_rank_sql,
 )
 
 if TYPE_CHECKING:
@@ -115,27 +121,53 @@ login (bad credentials): permanent."""
 
 _ATOM_REQUIRED = ("customer_id", "subject", "metric", "value")
 
+_KEY = "COALESCE({0}customer, {0}anonymous_customer_id, '')"
+"""Whose activity_id it is: deduplication is per customer (or anonymous id), never across."""
+
+_BATCH_BEST = f"""
+SELECT
+    l.v:activity_id::VARCHAR AS activity_id,
+    l.v:ts::TIMESTAMP_NTZ AS ts,
+    l.v:customer::VARCHAR AS customer,
+    l.v:activity::VARCHAR AS activity,
+    l.v:anonymous_customer_id::VARCHAR AS anonymous_customer_id,
+    l.v:feature_json AS feature_json,
+    l.v:revenue_impact::FLOAT AS revenue_impact,
+    l.v:link::VARCHAR AS link,
+    l.v:_session_id::VARCHAR AS _session_id,
+    l.v:_source::VARCHAR AS _source,
+    COALESCE(l.v:customer::VARCHAR, l.v:anonymous_customer_id::VARCHAR, '') AS _key,
+    {source_rank_sql("l.v:_source::VARCHAR")} AS _rank
+FROM {LANDING} l
+WHERE l.v:_b::VARCHAR = ? AND l.v:k::VARCHAR = 's'
+QUALIFY ROW_NUMBER() OVER (
+    PARTITION BY _key, activity_id ORDER BY _rank DESC, l.v:_n::INTEGER
+) = 1
+"""
+"""The batch's stream rows, one per (customer, activity_id): the highest-ranked source's,
+then the first line."""
+
+_REPLACE_STREAM = f"""
+UPDATE claude_stream t SET
+    ts = b.ts, activity = b.activity, feature_json = b.feature_json,
+    revenue_impact = b.revenue_impact, link = b.link, _session_id = b._session_id,
+    _source = b._source, _ingested_at = SYSDATE()
+FROM ({_BATCH_BEST}) b
+WHERE {_KEY.format("t.")} = b._key AND t.activity_id = b.activity_id
+  AND b._rank > {source_rank_sql("t._source")}
+"""
+"""The precedence rule: a row from a higher-ranked source replaces the stored one."""
+
 _INSERT_STREAM = f"""
 INSERT INTO claude_stream (activity_id, ts, customer, activity, anonymous_customer_id,
     feature_json, revenue_impact, link, _session_id, _source, _ingested_at)
-SELECT
-    l.v:activity_id::VARCHAR,
-    l.v:ts::TIMESTAMP_NTZ,
-    l.v:customer::VARCHAR,
-    l.v:activity::VARCHAR,
-    l.v:anonymous_customer_id::VARCHAR,
-    l.v:feature_json,
-    l.v:revenue_impact::FLOAT,
-    l.v:link::VARCHAR,
-    l.v:_session_id::VARCHAR,
-    l.v:_source::VARCHAR,
-    SYSDATE()
-FROM {LANDING} l
-WHERE l.v:_b::VARCHAR = ? AND l.v:k::VARCHAR = 's'
-  AND NOT EXISTS (
-      SELECT 1 FROM claude_stream t WHERE t.activity_id = l.v:activity_id::VARCHAR
-  )
-QUALIFY ROW_NUMBER() OVER (PARTITION BY l.v:activity_id::VARCHAR ORDER BY l.v:_n::INTEGER) = 1
+SELECT b.activity_id, b.ts, b.customer, b.activity, b.anonymous_customer_id,
+    b.feature_json, b.revenue_impact, b.link, b._session_id, b._source, SYSDATE()
+FROM ({_BATCH_BEST}) b
+WHERE NOT EXISTS (
+    SELECT 1 FROM claude_stream t
+    WHERE {_KEY.format("t.")} = b._key AND t.activity_id = b.activity_id
+)
 """
 
 _INSERT_ATOMS = f"""
@@ -152,9 +184,12 @@ SELECT
 FROM {LANDING} l
 WHERE l.v:_b::VARCHAR = ? AND l.v:k::VARCHAR = 'a'
   AND NOT EXISTS (
-      SELECT 1 FROM insight_atoms t WHERE t.atom_id = l.v:atom_id::VARCHAR
+      SELECT 1 FROM insight_atoms t
+      WHERE t.atom_id = l.v:atom_id::VARCHAR AND t.customer_id = l.v:customer_id::VARCHAR
   )
-QUALIFY ROW_NUMBER() OVER (PARTITION BY l.v:atom_id::VARCHAR ORDER BY l.v:_n::INTEGER) = 1
+QUALIFY ROW_NUMBER() OVER (
+    PARTITION BY l.v:customer_id::VARCHAR, l.v:atom_id::VARCHAR ORDER BY l.v:_n::INTEGER
+) = 1
 """
 
 _UPDATE_CHECKPOINT = """
@@ -263,7 +298,7 @@ class SnowflakeWarehouse:
         self._query = _Session()
         self._after_step: Callable[[str], None] | None = None
         """Test seam: called after each step of `load` with its name ("put", "copy", "begin",
-        "checkpoint_update", "stream", "atoms", "checkpoint_insert", "landing_delete",
+        "checkpoint_update", "replace", "stream", "atoms", "checkpoint_insert", "landing_delete",
         "commit"), e.g. to stop the server between two statements of the transaction."""
 
     # -- configuration -----------------------------------------------------------------
@@ -523,8 +558,11 @@ class SnowflakeWarehouse:
             if ckpt is not None:
                 self._run(conn, _UPDATE_CHECKPOINT, (ckpt, queue_id), tag=tag)
                 self._step("checkpoint_update")
-            cur = self._run(conn, _INSERT_STREAM, (batch,), tag=tag)
+            cur = self._run(conn, _REPLACE_STREAM, (batch,), tag=tag)
             inserted = cur.rowcount or 0
+            self._step("replace")
+            cur = self._run(conn, _INSERT_STREAM, (batch,), tag=tag)
+            inserted += cur.rowcount or 0
             self._step("stream")
             self._run(conn, _INSERT_ATOMS, (batch,), tag=tag)
             self._step("atoms")

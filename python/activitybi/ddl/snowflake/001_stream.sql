@@ -1,9 +1,10 @@
 -- The ActivitySchema v2.0 stream on Snowflake (mirrors ddl/duckdb/001_stream.sql): the
 -- spec's columns exactly, then implementation columns that start with '_'. JSON is VARIANT;
 -- ts is TIMESTAMP_NTZ holding UTC (the loader writes UTC, SYSDATE() is UTC).
--- PRIMARY KEY is informational on Snowflake (never enforced): the loader deduplicates.
+-- The key is informational on Snowflake (never enforced): the loader deduplicates, per
+-- customer (006_customer_key.sql moves a table of an older version to this key).
 CREATE TABLE IF NOT EXISTS claude_stream (
-    activity_id           VARCHAR NOT NULL PRIMARY KEY,
+    activity_id           VARCHAR NOT NULL,
     ts                    TIMESTAMP_NTZ NOT NULL,
     customer              VARCHAR,
     activity              VARCHAR NOT NULL,
@@ -13,7 +14,8 @@ CREATE TABLE IF NOT EXISTS claude_stream (
     link                  VARCHAR,
     _session_id           VARCHAR,
     _source               VARCHAR,
-    _ingested_at          TIMESTAMP_NTZ NOT NULL DEFAULT SYSDATE()
+    _ingested_at          TIMESTAMP_NTZ NOT NULL DEFAULT SYSDATE(),
+    CONSTRAINT claude_stream_customer_activity UNIQUE (customer, anonymous_customer_id, activity_id)
 )
 CLUSTER BY (activity, ts);
 

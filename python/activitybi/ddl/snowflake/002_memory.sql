@@ -1,13 +1,14 @@
 -- Memory: insight atoms, the per-customer context cache, rendered artifacts (PRD §7).
 -- Mirrors ddl/duckdb/002_memory.sql. PRIMARY KEYs are informational on Snowflake.
 CREATE TABLE IF NOT EXISTS insight_atoms (
-    atom_id               VARCHAR NOT NULL PRIMARY KEY,
+    atom_id               VARCHAR NOT NULL,
     customer_id           VARCHAR NOT NULL,
     subject               VARCHAR NOT NULL,
     metric                VARCHAR NOT NULL,
     value                 VARIANT NOT NULL,
     provenance_query_hash VARCHAR,
-    ts                    TIMESTAMP_NTZ NOT NULL
+    ts                    TIMESTAMP_NTZ NOT NULL,
+    CONSTRAINT insight_atoms_customer_atom UNIQUE (customer_id, atom_id)
 )
 CLUSTER BY (subject, metric, ts);
 

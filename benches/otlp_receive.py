@@ -1,0 +1,270 @@
+"""OTLP receiver throughput against decoding the same payloads with opentelemetry-proto.
+
+Builds Claude Code-shaped export requests (log events with the attributes Claude Code
+sends, as strings; and GenAI spans), serialised as protobuf. Then, in the same run, best of
+5 each:
+
+- decode alone: `Export…ServiceRequest.FromString(payload)`;
+- decode and read: the same, plus every record's attributes into a dict (the least a
+  consumer of opentelemetry-proto does with a record);
+- the receiver in process: `Receiver.export` (decode, map to the vocabulary, deterministic
+  ids, append to a real queue);
+- the receiver over HTTP: a real `activitybi collect` process, one keep-alive connection.
+
+Ratios receiver / baseline are printed (target: at least 0.5).
+
+Run: python benches/otlp_receive.py [--requests N] [--records M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1 import logs_pb2
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1 import trace_pb2
+
+from activitybi import Queue
+from activitybi.capture.otlp import Receiver, SeriesState
+
+T0 = 1_795_000_000_000_000_000
+COMMON = {"session.id": "sess-1", "user.id": "u" * 64, "organization.id": "org-1", "app.version": "2.1.0"}
+
+
+def kvs(d: dict[str, str]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in d.items()]
+
+
+def log_payload(request: int, n: int) -> bytes:
+    records = []
+    for i in range(n):
+        uid = f"{request}-{i}"
+        kind = i % 3
+        if kind == 0:
+            attrs = {
+                "event.name": "api_request",
+                "model": "claude-sonnet-4-5",
+                "cost_usd": "0.0123",
+                "duration_ms": "2100",
+                "input_tokens": "1200",
+                "output_tokens": "340",
+                "cache_read_tokens": "5000",
+                "cache_creation_tokens": "77",
+                "request_id": f"req_{uid}",
+            }
+        elif kind == 1:
+            attrs = {
+                "event.name": "tool_result",
+                "tool_name": "Bash",
+                "tool_use_id": f"toolu_{uid}",
+                "success": "true",
+                "duration_ms": "85",
+                "decision_type": "accept",
+                "decision_source": "config",
+                "tool_result_size_bytes": "1024",
+            }
+        else:
+            attrs = {"event.name": "user_prompt", "prompt_length": "42"}
+        attrs |= COMMON | {"prompt.id": f"p-{uid}", "event.sequence": str(i)}
+        records.append(
+            logs_pb2.LogRecord(
+                time_unix_nano=T0 + i,
+                body=AnyValue(string_value="claude_code." + attrs["event.name"]),
+                attributes=kvs(attrs),
+            )
+        )
+    return logs_service_pb2.ExportLogsServiceRequest(
+        resource_logs=[
+            logs_pb2.ResourceLogs(
+                resource=Resource(attributes=kvs({"service.name": "claude-code"})),
+                scope_logs=[logs_pb2.ScopeLogs(log_records=records)],
+            )
+        ]
+    ).SerializeToString()
+
+
+def span_payload(request: int, n: int) -> bytes:
+    spans = []
+    for i in range(n):
+        attrs = (
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "claude-opus-4-1",
+                "gen_ai.response.id": f"msg_{request}_{i}",
+                "gen_ai.conversation.id": "conv-1",
+            }
+            if i % 2 == 0
+            else {
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": "search",
+                "gen_ai.tool.call.id": f"c_{request}_{i}",
+            }
+        )
+        span = trace_pb2.Span(
+            trace_id=os.urandom(16),
+            span_id=os.urandom(8),
+            name="chat",
+            start_time_unix_nano=T0 + i,
+            end_time_unix_nano=T0 + i + 5_000_000,
+            attributes=kvs(attrs),
+        )
+        span.attributes.add(key="gen_ai.usage.input_tokens", value=AnyValue(int_value=900))
+        span.attributes.add(key="gen_ai.usage.output_tokens", value=AnyValue(int_value=120))
+        spans.append(span)
+    return trace_service_pb2.ExportTraceServiceRequest(
+        resource_spans=[trace_pb2.ResourceSpans(scope_spans=[trace_pb2.ScopeSpans(spans=spans)])]
+    ).SerializeToString()
+
+
+def best(run: Callable[[], None], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def read_attributes(kvs: Any) -> dict[str, Any]:
+    """The idiomatic way to read attributes with opentelemetry-proto alone."""
+    return {kv.key: getattr(kv.value, kv.value.WhichOneof("value")) for kv in kvs}
+
+
+def decode_logs(payloads: list[bytes], read: bool) -> None:
+    for p in payloads:
+        request = logs_service_pb2.ExportLogsServiceRequest.FromString(p)
+        if read:
+            for rl in request.resource_logs:
+                for sl in rl.scope_logs:
+                    for record in sl.log_records:
+                        read_attributes(record.attributes)
+
+
+def decode_spans(payloads: list[bytes], read: bool) -> None:
+    for p in payloads:
+        request = trace_service_pb2.ExportTraceServiceRequest.FromString(p)
+        if read:
+            for rs in request.resource_spans:
+                for ss in rs.scope_spans:
+                    for span in ss.spans:
+                        read_attributes(span.attributes)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def over_http(home: Path, batches: dict[str, list[bytes]]) -> dict[str, float]:
+    port = free_port()
+    env = {**os.environ, "ACTIVITYBI_HOME": str(home / "http"), "ACTIVITYBI_OTLP_MAX_BYTES": str(64 << 20)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "activitybi",
+            "collect",
+            "--port",
+            str(port),
+            "--customer",
+            "bench@example.com",
+        ],
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", port)
+        out = {}
+        for path, payloads in batches.items():
+
+            def post(payloads: list[bytes] = payloads, path: str = path) -> None:
+                for p in payloads:
+                    conn.request("POST", path, p, {"Content-Type": "application/x-protobuf"})
+                    r = conn.getresponse()
+                    r.read()
+                    assert r.status == 200, r.status
+
+            out[path] = best(post)
+        conn.close()
+        return out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--requests", type=int, default=20)
+    p.add_argument("--records", type=int, default=500)
+    a = p.parse_args()
+    logs = [log_payload(r, a.records) for r in range(a.requests)]
+    spans = [span_payload(r, a.records) for r in range(a.requests)]
+    n = a.requests * a.records
+    home = Path(tempfile.mkdtemp(prefix="otlp-bench-"))
+    try:
+        queue = Queue(str(home / "queue"), max_pending=100 * n)
+        receiver = Receiver(
+            lambda: queue, max_bytes=64 << 20, capture_content=False, series=SeriesState(None)
+        )
+
+        def receive(path: str, payloads: list[bytes]) -> Callable[[], None]:
+            def run() -> None:
+                for p in payloads:
+                    assert (
+                        receiver.export(path, p, "application/x-protobuf", "", "bench@example.com").status
+                        == 200
+                    )
+
+            return run
+
+        http_times = over_http(home, {"/v1/logs": logs, "/v1/traces": spans})
+        size = sum(map(len, logs)) / a.requests / 1024
+        print(f"{a.requests} requests x {a.records} records, {size:.0f} KiB each (logs)")
+        print(f"{'':38} {'records/s':>12} {'recv/decode':>12} {'recv/decode+read':>17}")
+        for label, path, payloads, decode in (
+            ("logs", "/v1/logs", logs, decode_logs),
+            ("spans", "/v1/traces", spans, decode_spans),
+        ):
+            alone = best(lambda payloads=payloads, decode=decode: decode(payloads, False))
+            read = best(lambda payloads=payloads, decode=decode: decode(payloads, True))
+            inproc = best(receive(path, payloads))
+            for name, t in (
+                (f"{label}: decode alone", alone),
+                (f"{label}: decode + read attributes", read),
+                (f"{label}: receiver in process", inproc),
+                (f"{label}: receiver over HTTP", http_times[path]),
+            ):
+                ratio = f"{alone / t:.2f}x" if "receiver" in name else ""
+                ratio_read = f"{read / t:.2f}x" if "receiver" in name else ""
+                print(f"{name:38} {n / t:>12,.0f} {ratio:>12} {ratio_read:>17}")
+        queue.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
