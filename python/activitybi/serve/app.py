@@ -457,15 +457,7 @@ def http_app(
 
 def _add_otlp(server: Any, rt: Runtime, tokens: dict[str, str]) -> None:
     """The OTLP/HTTP receiver on /v1/logs, /v1/metrics, /v1/traces, each request as its
-    bearer token's customer (checked by the receiver: custom routes skip the SDK's auth);
-    without the otel extra the server runs without them."""
-    from activitybi.extras import MissingExtra, require
-
-    try:
-        require("opentelemetry.proto", "otel", "the OTLP receiver")
-    except MissingExtra as e:
-        log.warning("%s; /v1/* not served", e)
-        return
+    bearer token's customer (checked by the receiver: custom routes skip the SDK's auth)."""
     from starlette.responses import Response
 
     from activitybi.capture.otlp import PATHS, OtlpApp, Receiver
