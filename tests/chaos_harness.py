@@ -35,6 +35,7 @@ import anyio
 import orjson
 
 from activitybi import Queue, QueueReader, ulid
+from tests.mcp_clients import server_env
 
 ACTIVITY = "survived_chaos"
 EXE = shutil.which("activitybi") or "activitybi"
@@ -165,9 +166,7 @@ async def log_one(
 
 
 def env_for(home: Path, **extra: str) -> dict[str, str]:
-    env = {"ACTIVITYBI_HOME": str(home), "PATH": os.environ["PATH"], **FAST}
-    env.update(extra)
-    return env
+    return server_env(home, **{**FAST, **extra})
 
 
 def pids_of(home: Path, needle: str) -> list[int]:

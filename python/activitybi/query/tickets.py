@@ -58,7 +58,10 @@ def submitted_day(ticket_id: str) -> str:
     ms = 0
     for c in ticket_id[:10]:
         ms = ms * 32 + _CROCKFORD.index(c)
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+    except (ValueError, OverflowError, OSError):  # past year 9999: no ticket we minted
+        raise KeyError(ticket_id) from None
 
 
 def customer_key(customer: str) -> str:

@@ -174,7 +174,11 @@ def build(rt: Runtime, **server_options: Any) -> MCPServer:
         if isinstance(value, float) and value != value:
             raise ToolError("value must not be NaN")
         cap = config.settings().insight_max_bytes
-        if len(orjson.dumps(value)) > cap:
+        try:
+            size = len(orjson.dumps(value))
+        except orjson.JSONEncodeError as e:  # an integer past 64 bits, say
+            raise ToolError(f"value cannot be stored as JSON: {e}") from None
+        if size > cap:
             raise ToolError(f"value is over {cap} bytes as JSON")
         customer = rt.customer()
         rt.limit("log_insight", customer)
