@@ -172,26 +172,27 @@ def test_other_limits_are_applied(_home: Path) -> None:
     wh.close()
 
 
-def kill_repeatedly(home: Path, args: list[str], rng: random.Random, **extra: str) -> int:
-    """Runs the command, SIGKILLing it at random moments until it ends by itself."""
-    kills = 0
-    for _ in range(30):
+def kill_repeatedly(home: Path, args: list[str], rng: random.Random, within: float, kills: int = 6) -> int:
+    """Runs the command until it ends by itself: the first `kills` runs are SIGKILLed at a
+    random moment if still running then; returns how many were."""
+    killed = 0
+    for attempt in range(kills + 1):
         proc = subprocess.Popen(
             [sys.executable, "-m", "activitybi", *args],
-            env=env(home, **extra),
+            env=env(home),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
         try:
-            proc.wait(timeout=0.4 + rng.random() * 1.6)
+            proc.wait(timeout=0.3 + rng.random() * within if attempt < kills else 300)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            kills += 1
+            killed += 1
             continue
         assert proc.returncode == 0, proc.stderr.read().decode() if proc.stderr else ""
-        return kills
-    raise AssertionError("never finished")
+        return killed
+    raise AssertionError("the last run did not finish")
 
 
 @pytest.mark.slow
@@ -199,10 +200,10 @@ def test_retention_killed_at_random_then_completed_loses_and_doubles_nothing(_ho
     ages = [*range(95, 400, 9), 1, 2]
     with Queue(str(config.Home(_home).queue), max_pending=1_000_000) as q:
         for age in ages:
-            q.append_many(events(ALICE if age % 2 else BOB, "r", 1000, [age]))
+            q.append_many(events(ALICE if age % 2 else BOB, "r", 4000, [age]))
     upload(_home)
-    total = 1000 * len(ages)
-    kills = kill_repeatedly(_home, ["retention", "run"], random.Random(5))
+    total = 4000 * len(ages)
+    kills = kill_repeatedly(_home, ["retention", "run"], random.Random(5), 1.7)
     assert kills >= 3
     assert query(_home, "SELECT count(*), count(DISTINCT activity_id) FROM claude_stream_all") == [
         (total, total)
@@ -210,7 +211,7 @@ def test_retention_killed_at_random_then_completed_loses_and_doubles_nothing(_ho
     glob = str(config.Home(_home).archive / "stream-*.parquet")
     table = query(_home, "SELECT count(*) FROM claude_stream")[0][0]
     archived = query(_home, f"SELECT count(*), count(DISTINCT activity_id) FROM read_parquet('{glob}')")[0]
-    assert table == 2000 and archived == (total - 2000, total - 2000)
+    assert table == 8000 and archived == (total - 8000, total - 8000)
     assert not list(config.Home(_home).archive.glob(".*"))  # no temporary file left
 
 
@@ -320,6 +321,6 @@ def test_forget_removes_every_byte_and_keeps_everyone_else(
 @pytest.mark.slow
 def test_forget_killed_at_random_then_completed(_home: Path) -> None:
     build_everything(_home, s3_on=False)
-    kills = kill_repeatedly(_home, ["forget", "--customer", ALICE, "--yes"], random.Random(3))
+    kills = kill_repeatedly(_home, ["forget", "--customer", ALICE, "--yes"], random.Random(3), 0.8)
     assert kills >= 3
     check_forgotten(_home)

@@ -42,6 +42,8 @@ from activitybi.query.artifacts import Artifact, ArtifactStore
 from activitybi.query.tickets import Ticket
 from activitybi.warehouse import Warehouse
 
+QUEUE_DRAINED = "queue events loaded first (every customer's)"
+
 
 class Incomplete(Exception):
     """A step could not finish now (a segment still open, say); run forget again."""
@@ -54,9 +56,14 @@ class Receipt:
     erasure_id: str
     customer_hash: str
     removed: dict[str, int] = field(default_factory=dict)
+    rewritten: str | None = None
 
     def add(self, where: str, n: int) -> None:
         self.removed[where] = self.removed.get(where, 0) + n
+
+    def found(self) -> int:
+        """How many things of this customer were removed (not counting the queue drain)."""
+        return sum(n for where, n in self.removed.items() if where != QUEUE_DRAINED)
 
 
 def _state(home: Path, customer_hash: str) -> tuple[Path, str]:
@@ -139,9 +146,13 @@ def erase_rows(warehouse: Warehouse, customer: str, customer_hash: str, receipt:
 
 
 def audit_erasure(warehouse: Warehouse, receipt: Receipt) -> None:
-    """The one audit row of this erasure (not written twice by a rerun)."""
-    exists = warehouse.execute("SELECT count(*) FROM query_audit WHERE ticket_id = ?", [receipt.erasure_id])
-    if exists.rows[0][0]:
+    """The one audit row of this erasure: not written twice by a rerun of a killed forget
+    (same id), nor by forgetting again someone already forgotten (nothing found)."""
+    mine = "SELECT count(*) FROM query_audit WHERE ticket_id = ?"
+    if warehouse.execute(mine, [receipt.erasure_id]).rows[0][0]:
+        return
+    before = "SELECT count(*) FROM query_audit WHERE template = 'forget' AND customer_id = ?"
+    if not receipt.found() and warehouse.execute(before, [receipt.customer_hash]).rows[0][0]:
         return
     warehouse.execute(
         "INSERT INTO query_audit (ticket_id, customer_id, template, params_hash, query_tag, row_count, "
@@ -152,7 +163,7 @@ def audit_erasure(warehouse: Warehouse, receipt: Receipt) -> None:
             "forget",
             receipt.customer_hash,
             f"forget_{receipt.erasure_id}",
-            sum(receipt.removed.values()),
+            receipt.found(),
             0,
             0.0,
             "erased",
@@ -299,7 +310,7 @@ def forget(uploader: Uploader, home: Path, customer: str, *, open_timeout: float
     state, erasure_id = _state(home, customer_hash)
     receipt = Receipt(erasure_id, customer_hash)
     wait = open_timeout if open_timeout is not None else 2 * config.settings().queue_rotate_secs + 10
-    receipt.add("queue events loaded first", flush_queue(uploader, wait))
+    receipt.add(QUEUE_DRAINED, flush_queue(uploader, wait))
     warehouse = uploader.warehouse
     erase_rows(warehouse, customer, customer_hash, receipt)
     erase_files(home, customer, receipt)
@@ -310,7 +321,7 @@ def forget(uploader: Uploader, home: Path, customer: str, *, open_timeout: float
     compact = getattr(warehouse, "compact", None)
     if compact is not None:
         compact()
-        receipt.add("database file rewritten", 1)
+        receipt.rewritten = "DuckDB file rewritten without free blocks"
     state.unlink(missing_ok=True)
     return receipt
 
@@ -319,6 +330,8 @@ def receipt_lines(receipt: Receipt) -> list[str]:
     when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     lines = [f"erasure {receipt.erasure_id} at {when}, customer now known as {receipt.customer_hash}"]
     lines += [f"  {where}: {n}" for where, n in receipt.removed.items()]
+    if receipt.rewritten:
+        lines.append(f"  {receipt.rewritten}")
     return lines
 
 
