@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import random
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -324,3 +325,75 @@ def test_forget_killed_at_random_then_completed(_home: Path) -> None:
     kills = kill_repeatedly(_home, ["forget", "--customer", ALICE, "--yes"], random.Random(3), 0.8)
     assert kills >= 3
     check_forgotten(_home)
+
+
+@pytest.mark.slow
+def test_a_server_running_during_forget_keeps_working_and_loses_nothing(_home: Path, tmp_path: Path) -> None:
+    import anyio
+
+    from tests.mcp_clients import free_port, http_session
+
+    port = free_port()
+    tokens = tmp_path / "tokens.json"
+    tokens.write_bytes(orjson.dumps({"tok-a": ALICE, "tok-b": BOB}))
+    _home.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "activitybi", "serve", "--http", "--port", str(port), "--tokens", str(tokens)],
+        env=env(_home, ACTIVITYBI_QUEUE_ROTATE_SECS="1", ACTIVITYBI_EVENTS_PER_SECOND="100000"),
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/mcp"
+    bob_notes: list[str] = []
+
+    async def log(token: str, note: str) -> None:
+        async with http_session(url, token) as s:
+            result = await s.call_tool(
+                "log_event", {"activity": "asked_question", "feature_json": {"note": note}}
+            )
+            assert not result.is_error
+
+    async def run() -> None:
+        for i in range(20):
+            await log("tok-a", f"uniq-alice-live-{i}")
+        async with http_session(url, "tok-b") as b:
+            forget = await anyio.to_thread.run_sync(
+                lambda: subprocess.Popen(
+                    [sys.executable, "-m", "activitybi", "forget", "--customer", ALICE, "--yes"],
+                    env=env(_home, ACTIVITYBI_QUEUE_ROTATE_SECS="1"),
+                    stdout=subprocess.PIPE,
+                )
+            )
+            while forget.poll() is None or len(bob_notes) < 200:
+                note = f"bob-live-{len(bob_notes)}"
+                result = await b.call_tool(
+                    "log_event", {"activity": "asked_question", "feature_json": {"note": note}}
+                )
+                assert not result.is_error
+                bob_notes.append(note)
+                ctx = orjson.loads(str((await b.call_tool("get_context", {})).content[0].text))  # type: ignore[union-attr]
+                assert ctx["customer"] == BOB
+            assert forget.returncode == 0 and forget.stdout is not None
+            receipt = forget.stdout.read()
+            assert b"warehouse claude_stream: 40" in receipt, receipt  # 20 events, 20 tool calls
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        anyio.run(run)
+    finally:
+        server.terminate()
+        server.wait(30)
+    upload(_home)  # what the owner had not loaded when the server stopped
+    assert files_containing(_home, [ALICE.encode(), b"uniq-alice"]) == []
+    got = query(
+        _home,
+        "SELECT feature_json->>'note' FROM claude_stream WHERE customer = ? AND activity = 'asked_question'",
+        [BOB],
+    )
+    assert sorted(r[0] for r in got) == sorted(bob_notes)
