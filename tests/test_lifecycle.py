@@ -173,6 +173,19 @@ def test_other_limits_are_applied(_home: Path) -> None:
     wh.close()
 
 
+def test_rate_limit_buckets_of_idle_customers_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from activitybi.serve import ratelimit
+
+    limits = ratelimit.RateLimits(events_per_second=1000, queries_per_minute=60)
+    limits.check("log_event", ALICE)
+    limits.check("log_event", BOB)
+    assert len(limits.buckets) == 2
+    clock = time.monotonic() + ratelimit.PRUNE_EVERY + 20
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: clock)
+    limits.check("log_event", BOB)
+    assert list(limits.buckets) == [("log_event", BOB)]
+
+
 def kill_repeatedly(home: Path, args: list[str], rng: random.Random, within: float, kills: int = 6) -> int:
     """Runs the command until it ends by itself: the first `kills` runs are SIGKILLed at a
     random moment if still running then; returns how many were."""
