@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import random
+import shutil
 import signal
 import socket
 import stat
@@ -186,9 +187,16 @@ def test_rate_limit_buckets_of_idle_customers_are_dropped(monkeypatch: pytest.Mo
     assert list(limits.buckets) == [("log_event", BOB)]
 
 
-def kill_repeatedly(home: Path, args: list[str], rng: random.Random, within: float, kills: int = 6) -> int:
+def kill_repeatedly(home: Path, args: list[str], rng: random.Random, kills: int = 6) -> int:
     """Runs the command until it ends by itself: the first `kills` runs are SIGKILLed at a
-    random moment if still running then; returns how many were."""
+    random moment of a whole run (timed first on a copy of the home), if still running
+    then; returns how many were."""
+    copy = home.parent / "timing-copy"
+    shutil.copytree(home, copy)
+    started = time.monotonic()
+    cli(copy, *args)
+    whole = time.monotonic() - started
+    shutil.rmtree(copy)
     killed = 0
     for attempt in range(kills + 1):
         proc = subprocess.Popen(
@@ -198,7 +206,7 @@ def kill_repeatedly(home: Path, args: list[str], rng: random.Random, within: flo
             stderr=subprocess.PIPE,
         )
         try:
-            proc.wait(timeout=0.3 + rng.random() * within if attempt < kills else 300)
+            proc.wait(timeout=whole * rng.uniform(0.3, 0.9) if attempt < kills else 300)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -217,7 +225,7 @@ def test_retention_killed_at_random_then_completed_loses_and_doubles_nothing(_ho
             q.append_many(events(ALICE if age % 2 else BOB, "r", 4000, [age]))
     upload(_home)
     total = 4000 * len(ages)
-    kills = kill_repeatedly(_home, ["retention", "run"], random.Random(5), 1.7)
+    kills = kill_repeatedly(_home, ["retention", "run"], random.Random(5))
     assert kills >= 3
     assert query(_home, "SELECT count(*), count(DISTINCT activity_id) FROM claude_stream_all") == [
         (total, total)
@@ -335,7 +343,7 @@ def test_forget_removes_every_byte_and_keeps_everyone_else(
 @pytest.mark.slow
 def test_forget_killed_at_random_then_completed(_home: Path) -> None:
     build_everything(_home, s3_on=False)
-    kills = kill_repeatedly(_home, ["forget", "--customer", ALICE, "--yes"], random.Random(3), 0.8)
+    kills = kill_repeatedly(_home, ["forget", "--customer", ALICE, "--yes"], random.Random(3))
     assert kills >= 3
     check_forgotten(_home)
 
@@ -410,3 +418,36 @@ def test_a_server_running_during_forget_keeps_working_and_loses_nothing(_home: P
         [BOB],
     )
     assert sorted(r[0] for r in got) == sorted(bob_notes)
+
+
+@pytest.mark.snowflake
+def test_snowflake_retention_and_forget_against_fakesnow(tmp_path: Path, _home: Path) -> None:
+    from activitybi.owner import forget
+    from activitybi.warehouse.snowflake import SnowflakeWarehouse
+    from tests.test_snowflake import FakeSnowServer, _kwargs, row
+
+    server = FakeSnowServer()
+    server.start()
+    try:
+        wh = SnowflakeWarehouse(_kwargs(server, "TLIFECYCLE"), emulator=True)
+        wh.init()
+        old, new = NOW - dt.timedelta(days=200), NOW - dt.timedelta(days=1)
+        rows = [row(f"01A{i}", base=old, customer=ALICE) for i in range(3)]
+        rows += [row(f"01B{i}", base=new, customer=ALICE) for i in range(2)]
+        rows += [row(f"01C{i}", base=old, customer=BOB) for i in range(4)]
+        assert wh.load(rows, "q", None) == 9
+        state = tmp_path / "state"
+        cutoff = NOW - dt.timedelta(days=90)
+        with pytest.raises(Exception):  # noqa: B017 - fakesnow has no stages: nothing may go
+            retention.archive_snowflake(wh, state, cutoff, "@archive_stage")
+        assert wh.execute("SELECT count(*) FROM claude_stream").rows[0][0] == 9
+        assert (state / retention.UNLOAD_FILE).exists()  # the rerun deletes the same rows
+        assert retention.archive_snowflake(wh, state, cutoff, None) == 7
+        assert not (state / retention.UNLOAD_FILE).exists()
+        receipt = forget.Receipt("E1", secret.keyed_hash(ALICE))
+        forget.erase_rows(wh, ALICE, receipt.customer_hash, receipt)
+        assert receipt.removed["warehouse claude_stream"] == 2
+        assert wh.execute("SELECT count(*) FROM claude_stream WHERE customer = ?", [ALICE]).rows[0][0] == 0
+        wh.close()
+    finally:
+        server.stop()

@@ -200,8 +200,8 @@ def archive_snowflake(warehouse: Warehouse, state_dir: Path, cutoff: dt.datetime
     except FileNotFoundError:
         plan = {"cutoff": cutoff.isoformat(), "loaded_before": utcnow().isoformat(), "unloaded": False}
         write_atomic(state_path, orjson.dumps(plan))
-    where = "ts < ?::TIMESTAMP_NTZ AND _ingested_at <= ?::TIMESTAMP_NTZ"
-    bounds = [plan["cutoff"], plan["loaded_before"]]
+    where = "ts < ? AND _ingested_at <= ?"
+    bounds = [dt.datetime.fromisoformat(plan["cutoff"]), dt.datetime.fromisoformat(plan["loaded_before"])]
     if stage and not plan["unloaded"]:
         stamp = plan["cutoff"][:10]
         warehouse.execute(
