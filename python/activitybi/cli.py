@@ -341,6 +341,53 @@ def upload(mode: str, quiet: bool, parent: int | None, metrics_port: int | None)
     )
 
 
+@main.group()
+def retention() -> None:
+    """Stream rows past ACTIVITYBI_RETENTION_DAYS to the archive; every other limit."""
+
+
+@retention.command("run")
+@click.option("--dry-run", is_flag=True, help="Only show what would go: stream rows per month.")
+def retention_run(dry_run: bool) -> None:
+    """Run retention now, in the warehouse owner's place (it steps aside meanwhile)."""
+    import threading
+
+    from activitybi.owner import retention as lifecycle
+    from activitybi.owner.handover import take_over
+
+    home, settings = config.home(), config.settings()
+    with take_over(home, threading.Event()) as uploader:
+        if dry_run:
+            report = lifecycle.dry_run(uploader.warehouse, settings)
+        else:
+            report = lifecycle.run(uploader.warehouse, home, settings)
+    verb = "would archive" if dry_run else "archived"
+    click.echo(f"stream rows before {report.cutoff:%Y-%m-%d %H:%M} UTC {verb}:")
+    for month, n in report.months.items():
+        click.echo(f"  {month}: {n:,}")
+    if not report.months:
+        click.echo("  none")
+    for where, n in report.removed.items():
+        click.echo(f"removed {where}: {n:,}")
+
+
+@main.command()
+@click.option("--customer", required=True, help="The customer to erase (their e-mail, say).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def forget(customer: str, yes: bool) -> None:
+    """Remove a customer everywhere this tool keeps data, and print a receipt."""
+    from activitybi.owner import forget as erasure
+
+    if not yes:
+        click.confirm(f"Erase every trace of {customer}? This cannot be undone", abort=True)
+    try:
+        receipt = erasure.run(config.home(), customer)
+    except (erasure.Incomplete, TimeoutError) as e:
+        raise click.ClickException(f"{e}; nothing is lost: run forget again to finish") from e
+    for line in erasure.receipt_lines(receipt):
+        click.echo(line)
+
+
 @main.command()
 @click.option(
     "--home",

@@ -92,6 +92,7 @@ class Home:
 
     @property
     def logs(self) -> Path:
+        """Log files of the commands that keep them (the demo's servers, say)."""
         return self.root / "logs"
 
     @property
@@ -115,6 +116,23 @@ class Home:
         """Input a capture path could not use (a malformed transcript line, a bad hook
         payload), each with its reason (JSON lines)."""
         return self.root / "quarantine" / "capture.jsonl"
+
+    @property
+    def secret_key(self) -> Path:
+        """The key of every keyed hash (mode 0600); see `activitybi.secret`."""
+        return self.root / "secret.key"
+
+    @property
+    def archive(self) -> Path:
+        """Stream rows past retention: `stream-YYYY-MM.parquet` and `manifest.json`."""
+        return self.root / "archive"
+
+    @property
+    def lifecycle(self) -> Path:
+        """Retention and erasure state: `retention.json` (the last daily run), the
+        `forget-*.json` of an erasure under way, and `pause` (the owner yields the queue
+        and the warehouse while it exists and its writer lives)."""
+        return self.root / "lifecycle"
 
 
 def secure_home(root: Path | None = None) -> Path:
@@ -185,6 +203,27 @@ class Settings:
     """`ACTIVITYBI_ARTIFACTS_S3`: s3://bucket/prefix for cards instead of the home."""
     artifact_ttl_days: float
     """`ACTIVITYBI_ARTIFACTS_TTL_DAYS` (default 30; 0 keeps them)."""
+    retention_days: float
+    """`ACTIVITYBI_RETENTION_DAYS` (default 90; 0 keeps them): stream rows older than this
+    leave the warehouse for the archive."""
+    audit_retention_days: float
+    """`ACTIVITYBI_AUDIT_RETENTION_DAYS` (default 365; 0 keeps them): `query_audit` rows."""
+    quarantine_retention_days: float
+    """`ACTIVITYBI_QUARANTINE_RETENTION_DAYS` (default 30; 0 keeps them): quarantined lines."""
+    journal_retention_days: float
+    """`ACTIVITYBI_JOURNAL_RETENTION_DAYS` (default 90; 0 keeps them): an insight journal
+    nobody wrote for this long."""
+    snapshot_retention_days: float
+    """`ACTIVITYBI_SNAPSHOT_RETENTION_DAYS` (default 30; 0 keeps them): context snapshots
+    and `context_cache` rows not refreshed for this long."""
+    log_retention_days: float
+    """`ACTIVITYBI_LOG_RETENTION_DAYS` (default 14; 0 keeps them): files under logs/."""
+    archive_stage: str | None
+    """`ACTIVITYBI_ARCHIVE_STAGE`: Snowflake only, a stage (`@db.schema.stage/path`) that
+    rows past retention are unloaded to (Parquet) before they are deleted."""
+    queue_rotate_secs: float
+    """`ACTIVITYBI_QUEUE_ROTATE_SECS` (default 60): a server's open segment is sealed after
+    this long, which also bounds how long `forget` waits for one."""
     traces: str | None
     """`ACTIVITYBI_TRACES=console` prints spans to stderr."""
     otlp_endpoint: str | None
@@ -248,6 +287,14 @@ class Settings:
             redis_url=env.get("REDIS_URL", "").strip() or None,
             artifacts_s3=env.get("ACTIVITYBI_ARTIFACTS_S3") or None,
             artifact_ttl_days=_number(env, "ACTIVITYBI_ARTIFACTS_TTL_DAYS", 30),
+            retention_days=_number(env, "ACTIVITYBI_RETENTION_DAYS", 90),
+            audit_retention_days=_number(env, "ACTIVITYBI_AUDIT_RETENTION_DAYS", 365),
+            quarantine_retention_days=_number(env, "ACTIVITYBI_QUARANTINE_RETENTION_DAYS", 30),
+            journal_retention_days=_number(env, "ACTIVITYBI_JOURNAL_RETENTION_DAYS", 90),
+            snapshot_retention_days=_number(env, "ACTIVITYBI_SNAPSHOT_RETENTION_DAYS", 30),
+            log_retention_days=_number(env, "ACTIVITYBI_LOG_RETENTION_DAYS", 14),
+            archive_stage=env.get("ACTIVITYBI_ARCHIVE_STAGE") or None,
+            queue_rotate_secs=_number(env, "ACTIVITYBI_QUEUE_ROTATE_SECS", 60),
             traces=env.get("ACTIVITYBI_TRACES") or None,
             otlp_endpoint=env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None,
             capture_content=env.get("ACTIVITYBI_CAPTURE_CONTENT", "").strip().lower()

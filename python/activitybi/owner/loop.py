@@ -18,7 +18,9 @@ import orjson
 
 from activitybi import config
 from activitybi.memory.context import write_snapshot
+from activitybi.owner import retention
 from activitybi.owner.executor import TicketExecutor
+from activitybi.owner.handover import paused
 from activitybi.owner.uploader import Uploader
 from activitybi.query.artifacts import ArtifactStore, sync_to_warehouse
 from activitybi.query.tickets import TicketStore
@@ -38,9 +40,10 @@ def refresh_context(warehouse: Warehouse, snapshot_dir: Path) -> int:
 
 
 def own(uploader: Uploader, home: Path, *, refresh_every: float = 60.0, parent: int | None = None) -> None:
-    """Uploads until stopped (or until `parent` exits); refreshes the context every
-    `refresh_every` seconds when new rows came in, and at least every 5 minutes; runs
-    the query tickets meanwhile."""
+    """Uploads until stopped (or until `parent` exits, or a command asks for the owner's
+    place: see `handover`); refreshes the context every `refresh_every` seconds when new
+    rows came in, and at least every 5 minutes; runs the query tickets meanwhile, and
+    retention once a day."""
     settings = config.settings()
     executor = TicketExecutor(
         TicketStore(config.Home(home).tickets),
@@ -61,7 +64,7 @@ def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float, pa
     last_refresh, fresh_rows, last_status = float("-inf"), True, 0.0
     rows: dict[str, int] = {}
     while not uploader.stop.is_set():
-        if parent is not None and os.getppid() != parent:
+        if (parent is not None and os.getppid() != parent) or paused(home):
             break
         n = uploader.step()
         fresh_rows = fresh_rows or n > 0
@@ -71,6 +74,11 @@ def _upload_and_refresh(uploader: Uploader, home: Path, refresh_every: float, pa
             ArtifactStore.from_env(home).expire()
             sync_to_warehouse(uploader.warehouse, home)
             last_refresh, fresh_rows = time.monotonic(), False
+            if retention.due(home):
+                try:
+                    retention.run(uploader.warehouse, home, config.settings())
+                except Exception:  # retried at the next refresh; uploading goes on
+                    log.exception("retention run failed")
             rows = table_rows(uploader.warehouse)
         if time.monotonic() - last_status >= 1.0:
             write_status(

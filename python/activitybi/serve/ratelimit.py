@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 from activitybi import config
 
+PRUNE_EVERY = 60.0
+
 
 class RateLimited(Exception):
     def __init__(self, action: str, rate: str, retry_after: float) -> None:
@@ -63,12 +65,23 @@ class RateLimits:
         }
         self.buckets: dict[tuple[str, str], Bucket] = {}
         self.lock = threading.Lock()
+        self._pruned = time.monotonic()
+
+    def _prune(self, now: float) -> None:
+        """Drops buckets that have refilled: a full bucket limits exactly as no bucket, and
+        a forgotten (or gone) customer's name must not stay in memory for ever."""
+        self._pruned = now
+        for key, b in list(self.buckets.items()):
+            if b.tokens + (now - b.stamp) * b.rate >= b.burst:
+                del self.buckets[key]
 
     def check(self, action: str, customer: str, n: int = 1) -> None:
         """Takes `n` tokens for this customer's action, or raises RateLimited (taking none)."""
         rate, burst, text = self.limits[action]
         now = time.monotonic()
         with self.lock:
+            if now - self._pruned >= PRUNE_EVERY:
+                self._prune(now)
             bucket = self.buckets.get((action, customer))
             if bucket is None:
                 bucket = self.buckets[(action, customer)] = Bucket(rate, burst, burst, now)

@@ -38,7 +38,7 @@ class EventWriter:
     @property
     def queue(self) -> Queue:
         if self._queue is None:
-            self._queue = Queue(str(self.queue_dir))
+            self._queue = Queue(str(self.queue_dir), rotate_secs=config.settings().queue_rotate_secs)
         return self._queue
 
     def stats(self) -> dict[str, int]:

@@ -8,6 +8,7 @@ reader lock (the uploader) owns it; another process that tries gets `TransientEr
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -242,6 +243,39 @@ class DuckDBWarehouse:
             done.set()
             watcher.join()
             cur.close()
+
+    def compact(self) -> None:
+        """Rewrites the file with only its live data: DuckDB keeps deleted rows in free
+        blocks, so an erasure is not done until they are gone. The copy is made under a
+        temporary name, fsynced and swapped in atomically; a kill leaves either file whole
+        (a stale copy is removed by the next call)."""
+        fresh = self.path.with_name(f".{self.path.name}.compact")
+        for stale in (fresh, fresh.with_name(fresh.name + ".wal")):
+            stale.unlink(missing_ok=True)
+        name = self.con.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+        self.con.execute("CHECKPOINT")
+        quoted = str(fresh).replace("'", "''")
+        self.con.execute(f"ATTACH '{quoted}' AS _compact")
+        try:
+            self.con.execute(f'COPY FROM DATABASE "{name}" TO _compact')
+        finally:
+            self.con.execute("DETACH _compact")
+        self.con.close()
+        wal = self.path.with_name(self.path.name + ".wal")
+        if wal.exists():  # a clean close leaves none; never pair the new file with an old log
+            raise RuntimeError(f"{wal} is still there after a clean close")
+        fd = os.open(fresh, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, self.path)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.con = duckdb.connect(str(self.path))
 
     def close(self) -> None:
         self.con.close()
