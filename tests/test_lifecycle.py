@@ -19,7 +19,7 @@ import duckdb
 import orjson
 import pytest
 
-from activitybi import Queue, config, secret
+from activitybi import Queue, config, secret, ulid
 from activitybi.memory.journal import MemoryJournal
 from activitybi.memory.redis_tier import RedisTier
 from activitybi.owner import retention
@@ -32,6 +32,7 @@ from tests.redis_server import RedisServer, redis_server  # noqa: F401
 from tests.test_cards import s3  # noqa: F401
 
 ALICE, BOB = "alice.forgotten@example.org", "bob.kept@example.org"
+TICKETS: dict[str, str] = {}  # customer -> the ticket id build_everything gave them
 NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
@@ -263,8 +264,9 @@ def build_everything(home: Path, s3_on: bool) -> None:
         )
     wh.close()
     store = TicketStore(paths.tickets)
+    TICKETS.update({ALICE: ulid(), BOB: ulid()})
     for customer in (ALICE, BOB):
-        t = Ticket(f"T{customer[:3]}", customer, "x", {"q": f"uniq-{customer[:3]}-ticket"}, "h", 1, "tag")
+        t = Ticket(TICKETS[customer], customer, "x", {"q": f"uniq-{customer[:3]}-ticket"}, "h", 1, "tag")
         store.save(t)
         store.save_result(t.ticket_id, {"rows": [{"who": customer}]})
         ArtifactStore.from_env(home).put(
@@ -300,7 +302,8 @@ def check_forgotten(home: Path) -> None:
     ]
     assert query(home, "SELECT count(*) FROM insight_atoms WHERE customer_id = ?", [ALICE]) == [(0,)]
     paths = config.Home(home)
-    assert TicketStore(paths.tickets).get(f"T{BOB[:3]}") is not None
+    kept = TicketStore(paths.tickets)
+    assert kept.get(TICKETS[ALICE]) is None and kept.get(TICKETS[BOB]) is not None
     assert [a.customer_id for a in ArtifactStore.from_env(home).list()] == [BOB]
     assert MemoryJournal(paths.memory).version(BOB) > 0
     assert not list(paths.lifecycle.glob("forget-*"))
@@ -360,7 +363,12 @@ def test_a_server_running_during_forget_keeps_working_and_loses_nothing(_home: P
     _home.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
         [sys.executable, "-m", "activitybi", "serve", "--http", "--port", str(port), "--tokens", str(tokens)],
-        env=env(_home, ACTIVITYBI_QUEUE_ROTATE_SECS="1", ACTIVITYBI_EVENTS_PER_SECOND="100000"),
+        env=env(
+            _home,
+            ACTIVITYBI_QUEUE_ROTATE_SECS="1",
+            ACTIVITYBI_EVENTS_PER_SECOND="100000",
+            ACTIVITYBI_INITIALIZE_PER_MINUTE="6000",  # 20 sessions in a row
+        ),
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}/mcp"

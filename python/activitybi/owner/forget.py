@@ -22,7 +22,6 @@ Events the customer sends while forget runs are not covered: revoke their access
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import threading
 import time
@@ -39,7 +38,7 @@ from activitybi.memory.redis_tier import redis_key
 from activitybi.owner import retention
 from activitybi.owner.uploader import Uploader
 from activitybi.query.artifacts import Artifact, ArtifactStore
-from activitybi.query.tickets import Ticket
+from activitybi.query.tickets import TicketStore
 from activitybi.warehouse import Warehouse
 
 QUEUE_DRAINED = "queue events loaded first (every customer's)"
@@ -113,7 +112,6 @@ _TABLES = {
         ("insight_atoms", "customer_id"),
         ("context_cache", "customer_id"),
         ("artifacts", "customer_id"),
-        ("query_tickets", "customer_id"),
         ("activitybi_customer_access", "customer"),
         ("_activitybi_landing", "v:customer::string"),
     ],
@@ -205,13 +203,7 @@ def erase_files(home: Path, customer: str, receipt: Receipt) -> None:
     paths = config.Home(home)
     receipt.add("insight journal", _unlink(MemoryJournal(paths.memory).path(customer)))
     receipt.add("context snapshot", _unlink(snapshot_path(paths.context, customer)))
-    tickets = 0
-    for path in sorted(paths.tickets.glob("*.json")) if paths.tickets.is_dir() else []:
-        with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError, TypeError):
-            if Ticket(**orjson.loads(path.read_bytes())).customer == customer:
-                for suffix in ("result", "cancel"):
-                    _unlink(path.with_suffix(f".{suffix}"))
-                tickets += _unlink(path)
+    tickets = TicketStore(paths.tickets).forget(customer) if paths.tickets.is_dir() else 0
     receipt.add("tickets and results", tickets)
     raw, escaped = _needles(customer)
     quarantined = _filter_lines(paths.quarantine, escaped)

@@ -126,16 +126,16 @@ def archive_month(con: Any, archive_dir: Path, month: str, cutoff: dt.datetime) 
     )
     if path.exists():
         old = f"read_parquet({sql_text(str(path))})"
-        new = f"SELECT d.* FROM ({due}) d ANTI JOIN {old} o USING (activity_id)"
+        new = f"SELECT d.* FROM ({due}) d ANTI JOIN {old} o USING (_customer_key, activity_id)"
         if con.execute(f"SELECT count(*) FROM ({new})").fetchone()[0]:
             write_parquet(con, f"SELECT * FROM {old} UNION ALL BY NAME {new} ORDER BY ts, activity_id", path)
     else:
         write_parquet(con, f"{due} ORDER BY ts, activity_id", path)
     con.begin()
     try:
-        deleted = con.execute(
-            "DELETE FROM claude_stream WHERE activity_id IN "
-            f"(SELECT activity_id FROM read_parquet({sql_text(str(path))}))"
+        deleted = con.execute(  # ids are per customer: another customer's row may share one
+            f"DELETE FROM claude_stream s USING read_parquet({sql_text(str(path))}) a "
+            "WHERE s._customer_key = a._customer_key AND s.activity_id = a.activity_id"
         ).fetchone()[0]
         con.commit()
     except BaseException:
@@ -171,7 +171,7 @@ def create_archive_view(con: Any, archive_dir: Path) -> None:
         body = (
             "SELECT * FROM claude_stream UNION ALL BY NAME "
             f"SELECT a.* REPLACE (a.feature_json::JSON AS feature_json) FROM read_parquet({glob}) a "
-            "ANTI JOIN claude_stream s USING (activity_id)"
+            "ANTI JOIN claude_stream s USING (_customer_key, activity_id)"
         )
     else:
         body = "SELECT * FROM claude_stream"

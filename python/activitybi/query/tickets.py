@@ -21,6 +21,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -235,6 +236,21 @@ class TicketStore:
                     removed += 1
             with contextlib.suppress(OSError):  # an unfinished ticket is still in it
                 day.rmdir()
+        return removed
+
+    def forget(self, customer: str) -> int:
+        """Deletes every ticket of `customer`, with its result, cancel request and pending
+        marker (for `activitybi forget`). Returns the tickets removed."""
+        removed = 0
+        for day in (p for p in self.root.iterdir() if p.is_dir() and p.name[:1].isdigit()):
+            for path in day.glob("*.json"):
+                with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError, TypeError):
+                    if Ticket(**orjson.loads(path.read_bytes())).customer != customer:
+                        continue
+                    for suffix in _SUFFIXES:
+                        path.with_suffix(suffix).unlink(missing_ok=True)
+                    removed += 1
+        shutil.rmtree(self.pending_root / customer_key(customer), ignore_errors=True)
         return removed
 
     def migrate(self) -> int:
