@@ -2,26 +2,25 @@
 //! ULID generation, LRU get/put. Run: cargo bench --bench core
 use std::hint::black_box;
 use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
-use _core::event::encode_json_bytes;
-use _core::ids::{next_ulid, TsFormatter};
-use _core::lru::TtlLru;
-use _core::queue::{Config, QueueCore};
+use _core::{encode_json_bytes, next_ulid, Config, QueueCore, TsFormatter, TtlLru};
 
 const EVENT: &[u8] = br#"{"activity":"called_tool","customer":"ana@example.com","feature_json":{"tool":"get_context","latency_ms":0.08,"outcome":"ok"},"_session_id":"s-42"}"#;
 
 fn append(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let q = QueueCore::open(
-        dir.path(),
-        Config {
-            max_pending: u64::MAX / 2,
-            ..Config::default()
-        },
+    let cfg = Config::new(
+        16 * 1024 * 1024,
+        60.0,
+        u64::MAX / 2,
+        Duration::from_millis(50),
+        1 << 20,
     )
     .unwrap();
+    let q = QueueCore::open(dir.path(), cfg).unwrap();
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(1));
     let mut ts = TsFormatter::default();
@@ -36,7 +35,6 @@ fn append(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             encode_json_bytes(black_box(EVENT), &mut buf, &mut ts, 1 << 20).unwrap();
-            q.reserve(1).unwrap();
             black_box(q.append(&buf, 1).unwrap())
         })
     });
@@ -46,10 +44,7 @@ fn append(c: &mut Criterion) {
     }
     g.throughput(Throughput::Elements(1000));
     g.bench_function("append_1000_encoded_lines", |b| {
-        b.iter(|| {
-            q.reserve(1000).unwrap();
-            black_box(q.append(&batch, 1000).unwrap())
-        })
+        b.iter(|| black_box(q.append(&batch, 1000).unwrap()))
     });
     g.finish();
     q.close().unwrap();

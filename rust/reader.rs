@@ -6,12 +6,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::counters::SharedCounters;
+use crate::error::Result;
 use crate::segment::{self, Checkpoint, Segment};
 
 const READER_LOCK: &str = "reader.lock";
 
 pub struct ReaderCore {
-    pub dir: PathBuf,
+    dir: PathBuf,
     shared: SharedCounters,
     _reader_lock: File,
     _dir_lock: File,
@@ -19,9 +20,32 @@ pub struct ReaderCore {
 
 /// A batch of lines (without newlines) and the checkpoint just after the last one.
 pub struct Batch {
-    pub data: Vec<u8>,
-    pub lines: Vec<(usize, usize)>,
-    pub checkpoint: Checkpoint,
+    data: Vec<u8>,
+    lines: Vec<(usize, usize)>,
+    checkpoint: Checkpoint,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.lines.iter().map(|&(s, e)| &self.data[s..e])
+    }
+
+    /// The checkpoint just after the last line.
+    pub fn checkpoint(&self) -> &Checkpoint {
+        &self.checkpoint
+    }
+
+    pub fn into_checkpoint(self) -> Checkpoint {
+        self.checkpoint
+    }
 }
 
 fn open_segment(dir: &Path, seg: &Segment) -> io::Result<Option<(File, bool)>> {
@@ -46,7 +70,7 @@ fn open_segment(dir: &Path, seg: &Segment) -> io::Result<Option<(File, bool)>> {
 
 impl ReaderCore {
     /// Takes the directory's single reader lock (`WouldBlock` if another reader has it).
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    pub fn open(dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir)?;
         let reader_lock = OpenOptions::new()
             .read(true)
@@ -61,7 +85,8 @@ impl ReaderCore {
                     "another process is already reading the queue at {}",
                     dir.display()
                 ),
-            ));
+            )
+            .into());
         }
         let (dir_lock, alone) = segment::dir_lock(dir)?;
         let shared = SharedCounters::open(dir)?;
@@ -96,6 +121,10 @@ impl ReaderCore {
 
     pub fn pending(&self) -> u64 {
         self.shared.pending()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Up to `max_lines` complete lines (and about `max_bytes`) after `from`.

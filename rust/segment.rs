@@ -21,11 +21,25 @@ const DIR_LOCK: &str = "queue.lock";
 /// Consumed byte offset per segment stem.
 pub type Checkpoint = BTreeMap<String, u64>;
 
+/// The file operations that durability rests on, so that tests can make them fail.
+pub(crate) trait FileBackend: Send + Sync {
+    fn sync_data(&self, file: &File) -> io::Result<()>;
+}
+
+/// The operating system's file operations.
+pub(crate) struct OsFiles;
+
+impl FileBackend for OsFiles {
+    fn sync_data(&self, file: &File) -> io::Result<()> {
+        file.sync_data()
+    }
+}
+
 #[derive(Debug, Clone)]
-pub struct Segment {
-    pub stem: String,
-    pub path: PathBuf,
-    pub sealed: bool,
+pub(crate) struct Segment {
+    pub(crate) stem: String,
+    pub(crate) path: PathBuf,
+    pub(crate) sealed: bool,
 }
 
 /// Every segment in `dir`, ordered by stem (ULIDs sort by creation time).
@@ -134,13 +148,19 @@ pub fn complete_end(data: &[u8]) -> usize {
 
 /// Seals an open segment: fdatasync, cut to `len`, rename to `.ndjson`, fsync the
 /// directory. An empty segment is removed instead.
-pub fn seal(dir: &Path, stem: &str, file: &File, len: u64) -> io::Result<()> {
+pub(crate) fn seal(
+    dir: &Path,
+    stem: &str,
+    file: &File,
+    len: u64,
+    files: &dyn FileBackend,
+) -> io::Result<()> {
     let open = open_path(dir, stem);
     if len == 0 {
         fs::remove_file(&open)?;
     } else {
         file.set_len(len)?;
-        file.sync_data()?;
+        files.sync_data(file)?;
         fs::rename(&open, sealed_path(dir, stem))?;
     }
     fsync_dir(dir)
@@ -167,7 +187,7 @@ pub fn recover_if_dead(dir: &Path, seg: &Segment) -> io::Result<bool> {
     if last > end {
         quarantine(dir, &format!("{}.{}.torn", seg.stem, end), &data[end..last])?;
     }
-    seal(dir, &seg.stem, &file, end as u64)?;
+    seal(dir, &seg.stem, &file, end as u64, &OsFiles)?;
     Ok(true)
 }
 
