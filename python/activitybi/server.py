@@ -132,9 +132,9 @@ class Runtime:
             self._queue = Queue(str(self.queue_dir))
         return self._queue
 
-    def queue_stats(self) -> dict[str, int]:
+    def queue_stats(self) -> dict[str, Any]:
         try:
-            return self.queue.stats()
+            return dict(self.queue.stats())
         except OSError:
             keys = ("appended", "bytes", "rotations", "fsyncs", "rejected", "pending")
             return dict.fromkeys(keys, 0)
