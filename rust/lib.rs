@@ -17,8 +17,8 @@ pub use crate::event::{encode_json_bytes, EventError};
 pub use crate::ids::{next_ulid, TsFormatter};
 pub use crate::lru::{LruStats, TtlLru};
 pub use crate::queue::{Config, QueueCore};
-pub use crate::reader::{Batch, ReaderCore};
-pub use crate::segment::Checkpoint;
+pub use crate::reader::{Batch, Line, ReaderCore};
+pub use crate::segment::{Checkpoint, CHECKSUM_MISMATCH};
 
 use std::cell::RefCell;
 use std::num::NonZeroUsize;
@@ -355,9 +355,38 @@ impl QueueReader {
         let batch = self.batch(py, checkpoint, max_lines, max_bytes)?;
         let lines = PyList::empty(py);
         for line in batch.lines() {
-            lines.append(PyBytes::new(py, line))?;
+            match line {
+                Line::Event(b) => lines.append(PyBytes::new(py, b))?,
+                Line::Rejected(why, b) => {
+                    return Err(ActivitybiError::new_err(format!(
+                        "a queue line failed its check ({why}): read the queue with \
+                         read_batch, which returns such lines apart; the line: {}",
+                        String::from_utf8_lossy(&b[..b.len().min(200)])
+                    )))
+                }
+            }
         }
         Ok((lines, batch.into_checkpoint()))
+    }
+
+    #[pyo3(signature = (checkpoint=None, *, max_lines=10_000, max_bytes=8*1024*1024))]
+    fn read_batch<'py>(
+        &self,
+        py: Python<'py>,
+        checkpoint: Option<Checkpoint>,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Checkpoint)> {
+        let batch = self.batch(py, checkpoint, max_lines, max_bytes)?;
+        let lines = PyList::empty(py);
+        let rejected = PyList::empty(py);
+        for line in batch.lines() {
+            match line {
+                Line::Event(b) => lines.append(PyBytes::new(py, b))?,
+                Line::Rejected(why, b) => rejected.append((why, PyBytes::new(py, b)))?,
+            }
+        }
+        Ok((lines, rejected, batch.into_checkpoint()))
     }
 
     fn ack(&self, py: Python<'_>, checkpoint: Checkpoint) -> PyResult<u64> {

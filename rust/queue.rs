@@ -25,6 +25,7 @@ pub struct Config {
     max_pending: u64,
     fsync_interval: Duration,
     max_event_bytes: usize,
+    checksums: bool,
 }
 
 impl Default for Config {
@@ -35,6 +36,7 @@ impl Default for Config {
             max_pending: 100_000,
             fsync_interval: Duration::from_millis(50),
             max_event_bytes: 1024 * 1024,
+            checksums: true,
         }
     }
 }
@@ -67,7 +69,15 @@ impl Config {
             max_pending,
             fsync_interval,
             max_event_bytes,
+            checksums: true,
         })
+    }
+
+    /// Whether lines carry checksums (the default). Without, segments are written in the
+    /// previous version's format: only for benchmarks that measure what checksums cost.
+    pub fn with_checksums(mut self, on: bool) -> Self {
+        self.checksums = on;
+        self
     }
 
     pub fn max_pending(&self) -> u64 {
@@ -257,6 +267,15 @@ impl QueueCore {
         })
     }
 
+    fn framed_len(&self, bytes: &[u8], lines: u64) -> Result<usize> {
+        let framed = segment::framed_len(bytes, lines)?;
+        Ok(if self.cfg.checksums {
+            framed
+        } else {
+            bytes.len()
+        })
+    }
+
     fn count_rejected<T>(&self, lines: u64, r: Result<T>) -> Result<T> {
         if r.is_err() {
             LocalCounters::add(&self.local.rejected, lines);
@@ -268,6 +287,7 @@ impl QueueCore {
     /// segment must rotate (file I/O), so the caller can release the GIL and call `append`.
     pub fn try_append(&self, bytes: &[u8], lines: u64) -> Option<Result<u64>> {
         let r = (|| {
+            let framed = self.framed_len(bytes, lines)?;
             let res = self.reserve(lines)?;
             let Some(mut st) = self.state.try_lock() else {
                 return Ok(None);
@@ -275,7 +295,7 @@ impl QueueCore {
             if st.closed {
                 return Err(Error::Closed);
             }
-            if needs_room(&st, bytes.len()) {
+            if needs_room(&st, framed) {
                 return Ok(None);
             }
             Ok(Some(self.copy_in(&mut st, bytes, lines, res)))
@@ -283,20 +303,22 @@ impl QueueCore {
         self.count_rejected(lines, r).transpose()
     }
 
-    /// Appends `lines` whole lines (each ending in a newline); returns the position to pass to `sync_to` for durability.
+    /// Appends `lines` whole lines (JSON objects, each ending in a newline), each framed
+    /// with its checksum; returns the position to pass to `sync_to` for durability.
     /// All or nothing: on error nothing was written and `pending` is as it was.
     pub fn append(&self, bytes: &[u8], lines: u64) -> Result<u64> {
         let r = (|| {
+            let framed = self.framed_len(bytes, lines)?;
             let res = self.reserve(lines)?;
             let mut st = self.state.lock();
             if st.closed {
                 return Err(Error::Closed);
             }
-            if needs_room(&st, bytes.len()) {
+            if needs_room(&st, framed) {
                 // After an I/O failure no segment is sealed, so none is started either.
                 self.check_healthy()?;
                 self.seal_active(&mut st)?;
-                st.active = Some(self.new_segment(bytes.len())?);
+                st.active = Some(self.new_segment(framed)?);
             }
             Ok(self.copy_in(&mut st, bytes, lines, res))
         })();
@@ -307,8 +329,12 @@ impl QueueCore {
         let Some(a) = st.active.as_mut() else {
             unreachable!("room was checked")
         };
-        a.map[a.len..a.len + bytes.len()].copy_from_slice(bytes);
-        let n = bytes.len();
+        let n = if self.cfg.checksums {
+            segment::write_framed(&mut a.map[a.len..], bytes)
+        } else {
+            a.map[a.len..a.len + bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        };
         a.len += n;
         st.written += n as u64;
         res.commit();
@@ -320,7 +346,7 @@ impl QueueCore {
     fn new_segment(&self, need: usize) -> io::Result<Active> {
         let cap = (self.cfg.rotate_bytes as usize).max(need);
         loop {
-            let stem = next_ulid().to_string();
+            let stem = segment::new_stem(next_ulid(), self.cfg.checksums);
             let path = segment::open_path(&self.dir, &stem);
             let file = OpenOptions::new()
                 .read(true)
@@ -592,6 +618,8 @@ mod tests {
     fn failed_append_gives_its_reservation_back() {
         let dir = tempfile::tempdir().unwrap();
         let q = QueueCore::open(dir.path(), Config::default()).unwrap();
+        assert!(matches!(q.append(b"not json\n", 1), Err(Error::Invalid(_))));
+        assert!(matches!(q.append(&line(1), 2), Err(Error::Invalid(_))));
         q.close().unwrap();
         assert!(matches!(q.append(&line(1), 1), Err(Error::Closed)));
         assert_eq!(q.pending(), 0);
