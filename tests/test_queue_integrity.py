@@ -1,5 +1,6 @@
-"""The queue never acknowledges lost data: its exceptions, sticky I/O failures (an
-LD_PRELOAD shim fails fdatasync), the magic word of queue.state."""
+"""The queue never acknowledges lost data, and never hands over a damaged line as an event:
+its exceptions, sticky I/O failures (an LD_PRELOAD shim fails fdatasync), the magic word of
+queue.state, and the checksum every line carries."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 import activitybi
 from activitybi import ActivitybiError, Queue, QueueFull, QueueIOError, QueueReader, _core
+from activitybi.uploader import Uploader
+from activitybi.warehouse.duckdb import DuckDBWarehouse
 
 
 def test_exception_hierarchy() -> None:
@@ -125,3 +128,73 @@ def test_failed_fdatasync_is_sticky_until_reopened(qdir: Path, tmp_path: Path) -
     with QueueReader(str(qdir)) as r:
         lines, _ = r.read(max_lines=100)
         assert [orjson.loads(x)["activity"] for x in lines] == ["before", "lost?", "page cache", "after"]
+
+
+def test_lines_carry_checksums_that_the_reader_strips(qdir: Path) -> None:
+    with Queue(str(qdir)) as q:
+        aid = q.append({"activity": "a", "n": 1})
+    (seg,) = qdir.glob("*.ndjson")
+    assert seg.stem.endswith("-v2")
+    raw = seg.read_bytes()
+    assert raw.startswith(b'{"_crc32c":"') and orjson.loads(raw)["activity_id"] == aid  # still JSON
+    with QueueReader(str(qdir)) as r:
+        (line,), _ = r.read()
+        assert b"_crc32c" not in line and orjson.loads(line)["activity_id"] == aid
+
+
+def test_flipped_byte_goes_to_quarantine_with_its_reason(qdir: Path, tmp_path: Path) -> None:
+    with Queue(str(qdir)) as q:
+        ids = [q.append({"activity": "a", "feature_json": {"amount": 100 + i}}) for i in range(5)]
+    (seg,) = qdir.glob("*.ndjson")
+    lines = seg.read_bytes().splitlines()
+    # A bit flip that leaves the line valid JSON, with another value: "amount":102 -> 103.
+    damaged = lines[2].replace(b'"amount":102', b'"amount":103')
+    assert damaged != lines[2] and orjson.loads(damaged)
+    lines[2] = damaged
+    seg.write_bytes(b"\n".join(lines) + b"\n")
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    wh.init()
+    try:
+        qfile = tmp_path / "quarantine.jsonl"
+        up = Uploader(qdir, wh, quarantine_file=qfile)
+        stats = up.drain()
+        up.close()
+        assert stats.quarantined == 1 and stats.loaded == 4 and stats.read == 5
+        loaded = sorted(r[0] for r in wh.execute("SELECT activity_id FROM claude_stream").rows)
+        assert loaded == sorted(ids[:2] + ids[3:])
+    finally:
+        wh.close()
+    (record,) = [orjson.loads(x) for x in qfile.read_bytes().splitlines()]
+    assert record["reason"] == "checksum mismatch"
+    assert record["line"].encode() == damaged
+    with QueueReader(str(qdir)) as r:
+        assert r.pending() == 0
+
+
+def test_read_batch_separates_rejected_lines(qdir: Path) -> None:
+    with Queue(str(qdir)) as q:
+        q.append_many([{"activity": "a", "i": i} for i in range(3)])
+    (seg,) = qdir.glob("*.ndjson")
+    data = bytearray(seg.read_bytes())
+    data[-5] ^= 0x01  # inside the last line's payload
+    seg.write_bytes(bytes(data))
+    with QueueReader(str(qdir)) as r:
+        lines, rejected, cp = r.read_batch()
+        assert [orjson.loads(x)["i"] for x in lines] == [0, 1]
+        ((why, raw),) = rejected
+        assert why == "checksum mismatch" and raw == bytes(data).splitlines()[2]
+        with pytest.raises(ActivitybiError, match=r"checksum mismatch.*read_batch"):
+            r.read()  # never hands a damaged line over as an event, never skips one silently
+        assert r.read(max_lines=2) == (lines, {seg.stem: bytes(data).index(raw)})
+        assert r.ack(cp) == 3
+
+
+def test_segments_without_checksums_are_still_read(qdir: Path) -> None:
+    qdir.mkdir()
+    old = qdir / "01J00000000000000000000000.ndjson"  # the previous version's name and lines
+    old.write_bytes(b'{"activity":"old","activity_id":"o1"}\n')
+    with Queue(str(qdir)) as q:
+        new = q.append({"activity": "new"})
+    with QueueReader(str(qdir)) as r:
+        lines, rejected, _ = r.read_batch()
+        assert [orjson.loads(x)["activity_id"] for x in lines] == ["o1", new] and rejected == []

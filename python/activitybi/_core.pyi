@@ -44,7 +44,7 @@ class QueueStats(TypedDict):
     appended: int
     """Events this handle appended."""
     bytes: int
-    """Bytes this handle wrote to segments."""
+    """Bytes this handle wrote to segments (checksums included)."""
     rotations: int
     fsyncs: int
     rejected: int
@@ -73,6 +73,7 @@ class Queue:
 
     ``append`` returns once the line is in the operating system's page cache (a killed
     process loses nothing); ``durable=True`` also waits for an fdatasync covering it.
+    Every line carries a CRC32C checksum that ``QueueReader`` verifies.
     """
 
     @property
@@ -113,7 +114,11 @@ class Queue:
 @final
 class QueueReader:
     """The single consumer of a queue directory (an exclusive lock; a second one raises
-    ``BlockingIOError``). Yields complete lines only, from sealed and open segments."""
+    ``BlockingIOError``). Yields complete lines only, from sealed and open segments.
+
+    Lines of checksummed segments are verified: ``read_batch`` returns those that fail
+    apart, with the reason ``"checksum mismatch"``; segments written before checksums
+    (stems of 26 characters, without ``-v2``) are read unverified."""
 
     @property
     def path(self) -> str: ...
@@ -128,8 +133,18 @@ class QueueReader:
         max_bytes: int = 8 * 1024 * 1024,
     ) -> tuple[list[bytes], Checkpoint]:
         """Complete lines after ``checkpoint`` (default: the acknowledged one), in a stable
-        order (segments by name, then offset), without their newline; and the checkpoint
-        just after the last line returned."""
+        order (segments by name, then offset), without their newline or checksum; and the
+        checkpoint just after the last line returned. Raises ``ActivitybiError`` when a line
+        fails its check (nothing is skipped silently): ``read_batch`` returns such lines apart."""
+    def read_batch(
+        self,
+        checkpoint: Checkpoint | None = None,
+        *,
+        max_lines: int = 10_000,
+        max_bytes: int = 8 * 1024 * 1024,
+    ) -> tuple[list[bytes], list[tuple[str, bytes]], Checkpoint]:
+        """As ``read``, but the lines that fail their check come apart as
+        ``(reason, line as on disk)``; the checkpoint is past both kinds."""
     def ack(self, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` durably, count its lines off ``pending``, delete sealed
         segments it fully covers. Returns the number of lines newly acknowledged."""
