@@ -1,8 +1,9 @@
-//! criterion benchmarks of the Rust core without Python: the bytes path of an append,
-//! ULID generation, LRU get/put. Run: cargo bench --bench core
+//! criterion benchmarks of the Rust core without Python: the bytes path of an append (with
+//! and without line checksums, and their ratio), ULID generation, LRU get/put.
+//! Run: cargo bench --bench core
 use std::hint::black_box;
 use std::num::NonZeroUsize;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -10,17 +11,20 @@ use _core::{encode_json_bytes, next_ulid, Config, QueueCore, TsFormatter, TtlLru
 
 const EVENT: &[u8] = br#"{"activity":"called_tool","customer":"ana@example.com","feature_json":{"tool":"get_context","latency_ms":0.08,"outcome":"ok"},"_session_id":"s-42"}"#;
 
-fn append(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = Config::new(
+fn config(checksums: bool) -> Config {
+    Config::new(
         16 * 1024 * 1024,
         60.0,
         u64::MAX / 2,
         Duration::from_millis(50),
         1 << 20,
     )
-    .unwrap();
-    let q = QueueCore::open(dir.path(), cfg).unwrap();
+    .unwrap()
+    .with_checksums(checksums)
+}
+
+fn append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("queue");
     g.throughput(Throughput::Elements(1));
     let mut ts = TsFormatter::default();
@@ -31,23 +35,75 @@ fn append(c: &mut Criterion) {
             black_box(encode_json_bytes(black_box(EVENT), &mut buf, &mut ts, 1 << 20).unwrap())
         })
     });
-    g.bench_function("append_bytes_event", |b| {
-        b.iter(|| {
-            buf.clear();
-            encode_json_bytes(black_box(EVENT), &mut buf, &mut ts, 1 << 20).unwrap();
-            black_box(q.append(&buf, 1).unwrap())
-        })
-    });
+    for (name, checksums) in [("", true), ("_no_checksum", false)] {
+        let q = QueueCore::open(&dir.path().join(name), config(checksums)).unwrap();
+        g.bench_function(format!("append_bytes_event{name}"), |b| {
+            b.iter(|| {
+                buf.clear();
+                encode_json_bytes(black_box(EVENT), &mut buf, &mut ts, 1 << 20).unwrap();
+                black_box(q.append(&buf, 1).unwrap())
+            })
+        });
+        q.close().unwrap();
+    }
     let mut batch = Vec::new();
     for _ in 0..1000 {
         encode_json_bytes(EVENT, &mut batch, &mut ts, 1 << 20).unwrap();
     }
     g.throughput(Throughput::Elements(1000));
-    g.bench_function("append_1000_encoded_lines", |b| {
-        b.iter(|| black_box(q.append(&batch, 1000).unwrap()))
-    });
+    for (name, checksums) in [("", true), ("_no_checksum", false)] {
+        let q = QueueCore::open(&dir.path().join(format!("b{name}")), config(checksums)).unwrap();
+        g.bench_function(format!("append_1000_encoded_lines{name}"), |b| {
+            b.iter(|| black_box(q.append(&batch, 1000).unwrap()))
+        });
+        q.close().unwrap();
+    }
     g.finish();
-    q.close().unwrap();
+}
+
+/// Append time with checksums over without, measured interleaved in this run (rounds of
+/// 20,000 single-event appends each way; the median of the rounds' ratios), as printed.
+fn checksum_ratio(_: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ts = TsFormatter::default();
+    let mut buf = Vec::with_capacity(4096);
+    let mut round = |q: &QueueCore| {
+        let t = Instant::now();
+        for _ in 0..20_000 {
+            buf.clear();
+            encode_json_bytes(black_box(EVENT), &mut buf, &mut ts, 1 << 20).unwrap();
+            black_box(q.append(&buf, 1).unwrap());
+        }
+        t.elapsed().as_secs_f64() / 20_000.0
+    };
+    let mut ratios = Vec::new();
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for i in 0..31 {
+        let a = QueueCore::open(&dir.path().join(format!("c{i}")), config(true)).unwrap();
+        let b = QueueCore::open(&dir.path().join(format!("n{i}")), config(false)).unwrap();
+        let (x, y) = if i % 2 == 0 {
+            let x = round(&a);
+            (x, round(&b))
+        } else {
+            let y = round(&b);
+            (round(&a), y)
+        };
+        a.close().unwrap();
+        b.close().unwrap();
+        with.push(x);
+        without.push(y);
+        ratios.push(x / y);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "append_bytes_event with checksums {:.0} ns, without {:.0} ns: ratio {:.3} (median of 31 interleaved rounds)",
+        median(&mut with) * 1e9,
+        median(&mut without) * 1e9,
+        median(&mut ratios)
+    );
 }
 
 fn ulid(c: &mut Criterion) {
@@ -84,5 +140,5 @@ fn lru(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, append, ulid, lru);
+criterion_group!(benches, append, checksum_ratio, ulid, lru);
 criterion_main!(benches);
