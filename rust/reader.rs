@@ -400,4 +400,29 @@ mod tests {
         assert_eq!(r.ack(batch.checkpoint()).unwrap(), 3);
         assert_eq!(r.pending(), 0);
     }
+
+    /// A writer killed mid-line leaves a torn checksummed line in its open segment:
+    /// recovery cuts it off to quarantine and the complete lines still verify.
+    #[test]
+    fn torn_checksummed_tail_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &lines(2));
+        let seg = segment::list(dir.path()).unwrap().remove(0);
+        let mut data = fs::read(&seg.path).unwrap();
+        let whole = data.len();
+        let torn = data[..30].to_vec(); // the start of a third line
+        data.extend_from_slice(&torn);
+        data.resize(8192, 0);
+        fs::remove_file(&seg.path).unwrap();
+        fs::write(segment::open_path(dir.path(), &seg.stem), &data).unwrap();
+        let r = ReaderCore::open(dir.path()).unwrap();
+        let (good, bad) = events(&r);
+        let want: Vec<Vec<u8>> = lines(2).into_iter().map(String::into_bytes).collect();
+        assert_eq!(good, want);
+        assert!(bad.is_empty());
+        assert_eq!(fs::read(&seg.path).unwrap().len(), whole);
+        let q = dir.path().join(segment::QUARANTINE_DIR);
+        let cut = fs::read(q.join(format!("{}.{whole}.torn", seg.stem))).unwrap();
+        assert_eq!(cut, torn);
+    }
 }
