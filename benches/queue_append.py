@@ -5,14 +5,22 @@
 2. ``append_many`` of 1,000-event batches: events/s.
 3. A durable append's p95 with 4 threads appending at once, against one bare
    ``os.fdatasync`` after a small write, both on the same filesystem.
+4. With ``--baseline-core SO``: ``Queue.append(dict)`` of this build against another build
+   of ``activitybi._core`` loaded into the same process (e.g. the version before line
+   checksums), in interleaved rounds: the median of the rounds' time ratios.
 
-Run: python benches/queue_append.py [--events N] [--dir DIR]
+Run: python benches/queue_append.py [--events N] [--dir DIR] [--baseline-core SO]
+Baseline build for 4 (the commit before checksums, c716e5a):
+  mkdir /tmp/base && git archive c716e5a rust Cargo.toml Cargo.lock benches/core.rs | tar -x -C /tmp/base
+  (cd /tmp/base && PYO3_PYTHON=python3 cargo build --release --lib --features pyo3/extension-module)
+  python benches/queue_append.py --baseline-core /tmp/base/target/release/lib_core.so
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import os
 import shutil
 import statistics
@@ -20,6 +28,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -158,17 +167,64 @@ def bench_durable(root: Path, per_thread: int = 200) -> float:
     return d95 / b95
 
 
+def load_core(path: Path) -> Any:
+    """Another build of the extension, as module ``baseline._core`` (its init is ``PyInit__core``)."""
+    spec = importlib.util.spec_from_file_location("baseline._core", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_against_build(root: Path, events: list[dict[str, object]], so: Path, rounds: int = 31) -> float:
+    other = load_core(so).Queue
+    n = min(len(events), 50_000)
+
+    def run(queue_cls: Any) -> float:
+        d = root / f"q-{ulid()}"
+        with queue_cls(str(d), max_pending=10 * n) as q:
+            append = q.append
+            t = time.perf_counter()
+            for e in events[:n]:
+                append(e)
+            el = time.perf_counter() - t
+        shutil.rmtree(d)
+        return el
+
+    ours, theirs, ratios = [], [], []
+    for i in range(rounds):
+        if i % 2:
+            b, a = run(other), run(Queue)
+        else:
+            a, b = run(Queue), run(other)
+        ours.append(a)
+        theirs.append(b)
+        ratios.append(a / b)
+    r = statistics.median(ratios)
+    print(
+        f"append(dict) vs {so.name}: {statistics.median(ours) / n * 1e6:.3f} µs against "
+        f"{statistics.median(theirs) / n * 1e6:.3f} µs per event (medians)  -> ratio {r:.3f} "
+        f"(median of {rounds} interleaved rounds of {n:,}; best {min(ours) / min(theirs):.3f})"
+    )
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--dir", type=Path, default=None, help="filesystem to measure on")
+    ap.add_argument("--baseline-core", type=Path, default=None, help="another build of _core to compare")
+    ap.add_argument("--only-baseline", action="store_true", help="run figure 4 alone")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="abi-bench-", dir=args.dir))
     try:
         events = make_events(args.events)
-        bench_append(root, events)
-        bench_append_many(root, events)
-        bench_durable(root)
+        if not args.only_baseline:
+            bench_append(root, events)
+            bench_append_many(root, events)
+            bench_durable(root)
+        if args.baseline_core is not None:
+            bench_against_build(root, events, args.baseline_core)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -3,24 +3,25 @@
 //! through a small memory-mapped file of atomics.
 
 use std::fs::OpenOptions;
-use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use memmap2::MmapMut;
 
+use crate::error::{Error, Result};
+
 const STATE_FILE: &str = "queue.state";
-const MAGIC: u64 = 0x6163_7462_6971_0001; // "actbiq" v1
+pub(crate) const MAGIC: u64 = 0x6163_7462_6971_0001; // "actbiq" v1
 const STATE_LEN: u64 = 4096;
 
 /// Per-handle counters, read by `Queue.stats()`.
 #[derive(Default)]
-pub struct LocalCounters {
-    pub appended: AtomicU64,
-    pub bytes: AtomicU64,
-    pub rotations: AtomicU64,
-    pub fsyncs: AtomicU64,
-    pub rejected: AtomicU64,
+pub(crate) struct LocalCounters {
+    pub(crate) appended: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+    pub(crate) rotations: AtomicU64,
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) rejected: AtomicU64,
 }
 
 impl LocalCounters {
@@ -37,18 +38,21 @@ impl LocalCounters {
 /// Writers reserve before writing and give back on failure; the reader adds what it
 /// acknowledges. A process killed between reserving and writing leaves the count high, so a handle that finds
 /// itself alone on the directory recounts from the files (`reset`).
-pub struct SharedCounters {
+pub(crate) struct SharedCounters {
     map: MmapMut,
 }
 
 impl SharedCounters {
-    pub fn open(dir: &Path) -> io::Result<Self> {
+    /// Opens (creating) `queue.state`; a file whose first word is neither zero (fresh) nor
+    /// `MAGIC` is refused with `BadState`, never reinterpreted.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(dir.join(STATE_FILE))?;
+            .open(&path)?;
         if file.metadata()?.len() < STATE_LEN {
             // Real blocks, not a sparse file: on a full disk, a clear error here rather
             // than a SIGBUS at the first write through the map.
@@ -58,8 +62,14 @@ impl SharedCounters {
         let map = unsafe { MmapMut::map_mut(&file)? };
         let me = Self { map };
         // A fresh file is all zeros; stamping the magic is idempotent across racers.
-        me.slot(0).store(MAGIC, Ordering::Release);
-        Ok(me)
+        match me
+            .slot(0)
+            .compare_exchange(0, MAGIC, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(me),
+            Err(MAGIC) => Ok(me),
+            Err(found) => Err(Error::BadState { path, found }),
+        }
     }
 
     fn slot(&self, i: usize) -> &AtomicU64 {
@@ -119,5 +129,32 @@ impl SharedCounters {
     pub fn reset(&self, pending: u64) {
         self.acked().store(0, Ordering::Release);
         self.appended().store(pending, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magic_is_checked_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SharedCounters::open(dir.path()).unwrap());
+        SharedCounters::open(dir.path()).unwrap(); // its own magic: fine
+        let path = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[..8].copy_from_slice(&0x6163_7462_6971_0002u64.to_ne_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = SharedCounters::open(dir.path()).err().unwrap();
+        assert!(matches!(
+            err,
+            Error::BadState {
+                found: 0x6163_7462_6971_0002,
+                ..
+            }
+        ));
+        assert!(err
+            .to_string()
+            .contains("not an activitybi queue state file"));
     }
 }

@@ -18,7 +18,17 @@ pub enum EventError {
 
 /// Starts a line: `{` plus `"activity_id":"…","ts":"…",` for whichever of the two the event
 /// lacks. Returns the activity id (the given one, or a new ULID).
-pub fn open_line(
+impl std::fmt::Display for EventError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventError::Invalid(m) | EventError::Unencodable(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for EventError {}
+
+pub(crate) fn open_line(
     buf: &mut Vec<u8>,
     given_id: Option<&str>,
     has_ts: bool,
@@ -44,7 +54,7 @@ pub fn open_line(
     id
 }
 
-pub fn check_activity(activity: Option<&str>) -> Result<(), EventError> {
+pub(crate) fn check_activity(activity: Option<&str>) -> Result<(), EventError> {
     match activity {
         Some(a) if !a.trim().is_empty() => Ok(()),
         _ => Err(EventError::Invalid(
@@ -53,7 +63,7 @@ pub fn check_activity(activity: Option<&str>) -> Result<(), EventError> {
     }
 }
 
-pub fn check_id(id: Option<&str>) -> Result<(), EventError> {
+pub(crate) fn check_id(id: Option<&str>) -> Result<(), EventError> {
     match id {
         Some(s) if s.trim().is_empty() || s.len() > 128 => Err(EventError::Invalid(
             "'activity_id' must be a non-empty string of at most 128 characters".into(),
@@ -62,7 +72,7 @@ pub fn check_id(id: Option<&str>) -> Result<(), EventError> {
     }
 }
 
-pub fn check_size(line_len: usize, max: usize) -> Result<(), EventError> {
+pub(crate) fn check_size(line_len: usize, max: usize) -> Result<(), EventError> {
     if line_len > max {
         return Err(EventError::Invalid(format!(
             "event is {line_len} bytes as JSON, over the {max}-byte cap"

@@ -1,14 +1,24 @@
 //! `activitybi._core`: the durable queue, ULIDs and the LRU cache, as Python sees them.
-//! Each concept lives in its own module as plain Rust; this file is only the bindings.
+//! Each concept lives in its own private module as plain Rust; the `pub use` list below is
+//! the crate's Rust API (for benchmarks and tests), and the rest of this file is the bindings.
 
-pub mod counters;
-pub mod event;
-pub mod ids;
-pub mod lru;
-pub mod pyjson;
-pub mod queue;
-pub mod reader;
-pub mod segment;
+mod counters;
+mod error;
+mod event;
+mod ids;
+mod lru;
+mod pyjson;
+mod queue;
+mod reader;
+mod segment;
+
+pub use crate::error::{Error, IoFailure};
+pub use crate::event::{encode_json_bytes, EventError};
+pub use crate::ids::{next_ulid, TsFormatter};
+pub use crate::lru::{LruStats, TtlLru};
+pub use crate::queue::{Config, QueueCore};
+pub use crate::reader::{Batch, Line, ReaderCore};
+pub use crate::segment::{Checkpoint, CHECKSUM_MISMATCH};
 
 use std::cell::RefCell;
 use std::num::NonZeroUsize;
@@ -18,23 +28,86 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::counters::LocalCounters;
-use crate::event::EventError;
-use crate::ids::TsFormatter;
-use crate::queue::{AppendError, Config, QueueCore};
-use crate::reader::ReaderCore;
-use crate::segment::Checkpoint;
 
 create_exception!(
-    _core,
-    QueueFull,
+    activitybi._core,
+    ActivitybiError,
     PyException,
-    "The queue directory holds max_pending unacknowledged events."
+    "Base class of the errors activitybi raises."
 );
+create_exception!(
+    activitybi._core,
+    QueueFull,
+    ActivitybiError,
+    "The queue directory holds max_pending unacknowledged events; nothing was written."
+);
+
+/// `QueueIOError(ActivitybiError, OSError)`, made at import (a class with two bases).
+static QUEUE_IO_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn queue_io_error_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    let ty = QUEUE_IO_ERROR.get_or_try_init(py, || -> PyResult<Py<PyType>> {
+        let bases = PyTuple::new(
+            py,
+            [
+                py.get_type::<ActivitybiError>().into_any(),
+                py.get_type::<PyOSError>().into_any(),
+            ],
+        )?;
+        let ns = PyDict::new(py);
+        ns.set_item("__module__", "activitybi._core")?;
+        ns.set_item(
+            "__doc__",
+            "A queue write, fdatasync or seal failed, now or earlier on this handle \
+             (then durable appends, flush and sealing refuse until the queue is reopened).",
+        )?;
+        let ty = py
+            .get_type::<PyType>()
+            .call1(("QueueIOError", bases, ns))?
+            .cast_into::<PyType>()?;
+        Ok(ty.unbind())
+    })?;
+    Ok(ty.bind(py))
+}
+
+fn queue_io_err(py: Python<'_>, errno: Option<i32>, msg: String) -> PyErr {
+    let ty = match queue_io_error_type(py) {
+        Ok(ty) => ty.clone(),
+        Err(e) => return e,
+    };
+    match errno {
+        Some(n) => PyErr::from_type(ty, (n, msg)),
+        None => PyErr::from_type(ty, (msg,)),
+    }
+}
+
+/// A queue error as Python sees it: `QueueFull`, `QueueIOError` (an `OSError`, with the
+/// errno), `ActivitybiError`, or `ValueError` for what the caller got wrong.
+fn queue_err(py: Python<'_>, e: Error) -> PyErr {
+    let msg = e.to_string();
+    match e {
+        Error::Full { .. } => QueueFull::new_err(msg),
+        Error::Closed | Error::Invalid(_) => PyValueError::new_err(msg),
+        Error::Io(io) => queue_io_err(py, io.raw_os_error(), msg),
+        Error::PreviousIo(why) => queue_io_err(py, why.raw_os_error().or(Some(libc::EIO)), msg),
+        Error::BadState { .. } => ActivitybiError::new_err(msg),
+    }
+}
+
+/// The reader's errors: its I/O errors stay the plain `OSError` subclasses
+/// (`BlockingIOError` when another process reads the queue).
+fn reader_err(py: Python<'_>, e: Error) -> PyErr {
+    match e {
+        Error::Io(io) => io.into(),
+        other => queue_err(py, other),
+    }
+}
 
 thread_local! {
     static SCRATCH: RefCell<(Vec<u8>, TsFormatter)> = RefCell::new((Vec::with_capacity(4096), TsFormatter::default()));
@@ -44,17 +117,6 @@ fn event_err(e: EventError) -> PyErr {
     match e {
         EventError::Invalid(m) => PyValueError::new_err(m),
         EventError::Unencodable(m) => PyTypeError::new_err(m),
-    }
-}
-
-fn append_err(e: AppendError) -> PyErr {
-    match e {
-        AppendError::Full { pending, max } => QueueFull::new_err(format!(
-            "queue full: {pending} events are pending (max_pending={max}); \
-             nothing was written, retry once the uploader has caught up"
-        )),
-        AppendError::Closed => PyValueError::new_err("the queue is closed"),
-        AppendError::Io(e) => e.into(),
     }
 }
 
@@ -94,21 +156,18 @@ impl Queue {
     /// the lock is free (a memcpy), otherwise with it released.
     fn write(&self, py: Python<'_>, bytes: &[u8], lines: u64, durable: bool) -> PyResult<()> {
         let core = &self.core;
-        let rejected = |e: AppendError| {
-            LocalCounters::add(&core.local.rejected, lines);
-            append_err(e)
-        };
-        core.reserve(lines).map_err(rejected)?;
+        if durable {
+            // Refused before anything is written once durability cannot be promised.
+            core.check_healthy().map_err(|e| queue_err(py, e))?;
+        }
         let written = match core.try_append(bytes, lines) {
             Some(r) => r,
             None => py.detach(|| core.append(bytes, lines)),
         };
-        let pos = written.map_err(|e| {
-            core.unreserve(lines);
-            rejected(e)
-        })?;
+        let pos = written.map_err(|e| queue_err(py, e))?;
         if durable {
-            py.detach(|| core.sync_to(pos))?;
+            py.detach(|| core.sync_to(pos))
+                .map_err(|e| queue_err(py, e))?;
         }
         Ok(())
     }
@@ -127,24 +186,18 @@ impl Queue {
         fsync_interval_ms: u64,
         max_event_bytes: usize,
     ) -> PyResult<Self> {
-        if rotate_bytes == 0 || max_pending == 0 || fsync_interval_ms == 0 || max_event_bytes == 0 {
-            return Err(PyValueError::new_err(
-                "rotate_bytes, max_pending, fsync_interval_ms and max_event_bytes must be positive",
-            ));
-        }
-        if !(rotate_secs.is_finite() && rotate_secs > 0.0) {
-            return Err(PyValueError::new_err(
-                "rotate_secs must be a positive number",
-            ));
-        }
-        let cfg = Config {
+        let cfg = Config::new(
             rotate_bytes,
             rotate_secs,
             max_pending,
-            fsync_interval: Duration::from_millis(fsync_interval_ms),
+            Duration::from_millis(fsync_interval_ms),
             max_event_bytes,
-        };
-        let core = py.detach(|| QueueCore::open(&path, cfg))?;
+        )
+        .map_err(|e| queue_err(py, e))?;
+        queue_io_error_type(py)?;
+        let core = py
+            .detach(|| QueueCore::open(&path, cfg))
+            .map_err(|e| queue_err(py, e))?;
         Ok(Self {
             core,
             path: path.to_string_lossy().into_owned(),
@@ -155,11 +208,10 @@ impl Queue {
     fn append(&self, py: Python<'_>, event: &Bound<'_, PyAny>, durable: bool) -> PyResult<String> {
         SCRATCH.with_borrow_mut(|(buf, ts)| {
             buf.clear();
-            let id = encode_event(event, buf, ts, self.core.config().max_event_bytes).inspect_err(
-                |_| {
+            let id = encode_event(event, buf, ts, self.core.config().max_event_bytes())
+                .inspect_err(|_| {
                     LocalCounters::add(&self.core.local.rejected, 1);
-                },
-            )?;
+                })?;
             self.write(py, buf, 1, durable)?;
             Ok(id)
         })
@@ -172,7 +224,7 @@ impl Queue {
         events: &Bound<'_, PyAny>,
         durable: bool,
     ) -> PyResult<Vec<String>> {
-        let max = self.core.config().max_event_bytes;
+        let max = self.core.config().max_event_bytes();
         let mut buf = Vec::with_capacity(64 * 1024);
         let mut ids = Vec::new();
         let encoded = SCRATCH.with_borrow_mut(|(_, ts)| -> PyResult<()> {
@@ -199,17 +251,20 @@ impl Queue {
         d.set_item("rotations", LocalCounters::get(&l.rotations))?;
         d.set_item("fsyncs", LocalCounters::get(&l.fsyncs))?;
         d.set_item("rejected", LocalCounters::get(&l.rejected))?;
-        d.set_item("pending", self.core.shared.pending())?;
-        d.set_item("max_pending", self.core.config().max_pending)?;
+        d.set_item("pending", self.core.pending())?;
+        d.set_item("max_pending", self.core.config().max_pending())?;
+        d.set_item("io_error", self.core.failure())?;
         Ok(d)
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        Ok(py.detach(|| self.core.flush())?)
+        py.detach(|| self.core.flush())
+            .map_err(|e| queue_err(py, e))
     }
 
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        Ok(py.detach(|| self.core.close())?)
+        py.detach(|| self.core.close())
+            .map_err(|e| queue_err(py, e))
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -248,9 +303,27 @@ impl QueueReader {
     ) -> PyResult<T> {
         let out = py.detach(|| self.inner.lock().as_ref().map(f));
         match out {
-            Some(r) => Ok(r?),
+            Some(r) => r.map_err(|e| reader_err(py, Error::Io(e))),
             None => Err(PyValueError::new_err("the reader is closed")),
         }
+    }
+}
+
+impl QueueReader {
+    fn batch(
+        &self,
+        py: Python<'_>,
+        checkpoint: Option<Checkpoint>,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> PyResult<Batch> {
+        self.with(py, |r| {
+            let from = match checkpoint {
+                Some(cp) => cp,
+                None => r.acked()?,
+            };
+            r.read(&from, max_lines.max(1), max_bytes.max(1))
+        })
     }
 }
 
@@ -258,7 +331,9 @@ impl QueueReader {
 impl QueueReader {
     #[new]
     fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let core = py.detach(|| ReaderCore::open(&path))?;
+        let core = py
+            .detach(|| ReaderCore::open(&path))
+            .map_err(|e| reader_err(py, e))?;
         Ok(Self {
             inner: Mutex::new(Some(core)),
             path: path.to_string_lossy().into_owned(),
@@ -277,18 +352,41 @@ impl QueueReader {
         max_lines: usize,
         max_bytes: usize,
     ) -> PyResult<(Bound<'py, PyList>, Checkpoint)> {
-        let batch = self.with(py, |r| {
-            let from = match checkpoint {
-                Some(cp) => cp,
-                None => r.acked()?,
-            };
-            r.read(&from, max_lines.max(1), max_bytes.max(1))
-        })?;
+        let batch = self.batch(py, checkpoint, max_lines, max_bytes)?;
         let lines = PyList::empty(py);
-        for &(s, e) in &batch.lines {
-            lines.append(PyBytes::new(py, &batch.data[s..e]))?;
+        for line in batch.lines() {
+            match line {
+                Line::Event(b) => lines.append(PyBytes::new(py, b))?,
+                Line::Rejected(why, b) => {
+                    return Err(ActivitybiError::new_err(format!(
+                        "a queue line failed its check ({why}): read the queue with \
+                         read_batch, which returns such lines apart; the line: {}",
+                        String::from_utf8_lossy(&b[..b.len().min(200)])
+                    )))
+                }
+            }
         }
-        Ok((lines, batch.checkpoint))
+        Ok((lines, batch.into_checkpoint()))
+    }
+
+    #[pyo3(signature = (checkpoint=None, *, max_lines=10_000, max_bytes=8*1024*1024))]
+    fn read_batch<'py>(
+        &self,
+        py: Python<'py>,
+        checkpoint: Option<Checkpoint>,
+        max_lines: usize,
+        max_bytes: usize,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>, Checkpoint)> {
+        let batch = self.batch(py, checkpoint, max_lines, max_bytes)?;
+        let lines = PyList::empty(py);
+        let rejected = PyList::empty(py);
+        for line in batch.lines() {
+            match line {
+                Line::Event(b) => lines.append(PyBytes::new(py, b))?,
+                Line::Rejected(why, b) => rejected.append((why, PyBytes::new(py, b)))?,
+            }
+        }
+        Ok((lines, rejected, batch.into_checkpoint()))
     }
 
     fn ack(&self, py: Python<'_>, checkpoint: Checkpoint) -> PyResult<u64> {
@@ -323,7 +421,7 @@ impl QueueReader {
 
 #[pyclass(frozen, module = "activitybi._core")]
 struct LruCache {
-    cache: lru::TtlLru<String, Arc<Py<PyAny>>>,
+    cache: TtlLru<String, Arc<Py<PyAny>>>,
 }
 
 #[pymethods]
@@ -343,7 +441,7 @@ impl LruCache {
             }
         };
         Ok(Self {
-            cache: lru::TtlLru::new(cap, ttl),
+            cache: TtlLru::new(cap, ttl),
         })
     }
 
@@ -378,10 +476,10 @@ impl LruCache {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.cache.stats();
         let d = PyDict::new(py);
-        d.set_item("hits", s.hits)?;
-        d.set_item("misses", s.misses)?;
-        d.set_item("evictions", s.evictions)?;
-        d.set_item("expirations", s.expirations)?;
+        d.set_item("hits", s.hits())?;
+        d.set_item("misses", s.misses())?;
+        d.set_item("evictions", s.evictions())?;
+        d.set_item("expirations", s.expirations())?;
         d.set_item("size", self.cache.len())?;
         d.set_item("capacity", self.cache.capacity())?;
         Ok(d)
@@ -391,13 +489,21 @@ impl LruCache {
 /// A new ULID, monotonic within this process.
 #[pyfunction]
 fn ulid() -> String {
-    ids::next_ulid().to_string()
+    next_ulid().to_string()
 }
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    let py = m.py();
+    let checkpoint = py.get_type::<PyDict>().call_method1(
+        "__class_getitem__",
+        ((py.get_type::<PyString>(), py.get_type::<PyInt>()),),
+    )?;
+    m.add("Checkpoint", checkpoint)?;
+    m.add("ActivitybiError", m.py().get_type::<ActivitybiError>())?;
     m.add("QueueFull", m.py().get_type::<QueueFull>())?;
+    m.add("QueueIOError", queue_io_error_type(m.py())?)?;
     m.add_class::<Queue>()?;
     m.add_class::<QueueReader>()?;
     m.add_class::<LruCache>()?;

@@ -8,10 +8,25 @@ use parking_lot::Mutex;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct LruStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub expirations: u64,
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+    expirations: u64,
+}
+
+impl LruStats {
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+    pub fn misses(&self) -> u64 {
+        self.misses
+    }
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+    pub fn expirations(&self) -> u64 {
+        self.expirations
+    }
 }
 
 struct Inner<K: Hash + Eq, V> {

@@ -5,7 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,16 +13,19 @@ use memmap2::MmapMut;
 use parking_lot::{Condvar, Mutex};
 
 use crate::counters::{LocalCounters, SharedCounters};
+use crate::error::{Error, IoFailure, Result};
 use crate::ids::next_ulid;
-use crate::segment;
+use crate::segment::{self, FileBackend, OsFiles};
 
+/// A queue handle's settings; `Config::new` checks them.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub rotate_bytes: u64,
-    pub rotate_secs: f64,
-    pub max_pending: u64,
-    pub fsync_interval: Duration,
-    pub max_event_bytes: usize,
+    rotate_bytes: u64,
+    rotate_secs: f64,
+    max_pending: u64,
+    fsync_interval: Duration,
+    max_event_bytes: usize,
+    checksums: bool,
 }
 
 impl Default for Config {
@@ -33,20 +36,56 @@ impl Default for Config {
             max_pending: 100_000,
             fsync_interval: Duration::from_millis(50),
             max_event_bytes: 1024 * 1024,
+            checksums: true,
         }
     }
 }
 
-#[derive(Debug)]
-pub enum AppendError {
-    Full { pending: u64, max: u64 },
-    Closed,
-    Io(io::Error),
-}
+impl Config {
+    /// Rotation at `rotate_bytes` or `rotate_secs`, refusal past `max_pending` events,
+    /// a background fdatasync every `fsync_interval`, events of at most `max_event_bytes`.
+    pub fn new(
+        rotate_bytes: u64,
+        rotate_secs: f64,
+        max_pending: u64,
+        fsync_interval: Duration,
+        max_event_bytes: usize,
+    ) -> Result<Self> {
+        if rotate_bytes == 0 || max_pending == 0 || fsync_interval.is_zero() || max_event_bytes == 0
+        {
+            return Err(Error::Invalid(
+                "rotate_bytes, max_pending, fsync_interval_ms and max_event_bytes must be positive"
+                    .into(),
+            ));
+        }
+        if !(rotate_secs.is_finite() && rotate_secs > 0.0) {
+            return Err(Error::Invalid(
+                "rotate_secs must be a positive number".into(),
+            ));
+        }
+        Ok(Self {
+            rotate_bytes,
+            rotate_secs,
+            max_pending,
+            fsync_interval,
+            max_event_bytes,
+            checksums: true,
+        })
+    }
 
-impl From<io::Error> for AppendError {
-    fn from(e: io::Error) -> Self {
-        AppendError::Io(e)
+    /// Whether lines carry checksums (the default). Without, segments are written in the
+    /// previous version's format: only for benchmarks that measure what checksums cost.
+    pub fn with_checksums(mut self, on: bool) -> Self {
+        self.checksums = on;
+        self
+    }
+
+    pub fn max_pending(&self) -> u64 {
+        self.max_pending
+    }
+
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
     }
 }
 
@@ -75,9 +114,33 @@ struct SyncState {
     gather_goal: u32,
 }
 
+/// `lines` events counted into the directory's `pending` total before they are written.
+/// Dropped without `commit`, it gives them back, so every early return and error path
+/// releases what it reserved.
+struct Reservation<'q> {
+    shared: &'q SharedCounters,
+    lines: u64,
+}
+
+impl Reservation<'_> {
+    /// The events are in a segment now: they stay counted until the reader acknowledges them.
+    fn commit(mut self) {
+        self.lines = 0;
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.lines > 0 {
+            self.shared.unreserve(self.lines);
+        }
+    }
+}
+
 pub struct QueueCore {
-    pub dir: PathBuf,
+    dir: PathBuf,
     cfg: Config,
+    files: Arc<dyn FileBackend>,
     state: Mutex<WriterState>,
     sync: Mutex<SyncState>,
     synced_cv: Condvar,
@@ -85,8 +148,11 @@ pub struct QueueCore {
     stop: Mutex<bool>,
     stop_cv: Condvar,
     ticker: Mutex<Option<JoinHandle<()>>>,
-    pub shared: SharedCounters,
-    pub local: LocalCounters,
+    shared: SharedCounters,
+    pub(crate) local: LocalCounters,
+    /// The first fdatasync or seal that failed: from then on this handle refuses durable
+    /// work (`Error::PreviousIo`) instead of trusting a retry.
+    failure: OnceLock<Arc<IoFailure>>,
     /// Held shared while open; released by `close`.
     dir_lock: Mutex<Option<File>>,
 }
@@ -94,7 +160,17 @@ pub struct QueueCore {
 impl QueueCore {
     /// Opens (creating) the directory, seals segments of dead writers, recounts `pending`
     /// when no other handle is open, and starts the fsync/age ticker.
-    pub fn open(dir: &Path, cfg: Config) -> io::Result<Arc<Self>> {
+    pub fn open(dir: &Path, cfg: Config) -> Result<Arc<Self>> {
+        Self::open_with(dir, cfg, Arc::new(OsFiles))
+    }
+
+    /// `open` with the file operations that durability depends on supplied by `files`
+    /// (tests inject failures through it).
+    pub(crate) fn open_with(
+        dir: &Path,
+        cfg: Config,
+        files: Arc<dyn FileBackend>,
+    ) -> Result<Arc<Self>> {
         fs::create_dir_all(dir)?;
         let (dir_lock, alone) = segment::dir_lock(dir)?;
         for seg in segment::list(dir)? {
@@ -108,6 +184,7 @@ impl QueueCore {
         let core = Arc::new(Self {
             dir: dir.to_path_buf(),
             cfg,
+            files,
             state: Mutex::new(WriterState {
                 active: None,
                 written: 0,
@@ -126,6 +203,7 @@ impl QueueCore {
             ticker: Mutex::new(None),
             shared,
             local: LocalCounters::default(),
+            failure: OnceLock::new(),
             dir_lock: Mutex::new(Some(dir_lock)),
         });
         let weak = Arc::downgrade(&core);
@@ -141,6 +219,34 @@ impl QueueCore {
         &self.cfg
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Unacknowledged events in the whole directory, every process.
+    pub fn pending(&self) -> u64 {
+        self.shared.pending()
+    }
+
+    /// Why this handle refuses durable work, if an fdatasync or seal failed.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.get().map(|f| f.to_string())
+    }
+
+    /// `Err(PreviousIo)` once an fdatasync or seal of this handle failed.
+    pub fn check_healthy(&self) -> Result<()> {
+        match self.failure.get() {
+            Some(f) => Err(Error::PreviousIo(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Records `e` as this handle's sticky failure (the first one wins) and returns it.
+    fn fail(&self, op: &'static str, e: io::Error) -> Error {
+        let _ = self.failure.set(Arc::new(IoFailure::new(op, &e)));
+        Error::Io(e)
+    }
+
     fn tick_period(&self) -> Duration {
         let age = Duration::from_secs_f64((self.cfg.rotate_secs / 10.0).max(0.005));
         self.cfg
@@ -150,60 +256,97 @@ impl QueueCore {
     }
 
     /// Counts `lines` into the directory's pending total, or refuses with `Full`.
-    pub fn reserve(&self, lines: u64) -> Result<(), AppendError> {
+    fn reserve(&self, lines: u64) -> Result<Reservation<'_>> {
         let max = self.cfg.max_pending;
         self.shared
             .reserve(lines, max)
-            .map_err(|pending| AppendError::Full { pending, max })
+            .map_err(|pending| Error::Full { pending, max })?;
+        Ok(Reservation {
+            shared: &self.shared,
+            lines,
+        })
     }
 
-    pub fn unreserve(&self, lines: u64) {
-        self.shared.unreserve(lines);
+    fn framed_len(&self, bytes: &[u8], lines: u64) -> Result<usize> {
+        let framed = segment::framed_len(bytes, lines)?;
+        Ok(if self.cfg.checksums {
+            framed
+        } else {
+            bytes.len()
+        })
+    }
+
+    fn count_rejected<T>(&self, lines: u64, r: Result<T>) -> Result<T> {
+        if r.is_err() {
+            LocalCounters::add(&self.local.rejected, lines);
+        }
+        r
     }
 
     /// The fast path: appends without blocking, or `None` when the lock is busy or the
     /// segment must rotate (file I/O), so the caller can release the GIL and call `append`.
-    pub fn try_append(&self, bytes: &[u8], lines: u64) -> Option<Result<u64, AppendError>> {
-        let mut st = self.state.try_lock()?;
-        if st.closed {
-            return Some(Err(AppendError::Closed));
-        }
-        if needs_room(&st, bytes.len()) {
-            return None;
-        }
-        Some(Ok(self.copy_in(&mut st, bytes, lines)))
+    pub fn try_append(&self, bytes: &[u8], lines: u64) -> Option<Result<u64>> {
+        let r = (|| {
+            let framed = self.framed_len(bytes, lines)?;
+            let res = self.reserve(lines)?;
+            let Some(mut st) = self.state.try_lock() else {
+                return Ok(None);
+            };
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if needs_room(&st, framed) {
+                return Ok(None);
+            }
+            Ok(Some(self.copy_in(&mut st, bytes, lines, res)))
+        })();
+        self.count_rejected(lines, r).transpose()
     }
 
-    /// Appends whole lines (each ending in a newline); returns the position to pass to
-    /// `sync_to` for durability.
-    pub fn append(&self, bytes: &[u8], lines: u64) -> Result<u64, AppendError> {
-        let mut st = self.state.lock();
-        if st.closed {
-            return Err(AppendError::Closed);
-        }
-        if needs_room(&st, bytes.len()) {
-            self.seal_active(&mut st)?;
-            st.active = Some(self.new_segment(bytes.len())?);
-        }
-        Ok(self.copy_in(&mut st, bytes, lines))
+    /// Appends `lines` whole lines (JSON objects, each ending in a newline), each framed
+    /// with its checksum; returns the position to pass to `sync_to` for durability.
+    /// All or nothing: on error nothing was written and `pending` is as it was.
+    pub fn append(&self, bytes: &[u8], lines: u64) -> Result<u64> {
+        let r = (|| {
+            let framed = self.framed_len(bytes, lines)?;
+            let res = self.reserve(lines)?;
+            let mut st = self.state.lock();
+            if st.closed {
+                return Err(Error::Closed);
+            }
+            if needs_room(&st, framed) {
+                // After an I/O failure no segment is sealed, so none is started either.
+                self.check_healthy()?;
+                self.seal_active(&mut st)?;
+                st.active = Some(self.new_segment(framed)?);
+            }
+            Ok(self.copy_in(&mut st, bytes, lines, res))
+        })();
+        self.count_rejected(lines, r)
     }
 
-    fn copy_in(&self, st: &mut WriterState, bytes: &[u8], lines: u64) -> u64 {
+    fn copy_in(&self, st: &mut WriterState, bytes: &[u8], lines: u64, res: Reservation<'_>) -> u64 {
         let Some(a) = st.active.as_mut() else {
             unreachable!("room was checked")
         };
-        a.map[a.len..a.len + bytes.len()].copy_from_slice(bytes);
-        a.len += bytes.len();
-        st.written += bytes.len() as u64;
+        let n = if self.cfg.checksums {
+            segment::write_framed(&mut a.map[a.len..], bytes)
+        } else {
+            a.map[a.len..a.len + bytes.len()].copy_from_slice(bytes);
+            bytes.len()
+        };
+        a.len += n;
+        st.written += n as u64;
+        res.commit();
         LocalCounters::add(&self.local.appended, lines);
-        LocalCounters::add(&self.local.bytes, bytes.len() as u64);
+        LocalCounters::add(&self.local.bytes, n as u64);
         st.written
     }
 
     fn new_segment(&self, need: usize) -> io::Result<Active> {
         let cap = (self.cfg.rotate_bytes as usize).max(need);
         loop {
-            let stem = next_ulid().to_string();
+            let stem = segment::new_stem(next_ulid(), self.cfg.checksums);
             let path = segment::open_path(&self.dir, &stem);
             let file = OpenOptions::new()
                 .read(true)
@@ -232,19 +375,26 @@ impl QueueCore {
         }
     }
 
-    fn seal_active(&self, st: &mut WriterState) -> io::Result<()> {
-        let Some(a) = st.active.take() else {
+    /// Seals the open segment. Refused (the segment stays open) once an I/O failure is
+    /// recorded; a failure here is recorded.
+    fn seal_active(&self, st: &mut WriterState) -> Result<()> {
+        if st.active.is_none() {
             return Ok(());
-        };
-        let Active {
+        }
+        self.check_healthy()?;
+        let Some(Active {
             stem,
             file,
             map,
             len,
             ..
-        } = a;
+        }) = st.active.take()
+        else {
+            return Ok(());
+        };
         drop(map);
-        segment::seal(&self.dir, &stem, &file, len as u64)?;
+        segment::seal(&self.dir, &stem, &file, len as u64, &*self.files)
+            .map_err(|e| self.fail("sealing segment", e))?;
         if len > 0 {
             LocalCounters::add(&self.local.rotations, 1);
             LocalCounters::add(&self.local.fsyncs, 1);
@@ -259,10 +409,12 @@ impl QueueCore {
     /// fdatasync: whoever finds none running leads the next one. Before it starts, the
     /// leader waits (at most `GATHER`) for as many callers as syncs have lately served,
     /// so that callers appending in a loop ride the same sync instead of the one after.
-    pub fn sync_to(&self, pos: u64) -> io::Result<()> {
+    /// After a failed fdatasync or seal it refuses (`PreviousIo`) until the queue is reopened.
+    pub fn sync_to(&self, pos: u64) -> Result<()> {
         const GATHER: Duration = Duration::from_micros(200);
         let mut s = self.sync.lock();
         loop {
+            self.check_healthy()?;
             if s.synced >= pos {
                 return Ok(());
             }
@@ -287,9 +439,11 @@ impl QueueCore {
                 (st.written, st.active.as_ref().map(|a| a.file.clone()))
             };
             let result = match file {
-                Some(f) => f
-                    .sync_data()
-                    .map(|_| LocalCounters::add(&self.local.fsyncs, 1)),
+                Some(f) => self
+                    .files
+                    .sync_data(&f)
+                    .map(|_| LocalCounters::add(&self.local.fsyncs, 1))
+                    .map_err(|e| self.fail("fdatasync of the open segment", e)),
                 None => Ok(()), // everything written was sealed, which synced it
             };
             s = self.sync.lock();
@@ -303,20 +457,23 @@ impl QueueCore {
         }
     }
 
-    pub fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> Result<()> {
         let written = self.state.lock().written;
         self.sync_to(written)
     }
 
-    /// Seals the open segment and stops the ticker. Idempotent.
-    pub fn close(&self) -> io::Result<()> {
+    /// Seals the open segment and stops the ticker. Idempotent. After an I/O failure the
+    /// segment is left open (and unlocked) for the next open to recover, and this errs.
+    pub fn close(&self) -> Result<()> {
         let sealed = {
             let mut st = self.state.lock();
             if st.closed {
                 return Ok(());
             }
             st.closed = true;
-            self.seal_active(&mut st)
+            let r = self.check_healthy().and_then(|_| self.seal_active(&mut st));
+            st.active.take();
+            r
         };
         self.dir_lock.lock().take();
         *self.stop.lock() = true;
@@ -330,7 +487,7 @@ impl QueueCore {
     }
 
     /// Seals an aged segment and syncs what the last period wrote.
-    fn tick(&self) -> io::Result<()> {
+    fn tick(&self) -> Result<()> {
         let target = {
             let mut st = self.state.lock();
             let aged = st.active.as_ref().is_some_and(|a| {
@@ -386,7 +543,8 @@ fn ticker(weak: Weak<QueueCore>, period: Duration) {
                 return;
             }
         }
-        // An error here (a full disk, say) surfaces to the next append or flush.
+        // A failed fdatasync or seal is recorded (`failure`) where it happens: from then
+        // on durable appends, `flush`, sealing and `stats()` report it. Nothing to do here.
         let _ = core.tick();
     }
 }
@@ -408,9 +566,7 @@ mod tests {
         };
         let q = QueueCore::open(dir.path(), cfg).unwrap();
         for i in 0..200 {
-            let l = line(i);
-            q.reserve(1).unwrap();
-            q.append(&l, 1).unwrap();
+            q.append(&line(i), 1).unwrap();
         }
         q.close().unwrap();
         let segs = segment::list(dir.path()).unwrap();
@@ -437,20 +593,42 @@ mod tests {
             ..Config::default()
         };
         let q = QueueCore::open(dir.path(), cfg).unwrap();
-        for _ in 0..3 {
-            q.reserve(1).unwrap();
-        }
+        let held: Vec<_> = (0..3).map(|_| q.reserve(1).unwrap()).collect();
         assert!(matches!(
             q.reserve(1),
-            Err(AppendError::Full { pending: 3, max: 3 })
+            Err(Error::Full { pending: 3, max: 3 })
         ));
+        assert!(matches!(
+            q.append(&line(0), 1),
+            Err(Error::Full { pending: 3, max: 3 })
+        ));
+        // The guard gives reservations back when dropped; a refused append kept nothing.
+        drop(held);
+        assert_eq!(q.pending(), 0);
+        for i in 0..3 {
+            q.append(&line(i), 1).unwrap();
+        }
+        assert_eq!(q.pending(), 3);
+        assert!(matches!(q.append(&line(4), 1), Err(Error::Full { .. })));
+        assert_eq!(q.pending(), 3);
+        assert_eq!(LocalCounters::get(&q.local.rejected), 2);
+    }
+
+    #[test]
+    fn failed_append_gives_its_reservation_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = QueueCore::open(dir.path(), Config::default()).unwrap();
+        assert!(matches!(q.append(b"not json\n", 1), Err(Error::Invalid(_))));
+        assert!(matches!(q.append(&line(1), 2), Err(Error::Invalid(_))));
+        q.close().unwrap();
+        assert!(matches!(q.append(&line(1), 1), Err(Error::Closed)));
+        assert_eq!(q.pending(), 0);
     }
 
     #[test]
     fn durable_append_is_synced() {
         let dir = tempfile::tempdir().unwrap();
         let q = QueueCore::open(dir.path(), Config::default()).unwrap();
-        q.reserve(1).unwrap();
         let pos = q.append(&line(1), 1).unwrap();
         q.sync_to(pos).unwrap();
         assert!(LocalCounters::get(&q.local.fsyncs) >= 1);
@@ -475,6 +653,123 @@ mod tests {
         )
         .unwrap();
         assert_eq!(torn, b"{\"activ");
-        assert_eq!(q.shared.pending(), 1);
+        assert_eq!(q.pending(), 1);
+    }
+
+    /// Files whose fdatasync fails while `failing` is set, as a disk's writeback error does.
+    #[derive(Default)]
+    struct FlakyDisk {
+        failing: std::sync::atomic::AtomicBool,
+        calls: std::sync::atomic::AtomicU32,
+    }
+
+    impl FileBackend for FlakyDisk {
+        fn sync_data(&self, file: &File) -> io::Result<()> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.calls.fetch_add(1, SeqCst);
+            if self.failing.load(SeqCst) {
+                return Err(io::Error::from_raw_os_error(libc::EIO));
+            }
+            file.sync_data()
+        }
+    }
+
+    fn flaky_queue(dir: &Path, cfg: Config) -> (Arc<QueueCore>, Arc<FlakyDisk>) {
+        let disk = Arc::new(FlakyDisk::default());
+        let q = QueueCore::open_with(dir, cfg, disk.clone()).unwrap();
+        (q, disk)
+    }
+
+    fn set(flag: &std::sync::atomic::AtomicBool, v: bool) {
+        flag.store(v, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    #[test]
+    fn failed_fdatasync_is_sticky_until_reopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            fsync_interval: Duration::from_secs(3600),
+            rotate_bytes: 4096,
+            ..Config::default()
+        };
+        let (q, disk) = flaky_queue(dir.path(), cfg.clone());
+        let pos = q.append(&line(1), 1).unwrap();
+        set(&disk.failing, true);
+        assert!(matches!(q.sync_to(pos), Err(Error::Io(e)) if e.raw_os_error() == Some(libc::EIO)));
+        // The disk recovers, and a retried fdatasync would report success: it must not be
+        // trusted, so everything that promises durability keeps refusing.
+        set(&disk.failing, false);
+        let calls = disk.calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(q.sync_to(pos), Err(Error::PreviousIo(_))));
+        assert!(matches!(q.flush(), Err(Error::PreviousIo(_))));
+        let later = q.append(&line(2), 1).unwrap(); // into the page cache: still fine
+        assert!(matches!(q.sync_to(later), Err(Error::PreviousIo(_))));
+        let why = q.failure().unwrap();
+        assert!(
+            why.contains("fdatasync") && why.contains("os error 5"),
+            "{why}"
+        );
+        // Sealing refuses too: rotation (the next segment needs room) and close.
+        let big = format!("{{\"activity\":\"a\",\"p\":\"{}\"}}\n", "x".repeat(5000));
+        assert!(matches!(
+            q.append(big.as_bytes(), 1),
+            Err(Error::PreviousIo(_))
+        ));
+        let err = q.close().unwrap_err();
+        assert!(err.to_string().contains("reopen the queue"), "{err}");
+        assert_eq!(disk.calls.load(std::sync::atomic::Ordering::SeqCst), calls);
+        assert!(segment::list(dir.path()).unwrap().iter().all(|s| !s.sealed));
+        drop(q);
+        // Reopened: the dead handle's segment is recovered (resealed from what the file
+        // holds), the new handle is healthy, and both lines are there.
+        let (q, _) = flaky_queue(dir.path(), cfg);
+        assert_eq!(q.failure(), None);
+        q.flush().unwrap();
+        assert_eq!(q.pending(), 2);
+        let segs = segment::list(dir.path()).unwrap();
+        assert!(segs.len() == 1 && segs[0].sealed);
+    }
+
+    #[test]
+    fn failed_seal_is_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            fsync_interval: Duration::from_secs(3600),
+            rotate_bytes: 4096,
+            ..Config::default()
+        };
+        let (q, disk) = flaky_queue(dir.path(), cfg);
+        q.append(&line(1), 1).unwrap();
+        set(&disk.failing, true);
+        let big = format!("{{\"activity\":\"a\",\"p\":\"{}\"}}\n", "x".repeat(5000));
+        assert!(matches!(q.append(big.as_bytes(), 1), Err(Error::Io(_))));
+        set(&disk.failing, false);
+        assert!(q.failure().unwrap().starts_with("sealing segment failed"));
+        assert!(matches!(
+            q.append(big.as_bytes(), 1),
+            Err(Error::PreviousIo(_))
+        ));
+        assert!(matches!(q.flush(), Err(Error::PreviousIo(_))));
+        assert!(q.close().is_err());
+        assert_eq!(q.pending(), 1);
+    }
+
+    #[test]
+    fn background_fdatasync_failure_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            fsync_interval: Duration::from_millis(5),
+            ..Config::default()
+        };
+        let (q, disk) = flaky_queue(dir.path(), cfg);
+        set(&disk.failing, true);
+        let pos = q.append(&line(1), 1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while q.failure().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        set(&disk.failing, false);
+        assert!(q.failure().is_some(), "the ticker's failure was dropped");
+        assert!(matches!(q.sync_to(pos), Err(Error::PreviousIo(_))));
     }
 }

@@ -45,6 +45,7 @@ step "checks: ruff, ruff format, mypy, stubtest, cargo fmt, clippy"
 ruff check .
 ruff format --check .
 mypy
+(cd "$work" && python -m mypy.stubtest activitybi._core)  # _core.pyi against the built module
 cargo fmt --check
 cargo clippy --locked --all-targets -- -D warnings
 

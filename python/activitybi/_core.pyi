@@ -1,49 +1,108 @@
-"""Types of the Rust extension ``activitybi._core``."""
+"""Types of the Rust extension ``activitybi._core``: the contract its bindings keep.
 
-from collections.abc import Iterable, Mapping
+Checked against the built module by ``python -m mypy.stubtest activitybi._core``.
+"""
+
+import os
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar, final, type_check_only
+
+__all__ = [
+    "ActivitybiError",
+    "Checkpoint",
+    "LruCache",
+    "Queue",
+    "QueueFull",
+    "QueueIOError",
+    "QueueReader",
+    "__version__",
+    "ulid",
+]
 
 __version__: str
 
 Checkpoint = dict[str, int]
 """Consumed byte offset per segment, keyed by the segment's stem (its name without suffix)."""
 
-class QueueFull(Exception):
-    """``pending`` (unacknowledged events in the whole queue directory) reached ``max_pending``."""
+class ActivitybiError(Exception):
+    """Base class of the errors activitybi raises (besides ``ValueError``/``TypeError`` for
+    arguments the caller got wrong). Raised as itself for a queue directory whose
+    ``queue.state`` is not this version's (its magic word does not match)."""
+
+class QueueFull(ActivitybiError):
+    """``pending`` (unacknowledged events in the whole queue directory) reached
+    ``max_pending``; nothing was written."""
+
+class QueueIOError(ActivitybiError, OSError):
+    """A queue write, fdatasync or seal failed (``errno`` as the system gave it). After a
+    failed fdatasync or seal the handle refuses durable appends, ``flush`` and sealing
+    with this error until the queue is reopened; ``Queue.stats()["io_error"]`` says why."""
+
+@type_check_only
+class QueueStats(TypedDict):
+    appended: int
+    """Events this handle appended."""
+    bytes: int
+    """Bytes this handle wrote to segments (checksums included)."""
+    rotations: int
+    fsyncs: int
+    rejected: int
+    """Events this handle refused (invalid, or the queue full)."""
+    pending: int
+    """Unacknowledged events in the whole directory, every process."""
+    max_pending: int
+    io_error: str | None
+    """Why this handle refuses durable work (a failed fdatasync or seal), or None."""
+
+@type_check_only
+class LruStats(TypedDict):
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    size: int
+    capacity: int
 
 def ulid() -> str:
     """A new ULID, monotonic within this process (26 Crockford base32 characters)."""
 
+@final
 class Queue:
     """Append-only NDJSON segments in one directory, shared by any number of processes.
 
     ``append`` returns once the line is in the operating system's page cache (a killed
     process loses nothing); ``durable=True`` also waits for an fdatasync covering it.
+    Every line carries a CRC32C checksum that ``QueueReader`` verifies.
     """
 
-    path: str
-    def __init__(
-        self,
-        path: str,
+    @property
+    def path(self) -> str: ...
+    def __new__(
+        cls,
+        path: str | os.PathLike[str],
         *,
         rotate_bytes: int = 16 * 1024 * 1024,
         rotate_secs: float = 60.0,
         max_pending: int = 100_000,
         fsync_interval_ms: int = 50,
         max_event_bytes: int = 1024 * 1024,
-    ) -> None: ...
-    def append(self, event: Mapping[str, Any] | bytes, *, durable: bool = False) -> str:
-        """Write one event; fill ``activity_id`` and ``ts`` when absent; return the id."""
-    def append_many(self, events: Iterable[Mapping[str, Any] | bytes], *, durable: bool = False) -> list[str]:
+    ) -> Queue: ...
+    def append(self, event: dict[str, Any] | bytes, *, durable: bool = False) -> str:
+        """Write one event; fill ``activity_id`` and ``ts`` when absent; return the id.
+        Raises ``QueueFull``, ``QueueIOError``, ``ValueError`` (not an event, or closed),
+        ``TypeError`` (a value JSON cannot hold). A durable append whose fdatasync fails
+        raises although its line was written (it may still be uploaded); once that happened,
+        durable appends raise before writing anything."""
+    def append_many(self, events: Iterable[dict[str, Any] | bytes], *, durable: bool = False) -> list[str]:
         """Write a batch with one copy; all or nothing."""
-    def stats(self) -> dict[str, int]:
-        """``appended``, ``bytes``, ``rotations``, ``fsyncs``, ``rejected`` (this instance)
-        and ``pending`` (the whole directory, every process)."""
+    def stats(self) -> QueueStats:
+        """This handle's counters, the directory's ``pending``, and ``io_error``."""
     def flush(self) -> None:
-        """fdatasync everything appended so far."""
+        """fdatasync everything appended so far (``QueueIOError`` if that fails, or failed before)."""
     def close(self) -> None:
-        """Seal the open segment and stop the background thread. Idempotent."""
+        """Seal the open segment and stop the background thread. Idempotent. After an I/O
+        failure it raises ``QueueIOError`` and leaves the segment for the next open to recover."""
     def __enter__(self) -> Queue: ...
     def __exit__(
         self,
@@ -52,12 +111,18 @@ class Queue:
         tb: TracebackType | None,
     ) -> None: ...
 
+@final
 class QueueReader:
     """The single consumer of a queue directory (an exclusive lock; a second one raises
-    ``BlockingIOError``). Yields complete lines only, from sealed and open segments."""
+    ``BlockingIOError``). Yields complete lines only, from sealed and open segments.
 
-    path: str
-    def __init__(self, path: str) -> None: ...
+    Lines of checksummed segments are verified: ``read_batch`` returns those that fail
+    apart, with the reason ``"checksum mismatch"``; segments written before checksums
+    (stems of 26 characters, without ``-v2``) are read unverified."""
+
+    @property
+    def path(self) -> str: ...
+    def __new__(cls, path: str | os.PathLike[str]) -> QueueReader: ...
     def acked(self) -> Checkpoint:
         """The acknowledged checkpoint stored in the directory."""
     def read(
@@ -68,8 +133,18 @@ class QueueReader:
         max_bytes: int = 8 * 1024 * 1024,
     ) -> tuple[list[bytes], Checkpoint]:
         """Complete lines after ``checkpoint`` (default: the acknowledged one), in a stable
-        order (segments by name, then offset), without their newline; and the checkpoint
-        just after the last line returned."""
+        order (segments by name, then offset), without their newline or checksum; and the
+        checkpoint just after the last line returned. Raises ``ActivitybiError`` when a line
+        fails its check (nothing is skipped silently): ``read_batch`` returns such lines apart."""
+    def read_batch(
+        self,
+        checkpoint: Checkpoint | None = None,
+        *,
+        max_lines: int = 10_000,
+        max_bytes: int = 8 * 1024 * 1024,
+    ) -> tuple[list[bytes], list[tuple[str, bytes]], Checkpoint]:
+        """As ``read``, but the lines that fail their check come apart as
+        ``(reason, line as on disk)``; the checkpoint is past both kinds."""
     def ack(self, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` durably, count its lines off ``pending``, delete sealed
         segments it fully covers. Returns the number of lines newly acknowledged."""
@@ -86,15 +161,16 @@ class QueueReader:
 
 _V = TypeVar("_V")
 
+@final
 class LruCache(Generic[_V]):
     """Thread-safe LRU with an optional time-to-live per entry."""
 
-    def __init__(self, capacity: int, ttl_seconds: float | None = None) -> None: ...
+    def __new__(cls, capacity: int, ttl_seconds: float | None = None) -> LruCache[_V]: ...
     def get(self, key: str, default: _V | None = None) -> _V | None: ...
     def put(self, key: str, value: _V) -> None: ...
     def delete(self, key: str) -> bool: ...
     def clear(self) -> None: ...
     def __len__(self) -> int: ...
-    def __contains__(self, key: str) -> bool: ...
-    def stats(self) -> dict[str, int]:
+    def __contains__(self, key: str, /) -> bool: ...
+    def stats(self) -> LruStats:
         """``hits``, ``misses``, ``evictions``, ``expirations``, ``size``, ``capacity``."""

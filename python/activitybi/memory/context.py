@@ -272,7 +272,7 @@ class ContextService:
 
     def tier_stats(self) -> dict[str, dict[str, int]]:
         """Hits and misses per tier: memory (this process), redis, warehouse (snapshots)."""
-        tiers = {"memory": self.cache.stats()}
+        tiers: dict[str, Any] = {"memory": self.cache.stats()}
         if self.redis is not None:
             tiers["redis"] = self.redis.stats()
         tiers["warehouse"] = dict(self.snapshot_reads)

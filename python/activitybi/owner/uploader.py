@@ -177,13 +177,12 @@ class Uploader:
     def step(self) -> int:
         """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
         start = self._start_checkpoint()
-        lines, checkpoint = self.reader.read(start, max_lines=self.batch_lines)
-        if not lines:
+        lines, bad, checkpoint = self.reader.read_batch(start, max_lines=self.batch_lines)
+        if not lines and not bad:
             self._caught_up_at, self._behind = time.time(), False
             return 0
         self._behind = True
         rows: list[StreamRow] = []
-        bad: list[tuple[str, bytes]] = []
         for line in lines:
             try:
                 row = to_row(line)
@@ -200,12 +199,12 @@ class Uploader:
         inserted = self._load(rows, checkpoint)
         self.reader.ack(checkpoint)
         self._checkpoint = checkpoint
-        self.stats.read += len(lines)
+        self.stats.read += len(lines) + len(bad)
         self.stats.loaded += inserted
         self.stats.duplicates += len(rows) - inserted
         self.stats.batches += 1
         self.stats.last_commit = time.time()
-        return len(lines)
+        return len(lines) + len(bad)
 
     def drain(self, on_batch: Callable[[int], None] | None = None) -> UploadStats:
         """Uploads everything in the queue now, then returns."""

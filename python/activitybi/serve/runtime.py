@@ -41,7 +41,7 @@ class EventWriter:
             self._queue = Queue(str(self.queue_dir), rotate_secs=config.settings().queue_rotate_secs)
         return self._queue
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         try:
             return dict(self.queue.stats())
         except OSError:
