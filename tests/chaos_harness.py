@@ -388,6 +388,15 @@ def run_async(fn: Callable[[], Awaitable[Any]], timeout: float) -> Any:
 # -- the queue and the warehouse, seen from outside -------------------------------------
 
 
+def acked_bytes(qdir: Path) -> int:
+    """The acknowledged offsets summed over segments: it moves exactly when the uploader
+    commits a batch (or, downwards, when acknowledged segments are deleted)."""
+    try:
+        return sum(orjson.loads((qdir / "ack.json").read_bytes()).values())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return 0
+
+
 def backlog(qdir: Path) -> int:
     """Complete lines not yet acknowledged by the uploader, in every segment; read from the
     files alone (no lock), so it can be called while the owner runs."""
@@ -639,10 +648,10 @@ def fault_uploader_kill(
             pid = owner_pid(home)
             # Mid-batch: after the owner has committed a batch and is loading the next.
             wait_for("a backlog for the owner", lambda: backlog(qdir) > 1000, 20)
-            before = backlog(qdir)
+            before = acked_bytes(qdir)
 
-            def committed(before: int = before) -> bool:
-                return backlog(qdir) < before
+            def committed(before: int = before) -> bool:  # the owner acknowledged a batch
+                return acked_bytes(qdir) != before
 
             wait_for("the owner to commit a batch", committed, 20, every=0.005)
             time.sleep(rng.random() * 0.05)
@@ -841,6 +850,8 @@ def fault_warehouse_down(root: Path, *, outage: float = 3.0, clients: int = 2) -
     def outage_window() -> None:
         pid = owner_pid(home)
         time.sleep(0.5)  # some load first
+        # and the owner past its start (tables made, a batch committed), however busy the machine
+        wait_for("the owner's first commit", lambda: acked_bytes(qdir) > 0, 30)
         holder = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(home / "warehouse.duckdb"), str(outage)],
             stdout=subprocess.PIPE,
