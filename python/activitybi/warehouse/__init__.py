@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from activitybi.events import StreamRow
 
@@ -40,6 +40,30 @@ class QueryStopped(Exception):
 class QueryResult:
     columns: list[str]
     rows: list[tuple[Any, ...]]
+
+
+@dataclass(slots=True)
+class Staged:
+    """A batch of queue lines the warehouse has parsed itself: `slow` are the indices of the
+    lines it left for the Python drift rule, `clean` how many it kept."""
+
+    slow: list[int]
+    clean: int
+
+
+@runtime_checkable
+class LineLoader(Protocol):
+    """A warehouse that parses clean lines itself, in bulk (the uploader's fast path)."""
+
+    def stage(self, lines: Sequence[bytes]) -> Staged:
+        """Parses the lines that need no drift handling and keeps them for the next
+        `load_staged`."""
+
+    def load_staged(
+        self, staged: Staged, rows: Sequence[tuple[int, StreamRow]], queue_id: str, checkpoint: Checkpoint
+    ) -> int:
+        """Like `load`, with the staged lines and `rows` (each with its line index) inserted
+        in line order. Raises DataError when a row is refused; the staged lines then stay."""
 
 
 class Warehouse(Protocol):
