@@ -64,9 +64,9 @@ cohort activity):
 - Limits: 32 appends, 100 columns per activity, 32 filters, 1,000 ``in`` values, names up to
   255 characters, values up to 4,096, delimiters up to 64, customer up to 1,024. Strings
   must be valid UTF-8.
-- Cost: ``aggregate_before`` / ``aggregate_after`` pair every cohort row with its candidates
-  (cohort rows x candidates for one customer). Every other relationship sorts the cohort
-  rows and the candidates together, or picks one candidate per customer: no pairwise join.
+- Cost: no relationship pairs cohort rows with candidates. Each sorts the cohort rows and
+  the candidates together (``aggregate_before`` / ``aggregate_after`` as running windows),
+  or picks one candidate per customer.
 """
 
 from __future__ import annotations
@@ -555,31 +555,33 @@ def _where(activity: str, filters: Sequence[Filter], row: str) -> _Q:
     )
 
 
-def _agg_expr(col: Column, v: str, occ: str) -> _Q:
-    """The aggregate of value column ``v`` (``occ`` orders rows for first/last_value)."""
+def _agg_expr(col: Column, v: str, occ: str, over: str = "") -> _Q:
+    """The aggregate of value column ``v`` (``occ`` orders rows for first/last_value); with
+    ``over`` (`` OVER w``) every aggregate call in it is a window function."""
     agg = col.agg
     if agg == "count":
-        return _Q(f"count({v})")
+        return _Q(f"count({v}){over}")
     if agg == "count_distinct":
-        return _Q(f"count(DISTINCT {v})")
+        return _Q(f"count(DISTINCT {v}){over}")
     if agg in ("sum", "min", "max", "avg"):
-        return _Q(f"{agg}({v})")
+        return _Q(f"{agg}({v}){over}")
     if agg == "sum_bool":
-        return _Q(f"sum(CAST({v} AS INTEGER))")
+        return _Q(f"sum(CAST({v} AS INTEGER)){over}")
     if agg == "is_null":
-        return _Q(f"(count({v}) = 0)")
+        return _Q(f"(count({v}){over} = 0)")
     if agg == "not_null":
-        return _Q(f"(count({v}) > 0)")
+        return _Q(f"(count({v}){over} > 0)")
     if agg == "first_value":
-        return _Q(f"arg_min({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END)")
+        return _Q(f"arg_min({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END){over}")
     if agg == "last_value":
-        return _Q(f"arg_max({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END)")
+        return _Q(f"arg_max({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END){over}")
     delimiter = "\n" if col.delimiter is None else col.delimiter
     if agg == "listagg":
-        return _cat(f"string_agg(CAST({v} AS VARCHAR), ", _bind(delimiter), f" ORDER BY {v})")
+        return _cat(f"string_agg(CAST({v} AS VARCHAR), ", _bind(delimiter), f" ORDER BY {v}){over}")
     if agg == "listagg_distinct":
         return _cat(
-            f"CASE WHEN count({v}) > 0 THEN array_to_string(list_sort(list_distinct(list({v}))), ",
+            f"CASE WHEN count({v}){over} > 0 THEN "
+            f"array_to_string(list_sort(list_distinct(list({v}){over})), ",
             _bind(delimiter),
             ") END",
         )
@@ -719,13 +721,31 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
             )
             join = by_row
         else:
-            # aggregate_before / aggregate_after: every cohort row x its candidates.
+            # aggregate_before / aggregate_after: cohort rows and candidates sorted together,
+            # and running aggregates read at each cohort row: from the first row up to it
+            # (before) or from it to the last row (after). At an equal ts the cohort row sorts
+            # before the candidates (before) or after them (after), so the window stays
+            # strict; cohort rows carry NULL values, which every aggregate skips.
+            ckind, frame = (
+                (0, "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
+                if rel == "aggregate_before"
+                else (1, "ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING")
+            )
+            running = _join(
+                ", ",
+                (
+                    _cat(_agg_expr(col, f"u._v{i}", "u._occ", " OVER w"), f" AS _x{i}")
+                    for i, col in enumerate(a.columns)
+                ),
+            )
             cte = _cat(
-                f",\n{name} AS (SELECT c._row, ",
-                aggs,
-                f" FROM _cohort AS c JOIN _a{k} "
-                f"AS a ON a._entity = c._entity AND {_window(rel, 'a', 'c')} "
-                "GROUP BY c._row)",
+                f",\n_u{k} AS (SELECT a._entity, a.ts, {1 - ckind} AS _kind, "
+                f"CAST(NULL AS BIGINT) AS _row, a._occ, {vcols} FROM _a{k} AS a "
+                f"UNION ALL SELECT c._entity, c.ts, {ckind}, c._row, NULL, {nulls} FROM _cohort AS c)"
+                f",\n{name} AS (SELECT * FROM (SELECT u._row, ",
+                running,
+                f" FROM _u{k} AS u WINDOW w AS (PARTITION BY u._entity {order} {frame})) "
+                "WHERE _row IS NOT NULL)",
             )
             join = by_row
         outs = []
