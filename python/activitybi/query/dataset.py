@@ -64,6 +64,13 @@ cohort activity):
 - Limits: 32 appends, 100 columns per activity, 32 filters, 1,000 ``in`` values, names up to
   255 characters, values up to 4,096, delimiters up to 64, customer up to 1,024. Strings
   must be valid UTF-8.
+- Join conditions (``join``: ``[{"feature": "repo", "cohort_feature": "repository",
+  "type": "string"}]``, up to 8): a candidate qualifies for a cohort row only when each of
+  its features equals the cohort row's (``cohort_feature`` defaults to the same key), as
+  typed values; a NULL or missing value matches nothing. Occurrences (``nth_*``, first,
+  last) then count within the candidates of equal values, as a filter on the cohort row's
+  value would. Feature paths follow the feature pattern and are bound. A time spine
+  cohort has no features to join on.
 - Cost: no relationship pairs cohort rows with candidates. Each sorts the cohort rows and
   the candidates together (``aggregate_before`` / ``aggregate_after`` as running windows),
   or picks one candidate per customer.
@@ -100,6 +107,7 @@ __all__ = [
     "DatasetSpec",
     "DatasetSpecError",
     "Filter",
+    "JoinOn",
     "TimeSpine",
     "build_dataset_sql",
     "to_snowflake",
@@ -433,6 +441,20 @@ class Cohort(_Model):
         return self
 
 
+class JoinOn(_Model):
+    """A join condition: the appended row's ``feature`` equals the cohort row's
+    ``cohort_feature`` (the same key when omitted), both read as ``type``."""
+
+    feature: StrictStr
+    cohort_feature: StrictStr | None = None
+    type: ColumnType = "string"
+
+    @field_validator("feature", "cohort_feature")
+    @classmethod
+    def _v_feature(cls, v: str | None) -> str | None:
+        return _check_feature(v)
+
+
 class Append(_Model):
     """An appended (or aggregated) activity joined to each cohort row by a relationship."""
 
@@ -440,6 +462,7 @@ class Append(_Model):
     relationship: Relationship
     nth: StrictInt | None = Field(default=None, ge=1, le=_MAX_NTH)
     filters: list[Filter] = Field(default_factory=list, max_length=32)
+    join: list[JoinOn] = Field(default_factory=list, max_length=8)
     columns: list[Column] = Field(min_length=1, max_length=100)
     notes: StrictStr | None = None
 
@@ -476,6 +499,8 @@ class DatasetSpec(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
+        if self.cohort.occurrence == "time_spine" and any(a.join for a in self.appends):
+            raise ValueError("a time spine cohort has no features to join on")
         seen: set[str] = set()
         for col in [*self.cohort.columns, *(c for a in self.appends for c in a.columns)]:
             if col.as_ in seen:
@@ -520,14 +545,19 @@ def _bind(value: object) -> _Q:
     return _Q("?", (value,))
 
 
+def _feature_expr(feature: str, type_: str, row: str) -> _Q:
+    """The typed value of a feature of table alias ``row`` (the path is bound)."""
+    extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{feature}"'), ")")
+    if type_ == "string":
+        return extract
+    return _cat("TRY_CAST(", extract, f" AS {_SQL_TYPES[type_]})")
+
+
 def _source_expr(src: Column | Filter, row: str) -> _Q:
     """The typed value of a column or feature of table alias ``row``."""
     sql_type = _SQL_TYPES[src.type]
     if src.feature is not None:
-        extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{src.feature}"'), ")")
-        if src.type == "string":
-            return extract
-        return _cat("TRY_CAST(", extract, f" AS {sql_type})")
+        return _feature_expr(src.feature, src.type, row)
     assert src.column is not None
     name = _DERIVED.get(src.column, src.column)
     if src.column == "feature_json" or STREAM_COLUMNS[src.column] != src.type:
@@ -680,10 +710,28 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         ") AS _occ, row_number() OVER (",
         part,
         _ORDER_DESC.format(r="s"),
-        f") AS _rocc{nxt} FROM _s AS s WHERE ",
-        _where(a.activity, a.filters, "s"),
+        f") AS _rocc{nxt} FROM ",
+        _candidates(a, "s"),
         ") AS f)",
     )
+    # With join conditions, ``_entity`` is the customer and the joined values together (a
+    # struct), in the candidates and in the cohort rows ``_k{k}``: every partition and join
+    # on ``_entity`` below then holds them equal. A NULL value matches nothing.
+    cohort = f"_k{k}" if a.join else "_cohort"
+    if a.join:
+        keys = _join(
+            ", ",
+            (
+                _cat(f"m{i} := ", _feature_expr(j.cohort_feature or j.feature, j.type, "c"))
+                for i, j in enumerate(a.join)
+            ),
+        )
+        base = _cat(
+            base,
+            f",\n_k{k} AS (SELECT c.* REPLACE (struct_pack(e := c._entity, ",
+            keys,
+            ") AS _entity) FROM _cohort AS c)",
+        )
     rel = a.relationship
     name = f"_j{k}"
     n = len(a.columns)
@@ -702,6 +750,8 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         if rel == "aggregate_all_ever":
             cte = _cat(f",\n{name} AS (SELECT a._entity, ", aggs, f" FROM _a{k} AS a GROUP BY a._entity)")
             join = by_entity
+            if a.join:
+                cte, join = _per_row(k, cte, "TRUE")
         elif rel == "aggregate_in_between":
             # In-between windows are disjoint (each ends at the next occurrence), so a
             # candidate can only be in the window of the latest cohort row strictly before
@@ -710,12 +760,12 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
             cte = _cat(
                 f",\n_u{k} AS (SELECT a._entity, a.ts, 0 AS _kind, CAST(NULL AS BIGINT) AS _row, "
                 f"a._occ, {vcols} FROM _a{k} AS a UNION ALL SELECT c._entity, c.ts, 1, c._row, "
-                f"NULL, {nulls} FROM _cohort AS c)"
+                f"NULL, {nulls} FROM {cohort} AS c)"
                 f",\n_o{k} AS (SELECT u.*, max(u._row) OVER (PARTITION BY u._entity {order} "
                 f"{running_max}) AS _owner FROM _u{k} AS u)"
                 f",\n{name} AS (SELECT c._row, ",
                 aggs,
-                f" FROM _o{k} AS a JOIN _cohort AS c "
+                f" FROM _o{k} AS a JOIN {cohort} AS c "
                 f"ON c._row = a._owner WHERE a._kind = 0 AND {_window(rel, 'a', 'c')} "
                 "GROUP BY c._row)",
             )
@@ -741,7 +791,7 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
             cte = _cat(
                 f",\n_u{k} AS (SELECT a._entity, a.ts, {1 - ckind} AS _kind, "
                 f"CAST(NULL AS BIGINT) AS _row, a._occ, {vcols} FROM _a{k} AS a "
-                f"UNION ALL SELECT c._entity, c.ts, {ckind}, c._row, NULL, {nulls} FROM _cohort AS c)"
+                f"UNION ALL SELECT c._entity, c.ts, {ckind}, c._row, NULL, {nulls} FROM {cohort} AS c)"
                 f",\n{name} AS (SELECT * FROM (SELECT u._row, ",
                 running,
                 f" FROM _u{k} AS u WINDOW w AS (PARTITION BY u._entity {order} {frame})) "
@@ -777,6 +827,8 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         join = by_entity
         if not rel.endswith("_ever"):
             join += f" AND {_window(rel, name, 'c')}"
+        if a.join:
+            cte, join = _per_row(k, cte, _window(rel, "e", "c"))
         return _cat(base, cte), outs, join
 
     # first_after, first_in_between, last_before, last_in_between: cohort anchors and
@@ -806,7 +858,7 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     cte = _Q(
         f",\n_u{k} AS (SELECT c._entity, {anchor} AS ts, {ckind} AS _kind, c._row, "
         "c.ts AS _cts, c._next AS _cnext, CAST(NULL AS BIGINT) AS _aocc, "
-        f"{is_open} AS _open FROM _cohort AS c UNION ALL SELECT a._entity, a.ts, {akind}, NULL, "
+        f"{is_open} AS _open FROM {cohort} AS c UNION ALL SELECT a._entity, a.ts, {akind}, NULL, "
         f"NULL, NULL, a._occ, FALSE FROM _a{k} AS a)"
         f",\n_p{k} AS (SELECT u._row, u._entity, u._cts AS ts, u._cnext AS _next, {pick} AS _pick "
         f"FROM _u{k} AS u)"
@@ -815,6 +867,39 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         f"WHERE p._row IS NOT NULL AND {_window(rel, 'a', 'p')})"
     )
     return _cat(base, cte), outs, by_row
+
+
+def _candidates(a: Append, s: str) -> _Q:
+    """FROM text of an append's rows (alias ``s``): its activity, after its filters, and
+    with join conditions only rows whose joined values are all present, ``_entity`` made
+    the customer and those values together."""
+    where = _where(a.activity, a.filters, s)
+    if not a.join:
+        return _cat(f"_s AS {s} WHERE ", where)
+    values = [_feature_expr(j.feature, j.type, s) for j in a.join]
+    return _cat(
+        f"(SELECT {s}.* REPLACE (struct_pack(e := {s}._entity, ",
+        _join(", ", (_cat(f"m{i} := ", v) for i, v in enumerate(values))),
+        f") AS _entity) FROM _s AS {s} WHERE ",
+        where,
+        *(_cat(" AND ", v, " IS NOT NULL") for v in values),
+        f") AS {s}",
+    )
+
+
+def _per_row(k: int, cte: _Q, window: str) -> tuple[_Q, str]:
+    """An append keyed by ``_entity`` (``_j{k}``, renamed ``_e{k}``) keyed by cohort row
+    instead, through ``_k{k}`` whose ``_entity`` holds the joined values: the final join
+    is on the cohort row, whose own ``_entity`` is only the customer."""
+    renamed = _Q(cte.text.replace(f"_j{k} AS (", f"_e{k} AS (", 1), cte.params)
+    return (
+        _cat(
+            renamed,
+            f",\n_j{k} AS (SELECT c._row, e.* EXCLUDE (_entity) FROM _k{k} AS c JOIN _e{k} AS e "
+            f"ON e._entity = c._entity AND {window})",
+        ),
+        f"LEFT JOIN _j{k} ON _j{k}._row = c._row",
+    )
 
 
 def _validate(spec: DatasetSpec | dict[str, Any]) -> DatasetSpec:
