@@ -7,7 +7,9 @@ names from a whitelist, generated names (``_a0``, ``_v1``), output aliases match
 from whitelists. Every value -- the customer, activity names, feature paths, filter values,
 ``nth``, listagg delimiters -- is a ``?`` parameter. The same shape of spec therefore gives
 byte-identical SQL, whatever the values. Every read of the stream is restricted to
-``coalesce(customer, anonymous_customer_id) = ?``, and there is no entry point without a customer.
+``coalesce(customer, anonymous_customer_id) = ?``; the one entry point without a customer,
+``build_stream_dataset_sql``, is the operator's ``activitybi dataset`` command on the
+warehouse, and no tool reaches it.
 
 Rules (those of ``shared/conformance/activityschema/README.md``; ``p`` = cohort row, ``j`` =
 candidate row of the appended activity, same customer; ``p.next`` = the next occurrence of the
@@ -110,6 +112,7 @@ __all__ = [
     "JoinOn",
     "TimeSpine",
     "build_dataset_sql",
+    "build_stream_dataset_sql",
     "to_snowflake",
 ]
 
@@ -931,15 +934,27 @@ def build_dataset_sql(
         _check_text(customer, "customer", _MAX_CUSTOMER)
     except ValueError as e:
         raise DatasetSpecError(f"customer: {e}") from None
+    return _build(spec, _cat("WHERE coalesce(customer, anonymous_customer_id) = ", _bind(customer)), table)
+
+
+def build_stream_dataset_sql(
+    spec: DatasetSpec | dict[str, Any], *, table: str = "claude_stream"
+) -> tuple[str, list[object]]:
+    """The same dataset over every customer of the stream, in one statement (rows ordered
+    by customer, then cohort ``(ts, activity_id)``). For an operator on the warehouse
+    (``activitybi dataset``), never for a tool: over MCP a dataset is one customer's."""
+    return _build(spec, _Q("WHERE coalesce(customer, anonymous_customer_id) IS NOT NULL"), table)
+
+
+def _build(spec: DatasetSpec | dict[str, Any], where: _Q, table: str) -> tuple[str, list[object]]:
     if table not in ALLOWED_TABLES:
         raise DatasetSpecError(f"table: must be one of {', '.join(sorted(ALLOWED_TABLES))}")
     ds = _validate(spec)
 
     source = _cat(
         f"WITH _s AS (SELECT {', '.join(_PHYSICAL_COLUMNS)}, "
-        f"coalesce(customer, anonymous_customer_id) AS _entity FROM {table} "
-        "WHERE coalesce(customer, anonymous_customer_id) = ",
-        _bind(customer),
+        f"coalesce(customer, anonymous_customer_id) AS _entity FROM {table} ",
+        where,
         ")",
     )
     ctes: list[_Q | str] = [source, ",\n", _cohort_ctes(ds.cohort)]
