@@ -634,7 +634,6 @@ def _window(relationship: str, j: str, c: str) -> str:
 
 
 _ORDER = "ORDER BY {r}.ts, {r}.activity_id"
-_ORDER_DESC = "ORDER BY {r}.ts DESC, {r}.activity_id DESC"
 
 
 def _cohort_ctes(cohort: Cohort) -> _Q:
@@ -705,15 +704,14 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         else ""
     )
     base = _cat(
-        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._rocc, ",
+        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._count - f._occ + 1 AS _rocc, ",
         values,
         " FROM (SELECT s.*, row_number() OVER (",
         part,
         _ORDER.format(r="s"),
-        ") AS _occ, row_number() OVER (",
-        part,
-        _ORDER_DESC.format(r="s"),
-        f") AS _rocc{nxt} FROM ",
+        ") AS _occ, count(*) OVER (",
+        part.rstrip(),
+        f") AS _count{nxt} FROM ",
         _candidates(a, "s"),
         ") AS f)",
     )
