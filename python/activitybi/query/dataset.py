@@ -697,7 +697,23 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     key, so the final LEFT JOIN never drops or duplicates a cohort row.
     """
     part = "PARTITION BY s._entity "
-    values = _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns)))
+    # Values are read before the window sorts (so the sorts carry them, not feature_json),
+    # but for the derived columns, which the windows compute.
+    inner = _join(
+        "",
+        (
+            _cat(", ", _source_expr(col, "s"), f" AS _v{i}")
+            for i, col in enumerate(a.columns)
+            if col.column not in _DERIVED
+        ),
+    )
+    values = _join(
+        ", ",
+        (
+            _cat(_source_expr(col, "f"), f" AS _v{i}") if col.column in _DERIVED else _Q(f"f._v{i}")
+            for i, col in enumerate(a.columns)
+        ),
+    )
     nxt = (
         f", lead(s.ts) OVER ({part}{_ORDER.format(r='s')}) AS _next"
         if any(col.column == "activity_repeated_at" for col in a.columns)
@@ -706,7 +722,9 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     base = _cat(
         f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._count - f._occ + 1 AS _rocc, ",
         values,
-        " FROM (SELECT s.*, row_number() OVER (",
+        " FROM (SELECT s._entity, s.ts, s.activity_id",
+        inner,
+        ", row_number() OVER (",
         part,
         _ORDER.format(r="s"),
         ") AS _occ, count(*) OVER (",
