@@ -268,6 +268,68 @@ def init() -> None:
     Console().print(f"[green]{wh.kind}[/green]: applied " + ", ".join(names))
 
 
+_DATASET_FORMATS = {
+    ".parquet": "(FORMAT parquet)",
+    ".csv": "(FORMAT csv, HEADER)",
+    ".json": "(FORMAT json, ARRAY true)",
+}
+
+
+@main.command()
+@click.argument("spec", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the rows to FILE: Parquet, CSV or JSON by its extension (default: a table here).",
+)
+@click.option("--limit", default=50, show_default=True, help="Rows shown in the terminal.")
+def dataset(spec: Path, out: Path | None, limit: int) -> None:
+    """Build the ActivitySchema dataset of SPEC.json over every customer, in one statement
+    on the local DuckDB warehouse (an operator's command: over MCP a dataset stays one
+    customer's)."""
+    import orjson
+    from rich.console import Console
+    from rich.table import Table
+
+    from activitybi.query.dataset import DatasetSpecError, build_stream_dataset_sql
+    from activitybi.warehouse import TransientError
+    from activitybi.warehouse.duckdb import DuckDBWarehouse
+
+    if out is not None and out.suffix.lower() not in _DATASET_FORMATS:
+        raise click.BadParameter("the file must end in " + ", ".join(_DATASET_FORMATS), param_hint="--out")
+    try:
+        sql, params = build_stream_dataset_sql(orjson.loads(spec.read_bytes()))
+    except (orjson.JSONDecodeError, DatasetSpecError) as e:
+        raise click.ClickException(f"{spec}: {e}") from None
+    path = config.home() / "warehouse.duckdb"
+    if not path.exists():
+        raise click.ClickException(f"no warehouse at {path}: run `activitybi init` and upload first")
+    try:
+        wh = DuckDBWarehouse(path, read_only=True)
+    except TransientError as e:
+        raise click.ClickException(
+            f"{e} (a running server's owner holds it: stop it, or try later)"
+        ) from None
+    try:
+        table = wh.con.sql(sql, params=params).to_arrow_table()
+        if out is not None:
+            wh.con.register("_dataset", table)
+            target = str(out).replace("'", "''")
+            wh.con.execute(f"COPY _dataset TO '{target}' {_DATASET_FORMATS[out.suffix.lower()]}")
+    finally:
+        wh.close()
+    console = Console()
+    if out is not None:
+        console.print(f"wrote {table.num_rows:,} rows to {out}")
+        return
+    view = Table(*table.column_names)
+    for row in table.slice(0, limit).to_pylist():
+        view.add_row(*("" if v is None else str(v) for v in row.values()))
+    console.print(view)
+    if table.num_rows > limit:
+        console.print(f"{limit} of {table.num_rows:,} rows shown; --out FILE writes them all")
+
+
 @main.command()
 @click.option("--once", "mode", flag_value="once", default=True, help="Drain the queue, then exit.")
 @click.option("--follow", "mode", flag_value="follow", help="Keep uploading until interrupted.")

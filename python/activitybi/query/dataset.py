@@ -7,7 +7,9 @@ names from a whitelist, generated names (``_a0``, ``_v1``), output aliases match
 from whitelists. Every value -- the customer, activity names, feature paths, filter values,
 ``nth``, listagg delimiters -- is a ``?`` parameter. The same shape of spec therefore gives
 byte-identical SQL, whatever the values. Every read of the stream is restricted to
-``coalesce(customer, anonymous_customer_id) = ?``, and there is no entry point without a customer.
+``coalesce(customer, anonymous_customer_id) = ?``; the one entry point without a customer,
+``build_stream_dataset_sql``, is the operator's ``activitybi dataset`` command on the
+warehouse, and no tool reaches it.
 
 Rules (those of ``shared/conformance/activityschema/README.md``; ``p`` = cohort row, ``j`` =
 candidate row of the appended activity, same customer; ``p.next`` = the next occurrence of the
@@ -64,9 +66,16 @@ cohort activity):
 - Limits: 32 appends, 100 columns per activity, 32 filters, 1,000 ``in`` values, names up to
   255 characters, values up to 4,096, delimiters up to 64, customer up to 1,024. Strings
   must be valid UTF-8.
-- Cost: ``aggregate_before`` / ``aggregate_after`` pair every cohort row with its candidates
-  (cohort rows x candidates for one customer). Every other relationship sorts the cohort
-  rows and the candidates together, or picks one candidate per customer: no pairwise join.
+- Join conditions (``join``: ``[{"feature": "repo", "cohort_feature": "repository",
+  "type": "string"}]``, up to 8): a candidate qualifies for a cohort row only when each of
+  its features equals the cohort row's (``cohort_feature`` defaults to the same key), as
+  typed values; a NULL or missing value matches nothing. Occurrences (``nth_*``, first,
+  last) then count within the candidates of equal values, as a filter on the cohort row's
+  value would. Feature paths follow the feature pattern and are bound. A time spine
+  cohort has no features to join on.
+- Cost: no relationship pairs cohort rows with candidates. Each sorts the cohort rows and
+  the candidates together (``aggregate_before`` / ``aggregate_after`` as running windows),
+  or picks one candidate per customer.
 """
 
 from __future__ import annotations
@@ -100,8 +109,10 @@ __all__ = [
     "DatasetSpec",
     "DatasetSpecError",
     "Filter",
+    "JoinOn",
     "TimeSpine",
     "build_dataset_sql",
+    "build_stream_dataset_sql",
     "to_snowflake",
 ]
 
@@ -433,6 +444,20 @@ class Cohort(_Model):
         return self
 
 
+class JoinOn(_Model):
+    """A join condition: the appended row's ``feature`` equals the cohort row's
+    ``cohort_feature`` (the same key when omitted), both read as ``type``."""
+
+    feature: StrictStr
+    cohort_feature: StrictStr | None = None
+    type: ColumnType = "string"
+
+    @field_validator("feature", "cohort_feature")
+    @classmethod
+    def _v_feature(cls, v: str | None) -> str | None:
+        return _check_feature(v)
+
+
 class Append(_Model):
     """An appended (or aggregated) activity joined to each cohort row by a relationship."""
 
@@ -440,6 +465,7 @@ class Append(_Model):
     relationship: Relationship
     nth: StrictInt | None = Field(default=None, ge=1, le=_MAX_NTH)
     filters: list[Filter] = Field(default_factory=list, max_length=32)
+    join: list[JoinOn] = Field(default_factory=list, max_length=8)
     columns: list[Column] = Field(min_length=1, max_length=100)
     notes: StrictStr | None = None
 
@@ -476,6 +502,8 @@ class DatasetSpec(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> DatasetSpec:
+        if self.cohort.occurrence == "time_spine" and any(a.join for a in self.appends):
+            raise ValueError("a time spine cohort has no features to join on")
         seen: set[str] = set()
         for col in [*self.cohort.columns, *(c for a in self.appends for c in a.columns)]:
             if col.as_ in seen:
@@ -520,14 +548,19 @@ def _bind(value: object) -> _Q:
     return _Q("?", (value,))
 
 
+def _feature_expr(feature: str, type_: str, row: str) -> _Q:
+    """The typed value of a feature of table alias ``row`` (the path is bound)."""
+    extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{feature}"'), ")")
+    if type_ == "string":
+        return extract
+    return _cat("TRY_CAST(", extract, f" AS {_SQL_TYPES[type_]})")
+
+
 def _source_expr(src: Column | Filter, row: str) -> _Q:
     """The typed value of a column or feature of table alias ``row``."""
     sql_type = _SQL_TYPES[src.type]
     if src.feature is not None:
-        extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{src.feature}"'), ")")
-        if src.type == "string":
-            return extract
-        return _cat("TRY_CAST(", extract, f" AS {sql_type})")
+        return _feature_expr(src.feature, src.type, row)
     assert src.column is not None
     name = _DERIVED.get(src.column, src.column)
     if src.column == "feature_json" or STREAM_COLUMNS[src.column] != src.type:
@@ -555,31 +588,33 @@ def _where(activity: str, filters: Sequence[Filter], row: str) -> _Q:
     )
 
 
-def _agg_expr(col: Column, v: str, occ: str) -> _Q:
-    """The aggregate of value column ``v`` (``occ`` orders rows for first/last_value)."""
+def _agg_expr(col: Column, v: str, occ: str, over: str = "") -> _Q:
+    """The aggregate of value column ``v`` (``occ`` orders rows for first/last_value); with
+    ``over`` (`` OVER w``) every aggregate call in it is a window function."""
     agg = col.agg
     if agg == "count":
-        return _Q(f"count({v})")
+        return _Q(f"count({v}){over}")
     if agg == "count_distinct":
-        return _Q(f"count(DISTINCT {v})")
+        return _Q(f"count(DISTINCT {v}){over}")
     if agg in ("sum", "min", "max", "avg"):
-        return _Q(f"{agg}({v})")
+        return _Q(f"{agg}({v}){over}")
     if agg == "sum_bool":
-        return _Q(f"sum(CAST({v} AS INTEGER))")
+        return _Q(f"sum(CAST({v} AS INTEGER)){over}")
     if agg == "is_null":
-        return _Q(f"(count({v}) = 0)")
+        return _Q(f"(count({v}){over} = 0)")
     if agg == "not_null":
-        return _Q(f"(count({v}) > 0)")
+        return _Q(f"(count({v}){over} > 0)")
     if agg == "first_value":
-        return _Q(f"arg_min({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END)")
+        return _Q(f"arg_min({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END){over}")
     if agg == "last_value":
-        return _Q(f"arg_max({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END)")
+        return _Q(f"arg_max({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END){over}")
     delimiter = "\n" if col.delimiter is None else col.delimiter
     if agg == "listagg":
-        return _cat(f"string_agg(CAST({v} AS VARCHAR), ", _bind(delimiter), f" ORDER BY {v})")
+        return _cat(f"string_agg(CAST({v} AS VARCHAR), ", _bind(delimiter), f" ORDER BY {v}){over}")
     if agg == "listagg_distinct":
         return _cat(
-            f"CASE WHEN count({v}) > 0 THEN array_to_string(list_sort(list_distinct(list({v}))), ",
+            f"CASE WHEN count({v}){over} > 0 THEN "
+            f"array_to_string(list_sort(list_distinct(list({v}){over})), ",
             _bind(delimiter),
             ") END",
         )
@@ -599,7 +634,6 @@ def _window(relationship: str, j: str, c: str) -> str:
 
 
 _ORDER = "ORDER BY {r}.ts, {r}.activity_id"
-_ORDER_DESC = "ORDER BY {r}.ts DESC, {r}.activity_id DESC"
 
 
 def _cohort_ctes(cohort: Cohort) -> _Q:
@@ -663,25 +697,60 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     key, so the final LEFT JOIN never drops or duplicates a cohort row.
     """
     part = "PARTITION BY s._entity "
-    values = _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns)))
+    # Values are read before the window sorts (so the sorts carry them, not feature_json),
+    # but for the derived columns, which the windows compute.
+    inner = _join(
+        "",
+        (
+            _cat(", ", _source_expr(col, "s"), f" AS _v{i}")
+            for i, col in enumerate(a.columns)
+            if col.column not in _DERIVED
+        ),
+    )
+    values = _join(
+        ", ",
+        (
+            _cat(_source_expr(col, "f"), f" AS _v{i}") if col.column in _DERIVED else _Q(f"f._v{i}")
+            for i, col in enumerate(a.columns)
+        ),
+    )
     nxt = (
         f", lead(s.ts) OVER ({part}{_ORDER.format(r='s')}) AS _next"
         if any(col.column == "activity_repeated_at" for col in a.columns)
         else ""
     )
     base = _cat(
-        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._rocc, ",
+        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._count - f._occ + 1 AS _rocc, ",
         values,
-        " FROM (SELECT s.*, row_number() OVER (",
+        " FROM (SELECT s._entity, s.ts, s.activity_id",
+        inner,
+        ", row_number() OVER (",
         part,
         _ORDER.format(r="s"),
-        ") AS _occ, row_number() OVER (",
-        part,
-        _ORDER_DESC.format(r="s"),
-        f") AS _rocc{nxt} FROM _s AS s WHERE ",
-        _where(a.activity, a.filters, "s"),
+        ") AS _occ, count(*) OVER (",
+        part.rstrip(),
+        f") AS _count{nxt} FROM ",
+        _candidates(a, "s"),
         ") AS f)",
     )
+    # With join conditions, ``_entity`` is the customer and the joined values together (a
+    # struct), in the candidates and in the cohort rows ``_k{k}``: every partition and join
+    # on ``_entity`` below then holds them equal. A NULL value matches nothing.
+    cohort = f"_k{k}" if a.join else "_cohort"
+    if a.join:
+        keys = _join(
+            ", ",
+            (
+                _cat(f"m{i} := ", _feature_expr(j.cohort_feature or j.feature, j.type, "c"))
+                for i, j in enumerate(a.join)
+            ),
+        )
+        base = _cat(
+            base,
+            f",\n_k{k} AS (SELECT c.* REPLACE (struct_pack(e := c._entity, ",
+            keys,
+            ") AS _entity) FROM _cohort AS c)",
+        )
     rel = a.relationship
     name = f"_j{k}"
     n = len(a.columns)
@@ -700,6 +769,8 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         if rel == "aggregate_all_ever":
             cte = _cat(f",\n{name} AS (SELECT a._entity, ", aggs, f" FROM _a{k} AS a GROUP BY a._entity)")
             join = by_entity
+            if a.join:
+                cte, join = _per_row(k, cte, "TRUE")
         elif rel == "aggregate_in_between":
             # In-between windows are disjoint (each ends at the next occurrence), so a
             # candidate can only be in the window of the latest cohort row strictly before
@@ -708,24 +779,42 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
             cte = _cat(
                 f",\n_u{k} AS (SELECT a._entity, a.ts, 0 AS _kind, CAST(NULL AS BIGINT) AS _row, "
                 f"a._occ, {vcols} FROM _a{k} AS a UNION ALL SELECT c._entity, c.ts, 1, c._row, "
-                f"NULL, {nulls} FROM _cohort AS c)"
+                f"NULL, {nulls} FROM {cohort} AS c)"
                 f",\n_o{k} AS (SELECT u.*, max(u._row) OVER (PARTITION BY u._entity {order} "
                 f"{running_max}) AS _owner FROM _u{k} AS u)"
                 f",\n{name} AS (SELECT c._row, ",
                 aggs,
-                f" FROM _o{k} AS a JOIN _cohort AS c "
+                f" FROM _o{k} AS a JOIN {cohort} AS c "
                 f"ON c._row = a._owner WHERE a._kind = 0 AND {_window(rel, 'a', 'c')} "
                 "GROUP BY c._row)",
             )
             join = by_row
         else:
-            # aggregate_before / aggregate_after: every cohort row x its candidates.
+            # aggregate_before / aggregate_after: cohort rows and candidates sorted together,
+            # and running aggregates read at each cohort row: from the first row up to it
+            # (before) or from it to the last row (after). At an equal ts the cohort row sorts
+            # before the candidates (before) or after them (after), so the window stays
+            # strict; cohort rows carry NULL values, which every aggregate skips.
+            ckind, frame = (
+                (0, "ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW")
+                if rel == "aggregate_before"
+                else (1, "ROWS BETWEEN CURRENT ROW AND UNBOUNDED FOLLOWING")
+            )
+            running = _join(
+                ", ",
+                (
+                    _cat(_agg_expr(col, f"u._v{i}", "u._occ", " OVER w"), f" AS _x{i}")
+                    for i, col in enumerate(a.columns)
+                ),
+            )
             cte = _cat(
-                f",\n{name} AS (SELECT c._row, ",
-                aggs,
-                f" FROM _cohort AS c JOIN _a{k} "
-                f"AS a ON a._entity = c._entity AND {_window(rel, 'a', 'c')} "
-                "GROUP BY c._row)",
+                f",\n_u{k} AS (SELECT a._entity, a.ts, {1 - ckind} AS _kind, "
+                f"CAST(NULL AS BIGINT) AS _row, a._occ, {vcols} FROM _a{k} AS a "
+                f"UNION ALL SELECT c._entity, c.ts, {ckind}, c._row, NULL, {nulls} FROM {cohort} AS c)"
+                f",\n{name} AS (SELECT * FROM (SELECT u._row, ",
+                running,
+                f" FROM _u{k} AS u WINDOW w AS (PARTITION BY u._entity {order} {frame})) "
+                "WHERE _row IS NOT NULL)",
             )
             join = by_row
         outs = []
@@ -757,6 +846,8 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         join = by_entity
         if not rel.endswith("_ever"):
             join += f" AND {_window(rel, name, 'c')}"
+        if a.join:
+            cte, join = _per_row(k, cte, _window(rel, "e", "c"))
         return _cat(base, cte), outs, join
 
     # first_after, first_in_between, last_before, last_in_between: cohort anchors and
@@ -786,7 +877,7 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     cte = _Q(
         f",\n_u{k} AS (SELECT c._entity, {anchor} AS ts, {ckind} AS _kind, c._row, "
         "c.ts AS _cts, c._next AS _cnext, CAST(NULL AS BIGINT) AS _aocc, "
-        f"{is_open} AS _open FROM _cohort AS c UNION ALL SELECT a._entity, a.ts, {akind}, NULL, "
+        f"{is_open} AS _open FROM {cohort} AS c UNION ALL SELECT a._entity, a.ts, {akind}, NULL, "
         f"NULL, NULL, a._occ, FALSE FROM _a{k} AS a)"
         f",\n_p{k} AS (SELECT u._row, u._entity, u._cts AS ts, u._cnext AS _next, {pick} AS _pick "
         f"FROM _u{k} AS u)"
@@ -795,6 +886,39 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         f"WHERE p._row IS NOT NULL AND {_window(rel, 'a', 'p')})"
     )
     return _cat(base, cte), outs, by_row
+
+
+def _candidates(a: Append, s: str) -> _Q:
+    """FROM text of an append's rows (alias ``s``): its activity, after its filters, and
+    with join conditions only rows whose joined values are all present, ``_entity`` made
+    the customer and those values together."""
+    where = _where(a.activity, a.filters, s)
+    if not a.join:
+        return _cat(f"_s AS {s} WHERE ", where)
+    values = [_feature_expr(j.feature, j.type, s) for j in a.join]
+    return _cat(
+        f"(SELECT {s}.* REPLACE (struct_pack(e := {s}._entity, ",
+        _join(", ", (_cat(f"m{i} := ", v) for i, v in enumerate(values))),
+        f") AS _entity) FROM _s AS {s} WHERE ",
+        where,
+        *(_cat(" AND ", v, " IS NOT NULL") for v in values),
+        f") AS {s}",
+    )
+
+
+def _per_row(k: int, cte: _Q, window: str) -> tuple[_Q, str]:
+    """An append keyed by ``_entity`` (``_j{k}``, renamed ``_e{k}``) keyed by cohort row
+    instead, through ``_k{k}`` whose ``_entity`` holds the joined values: the final join
+    is on the cohort row, whose own ``_entity`` is only the customer."""
+    renamed = _Q(cte.text.replace(f"_j{k} AS (", f"_e{k} AS (", 1), cte.params)
+    return (
+        _cat(
+            renamed,
+            f",\n_j{k} AS (SELECT c._row, e.* EXCLUDE (_entity) FROM _k{k} AS c JOIN _e{k} AS e "
+            f"ON e._entity = c._entity AND {window})",
+        ),
+        f"LEFT JOIN _j{k} ON _j{k}._row = c._row",
+    )
 
 
 def _validate(spec: DatasetSpec | dict[str, Any]) -> DatasetSpec:
@@ -826,15 +950,27 @@ def build_dataset_sql(
         _check_text(customer, "customer", _MAX_CUSTOMER)
     except ValueError as e:
         raise DatasetSpecError(f"customer: {e}") from None
+    return _build(spec, _cat("WHERE coalesce(customer, anonymous_customer_id) = ", _bind(customer)), table)
+
+
+def build_stream_dataset_sql(
+    spec: DatasetSpec | dict[str, Any], *, table: str = "claude_stream"
+) -> tuple[str, list[object]]:
+    """The same dataset over every customer of the stream, in one statement (rows ordered
+    by customer, then cohort ``(ts, activity_id)``). For an operator on the warehouse
+    (``activitybi dataset``), never for a tool: over MCP a dataset is one customer's."""
+    return _build(spec, _Q("WHERE coalesce(customer, anonymous_customer_id) IS NOT NULL"), table)
+
+
+def _build(spec: DatasetSpec | dict[str, Any], where: _Q, table: str) -> tuple[str, list[object]]:
     if table not in ALLOWED_TABLES:
         raise DatasetSpecError(f"table: must be one of {', '.join(sorted(ALLOWED_TABLES))}")
     ds = _validate(spec)
 
     source = _cat(
         f"WITH _s AS (SELECT {', '.join(_PHYSICAL_COLUMNS)}, "
-        f"coalesce(customer, anonymous_customer_id) AS _entity FROM {table} "
-        "WHERE coalesce(customer, anonymous_customer_id) = ",
-        _bind(customer),
+        f"coalesce(customer, anonymous_customer_id) AS _entity FROM {table} ",
+        where,
         ")",
     )
     ctes: list[_Q | str] = [source, ",\n", _cohort_ctes(ds.cohort)]

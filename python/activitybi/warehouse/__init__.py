@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from activitybi.events import StreamRow
 
@@ -49,6 +49,30 @@ class Sink(Protocol):
     def checkpoint(self, queue_id: str) -> Checkpoint | None: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Staged:
+    """A batch of queue lines the warehouse has parsed itself: `slow` are the indices of the
+    lines it left for the Python drift rule, `clean` how many it kept."""
+
+    slow: list[int]
+    clean: int
+
+
+@runtime_checkable
+class LineLoader(Protocol):
+    """A warehouse that parses clean lines itself, in bulk (the uploader's fast path)."""
+
+    def stage(self, lines: Sequence[bytes]) -> Staged:
+        """Parses the lines that need no drift handling and keeps them for the next
+        `load_staged`."""
+
+    def load_staged(
+        self, staged: Staged, rows: Sequence[tuple[int, StreamRow]], queue_id: str, checkpoint: Checkpoint
+    ) -> int:
+        """Like `load`, with the staged lines and `rows` (each with its line index) inserted
+        in line order. Raises DataError when a row is refused; the staged lines then stay."""
 
 
 class Warehouse(Protocol):

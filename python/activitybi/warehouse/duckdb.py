@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,17 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 import pyarrow as pa
 
 from activitybi import config
-from activitybi.events import LOADED_COLUMNS, StreamRow
+from activitybi.events import INSIGHT_ACTIVITY, LOADED_COLUMNS, StreamRow
 from activitybi.warehouse import (
     Checkpoint,
     DataError,
     Params,
     QueryResult,
     QueryStopped,
+    Staged,
     TransientError,
     ddl_files,
     source_rank_sql,
@@ -49,32 +52,40 @@ _ATOM_COLUMNS = (
 
 _ONLY_IF = "-- only if: "
 _COLS = ", ".join(LOADED_COLUMNS)
-_UPSERT_STREAM = f"""
-INSERT INTO claude_stream ({_COLS}, _customer_key)
-SELECT {_COLS}, _customer_key FROM (
-    SELECT *, coalesce(customer, anonymous_customer_id, '') AS _customer_key FROM _batch
-)
-QUALIFY row_number() OVER (
-    PARTITION BY _customer_key, activity_id ORDER BY {source_rank_sql("_source")} DESC, _n
-) = 1
+
+
+def _stream_insert(insert: str, select: str) -> str:
+    """The statement that stores the stream rows `select` gives (its columns and `_n`, the
+    line's place in the batch), keyed by (customer or anonymous id, activity_id).
+
+    `INSERT` fails on any id already taken (in the table or twice in the batch), which is
+    rare (a re-read after a crash, several sources of one fact), and then `UPSERT` runs: a
+    new row is inserted; a row whose source outranks the stored one's (`SOURCE_RANK`: otel
+    > hook > transcript > the rest) replaces it; an equal or lower rank changes nothing, so
+    a re-read batch is a no-op. Within a batch the highest rank wins, then the first line.
+    The plain form goes first because it costs half as much."""
+    keyed = f"SELECT *, coalesce(customer, anonymous_customer_id, '') AS _customer_key FROM ({select})"
+    head = f"INSERT INTO claude_stream ({_COLS}, _customer_key) SELECT {_COLS}, _customer_key FROM ({keyed})"
+    if insert == "INSERT":
+        return f"{head} ORDER BY _n"
+    rank = source_rank_sql
+    return f"""{head}
+QUALIFY row_number() OVER (PARTITION BY _customer_key, activity_id ORDER BY {rank("_source")} DESC, _n) = 1
 ON CONFLICT (_customer_key, activity_id) DO UPDATE SET
     {", ".join(f"{c} = excluded.{c}" for c in _REPLACED)},
     _ingested_at = now() AT TIME ZONE 'UTC'
-WHERE {source_rank_sql("excluded._source")} > {source_rank_sql("claude_stream._source")}
-"""
-"""One statement, keyed by (customer or anonymous id, activity_id): a new row is inserted;
-a row whose source outranks the stored one's (`SOURCE_RANK`: otel > hook > transcript >
-the rest) replaces it; an equal or lower rank changes nothing, so a re-read batch is a
-no-op. Within a batch the highest rank wins, then the first line."""
+WHERE {rank("excluded._source")} > {rank("claude_stream._source")}"""
 
 
 def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-def _stream_table(rows: Sequence[StreamRow]) -> pa.Table:
+def _stream_table(rows: Sequence[StreamRow], places: Sequence[int] | None = None) -> pa.Table:
+    """The rows as an Arrow table, with `_n`: each row's place in its batch (`places`, or
+    the order given), which decides between rows of one fact with sources of equal rank."""
     columns: dict[str, list[Any]] = {c: [] for c in LOADED_COLUMNS}
-    columns["_n"] = list(range(len(rows)))
+    columns["_n"] = list(places) if places is not None else list(range(len(rows)))
     for r in rows:
         columns["activity_id"].append(r.activity_id)
         columns["ts"].append(r.ts)
@@ -87,6 +98,62 @@ def _stream_table(rows: Sequence[StreamRow]) -> pa.Table:
         columns["_session_id"].append(r._session_id)
         columns["_source"].append(r._source)
     return pa.table({c: pa.array(v, type=_STREAM_TYPES.get(c, pa.string())) for c, v in columns.items()})
+
+
+_STAGED = "_activitybi_staged"
+_TEXT = ("customer", "anonymous_customer_id", "link", "_session_id", "_source")
+_JSON_COLUMNS = ", ".join(f"{c}: 'JSON'" for c in LOADED_COLUMNS)
+_TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%gZ"
+_CLEAN = " AND ".join(
+    [
+        "starts_with(activity_id, '\"') AND activity_id <> '\"\"' AND NOT contains(activity_id, '\\')",
+        "starts_with(activity, '\"') AND NOT contains(activity, '\\')",
+        "regexp_matches(activity[2:-2], '[!-~]')",
+        f"activity <> '\"{INSIGHT_ACTIVITY}\"'",
+        "regexp_full_match(ts, '\"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{3}Z\"')",
+        f"try_strptime(ts[2:-2], '{_TS_FORMAT}') IS NOT NULL",
+        *(f"coalesce(starts_with({c}, '\"'), true)" for c in _TEXT),
+        "coalesce(regexp_full_match(revenue_impact, '-?[0-9]{1,15}([.][0-9]{1,17})?'), true)",
+        "coalesce(starts_with(feature_json, '{') AND NOT contains(substr(feature_json, 2), '{')"
+        " AND NOT contains(feature_json, 'NaN') AND NOT contains(feature_json, 'Infinity')"
+        " AND NOT regexp_matches(feature_json, '[0-9]{17}|[eE][+-]?[0-9]{3}')"
+        " AND list_unique(json_keys(feature_json)) = len(json_keys(feature_json)), true)",
+    ]
+)
+"""A line DuckDB loads itself has each known key with a value of the type the stream row
+wants (so no drift), `ts` in the queue's own form, no insight atom, and a flat
+`feature_json` (a nested duplicate key would read differently) free of numbers that DuckDB
+reads and orjson (the drift rule's parser) refuses: NaN, Infinity, out of range. A line
+that merely looks so (a backslash in its activity, say) goes the Python way, which is only
+slower. That it has no other key is checked by its length: see `DuckDBWarehouse.stage`."""
+_SIZE = " + ".join(f"coalesce({len(c) + 4} + strlen({c}), 0)" for c in LOADED_COLUMNS)
+_TEXT_SELECT = ", ".join(
+    f"CASE WHEN contains({c}, '\\') THEN {c}->>'$' ELSE {c}[2:-2] END AS {c}" for c in _TEXT
+)
+_STAGE_SQL = f"""
+CREATE OR REPLACE TEMP TABLE {_STAGED} AS
+SELECT coalesce({_CLEAN}, false) AS clean, 1 + {_SIZE} AS size,
+    activity_id[2:-2] AS activity_id, try_strptime(ts[2:-2], '{_TS_FORMAT}') AS ts,
+    activity[2:-2] AS activity, feature_json, try_cast(revenue_impact AS DOUBLE) AS revenue_impact,
+    {_TEXT_SELECT}
+FROM read_json($path, format = 'newline_delimited', ignore_errors = true,
+    columns = {{{_JSON_COLUMNS}}})
+"""
+"""The batch, one row per line in line order (DuckDB preserves insertion order, so the
+temporary table's rowid is the line's index); the values are read as clean lines have
+them (strings without escapes, where told so)."""
+
+
+def _stage_text(lines: Sequence[bytes]) -> tuple[bytes, set[int]]:
+    """The batch as NDJSON for DuckDB, and the lines it must not judge: an escaped NUL, or a
+    line that would not stay one line (empty, or with a carriage return). Those are written
+    as `0`, which is never clean. (A line that is not UTF-8 DuckDB reads as NULL: not clean.)"""
+    buf = b"\n".join(lines)
+    suspects: set[int] = set()
+    if b"\r" in buf or b"\\u0000" in buf or not all(lines):
+        suspects = {i for i, line in enumerate(lines) if b"\r" in line or b"\\u0000" in line or not line}
+        buf = b"\n".join(b"0" if i in suspects else line for i, line in enumerate(lines))
+    return buf, suspects
 
 
 def _atom_table(atoms: list[dict[str, Any]]) -> pa.Table:
@@ -119,6 +186,7 @@ class DuckDBWarehouse:
             limits["threads"] = threads
         try:
             self.con = duckdb.connect(str(self.path), read_only=read_only, config=limits)
+            self._stage_dir = str(self.path.parent)
         except duckdb.IOException as e:
             raise TransientError(f"DuckDB file {self.path} is busy: {e}") from e
 
@@ -147,15 +215,52 @@ class DuckDBWarehouse:
         return names
 
     def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int:
+        select = f"SELECT {_COLS}, _n FROM _batch" if rows else None
+        return self._insert(select, _stream_table(rows) if rows else None, rows, queue_id, checkpoint)
+
+    def _insert(
+        self,
+        select: str | None,
+        batch: pa.Table | None,
+        rows: Sequence[StreamRow],
+        queue_id: str,
+        checkpoint: Checkpoint | None,
+    ) -> int:
+        """Stores the stream rows of `select` (which may read `batch` as `_batch`), the
+        insight atoms among `rows` and the checkpoint in one transaction; returns the stream
+        rows inserted or replaced (see `_stream_insert`)."""
+        try:
+            return self._transaction("INSERT", select, batch, rows, queue_id, checkpoint)
+        except duckdb.ConstraintException:
+            pass
+        try:
+            return self._transaction("UPSERT", select, batch, rows, queue_id, checkpoint)
+        except (
+            duckdb.ConversionException,
+            duckdb.ConstraintException,
+            duckdb.InvalidInputException,
+            duckdb.OutOfRangeException,
+        ) as e:
+            raise DataError(str(e)) from e
+
+    def _transaction(
+        self,
+        insert: str,
+        select: str | None,
+        batch: pa.Table | None,
+        rows: Sequence[StreamRow],
+        queue_id: str,
+        checkpoint: Checkpoint | None,
+    ) -> int:
         con = self.con
         atoms = [a for a in (r.insight() for r in rows) if a is not None]
         con.begin()
         try:
             inserted = 0
-            if rows:
-                con.register("_batch", _stream_table(rows))
-                inserted = int(con.execute(_UPSERT_STREAM).fetchone()[0])  # type: ignore[index]
-                con.unregister("_batch")
+            if batch is not None:
+                con.register("_batch", batch)
+            if select is not None:
+                inserted = int(con.execute(_stream_insert(insert, select)).fetchone()[0])  # type: ignore[index]
             if atoms:
                 con.register("_atoms", _atom_table(atoms))
                 cols = ", ".join(_ATOM_COLUMNS)
@@ -164,25 +269,65 @@ class DuckDBWarehouse:
                     "WHERE customer_id IS NOT NULL AND subject IS NOT NULL "
                     "AND metric IS NOT NULL AND value IS NOT NULL"
                 )
-                con.unregister("_atoms")
             if checkpoint is not None:
                 con.execute(
                     "INSERT OR REPLACE INTO _activitybi_checkpoints VALUES (?, ?, now() AT TIME ZONE 'UTC')",
                     [queue_id, orjson.dumps(checkpoint).decode()],
                 )
             con.commit()
-        except (
-            duckdb.ConversionException,
-            duckdb.ConstraintException,
-            duckdb.InvalidInputException,
-            duckdb.OutOfRangeException,
-        ) as e:
-            con.rollback()
-            raise DataError(str(e)) from e
         except BaseException:
             con.rollback()
             raise
+        finally:
+            for name in ("_batch", "_atoms"):
+                with contextlib.suppress(duckdb.Error):
+                    con.unregister(name)
         return inserted
+
+    def stage(self, lines: Sequence[bytes]) -> Staged:
+        """DuckDB's own reader parses the batch into a temporary table and keeps the clean
+        lines; the rest are left to the drift rule in Python.
+
+        DuckDB ignores keys it was not asked for, so a line counts as clean only when its
+        length is that of its known keys and values as DuckDB writes them again: values are
+        never longer written again (numbers keep their text, strings lose escapes at most),
+        so any other key, a duplicate, whitespace or an escape makes the line longer."""
+        buf, suspects = _stage_text(lines)
+        with tempfile.NamedTemporaryFile(suffix=".ndjson", dir=self._stage_dir) as f:
+            f.write(buf)
+            f.flush()
+            try:
+                self.con.execute(_STAGE_SQL, {"path": f.name})
+            except duckdb.Error:  # a line past DuckDB's object size, say: Python judges all
+                return Staged(list(range(len(lines))), 0)
+        got = self.con.execute(f"SELECT clean, size FROM {_STAGED} ORDER BY rowid").fetchnumpy()
+        sizes = np.fromiter(map(len, lines), np.int64, len(lines))
+        if len(got["clean"]) != len(lines):  # never expected; then Python judges all
+            return Staged(list(range(len(lines))), 0)
+        clean = got["clean"] & (got["size"] == sizes)
+        if suspects:
+            clean[sorted(suspects)] = False
+        slow = np.flatnonzero(~clean)
+        demoted = np.flatnonzero(~clean & got["clean"])
+        if len(demoted):
+            self.con.execute(
+                f"UPDATE {_STAGED} SET clean = false WHERE list_contains($n, rowid)", {"n": demoted.tolist()}
+            )
+        return Staged(slow.tolist(), len(lines) - len(slow))
+
+    def load_staged(
+        self, staged: Staged, rows: Sequence[tuple[int, StreamRow]], queue_id: str, checkpoint: Checkpoint
+    ) -> int:
+        plain = [r for _, r in rows]
+        if not staged.clean:  # the staged table may be another batch's: leave it
+            return self.load(plain, queue_id, checkpoint)
+        select = f"SELECT {_COLS}, rowid AS _n FROM {_STAGED} WHERE clean"  # _n: the line's index
+        if not rows:
+            return self._insert(select, None, plain, queue_id, checkpoint)
+        batch = _stream_table(plain, [n for n, _ in rows])
+        return self._insert(
+            f"{select} UNION ALL SELECT {_COLS}, _n FROM _batch", batch, plain, queue_id, checkpoint
+        )
 
     def refresh_context(self) -> None:
         folder = resources.files("activitybi") / "ddl" / self.kind
