@@ -102,6 +102,17 @@ def test_queue_that_does_not_open(_home: Path) -> None:
     assert "does not open" in f.detail and f.fix is not None and f.fix.startswith(f"mv {qdir} {qdir}.broken")
 
 
+def test_a_server_whose_queue_had_an_io_error(_home: Path) -> None:
+    status = config.Home(_home).status
+    status.mkdir(parents=True)
+    queue = {"pending": 0, "max_pending": 100_000, "io_error": "fdatasync failed: No space left on device"}
+    (status / "server-1.json").write_bytes(orjson.dumps({"pid": os.getpid(), "queue": queue}))
+    (status / "server-2.json").write_bytes(orjson.dumps({"pid": 2**22 + 1, "queue": queue}))  # gone
+    f = only(_home, "queue")
+    assert f"server PID {os.getpid()}" in f.detail and "No space left on device" in f.detail
+    assert f.fix is not None and f.fix.endswith(f"kill {os.getpid()}")
+
+
 def test_quarantine_not_empty(_home: Path) -> None:
     qfile = config.Home(_home).quarantine
     qfile.parent.mkdir(parents=True)

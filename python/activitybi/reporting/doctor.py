@@ -108,7 +108,8 @@ def check_home(home: Path) -> Iterator[Finding]:
 
 
 def check_queue(home: Path) -> Iterator[Finding]:
-    """The queue opens, has room, has no sticky I/O error; the uploader's quarantine is empty."""
+    """The queue opens and has room, no server's handle has a sticky I/O error, and the
+    uploader's quarantine is empty."""
     paths = config.Home(home)
     qdir = paths.queue
     if not qdir.is_dir():
@@ -131,13 +132,7 @@ def check_queue(home: Path) -> Iterator[Finding]:
             )
         else:
             pending, most = s["pending"], s["max_pending"]
-            if s["io_error"]:
-                yield Finding(
-                    "queue",
-                    f"{qdir}: an I/O error makes the queue refuse durable writes: {s['io_error']}",
-                    "df -h " + shlex.quote(str(qdir)) + "  # free space, then restart the servers",
-                )
-            elif pending >= NEAR_FULL * most:
+            if pending >= NEAR_FULL * most:
                 yield Finding(
                     "queue",
                     f"{pending:,} of {most:,} events pending ({pending / most:.0%}); "
@@ -146,6 +141,15 @@ def check_queue(home: Path) -> Iterator[Finding]:
                 )
             else:
                 yield Finding("queue", f"{pending:,} of {most:,} events pending")
+    for server in _servers(paths):
+        io_error = (server.get("queue") or {}).get("io_error")
+        if io_error:
+            yield Finding(
+                "queue",
+                f"server PID {server['pid']}: its queue handle refuses durable writes after an "
+                f"I/O error: {io_error}",
+                f"df -h {shlex.quote(str(qdir))}  # free the disk, then restart it: kill {server['pid']}",
+            )
     lines = _lines(paths.quarantine)
     if lines:
         reason = _last_reason(paths.quarantine)
@@ -156,6 +160,14 @@ def check_queue(home: Path) -> Iterator[Finding]:
             "they never load by themselves",
             f"tail {qf}  # read the reasons and fix the sender, then: mv {qf} {qf}.reviewed",
         )
+
+
+def _servers(paths: config.Home) -> list[dict[str, Any]]:
+    """The running servers' status files: each holds its own queue handle's stats, where a
+    sticky I/O error shows (a handle the doctor opens has none)."""
+    from activitybi.reporting.health import live_status
+
+    return [s for p in sorted(paths.status.glob("server-*.json")) if (s := live_status(p))]
 
 
 def _lines(path: Path) -> int:
