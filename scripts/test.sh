@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command (CI runs it too): installs everything the tests need on a fresh
 # machine, then proves the package as a new user gets it, checks the code, and runs every test.
-#  1. Debian's strace, redis-server and chromium when missing (tests start their own Redis).
+#  1. Debian's strace, redis-server, chromium and prometheus (promtool) when missing (tests
+#     start their own Redis and Prometheus).
 #  2. Builds the wheel once.
 #  3. Installs it with no extras into a fresh virtual environment: pip check, every module
 #     imports, `activitybi demo` runs to the end and its rows are in DuckDB.
@@ -16,6 +17,7 @@ need=()
 command -v strace >/dev/null || need+=(strace)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v chromium >/dev/null || need+=(chromium)
+command -v promtool >/dev/null || need+=(prometheus)
 if ((${#need[@]})); then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

@@ -9,7 +9,12 @@ from pathlib import Path
 
 import anyio
 import httpx2
+from prometheus_client import generate_latest
 
+from activitybi import Queue
+from activitybi.owner.uploader import Uploader
+from activitybi.reporting.metrics import OwnerMetrics
+from activitybi.warehouse import TransientError
 from tests.mcp_clients import HttpServer, http_session
 
 
@@ -65,3 +70,31 @@ def test_traces_export_a_span_per_tool_call(_home: Path, tmp_path: Path) -> None
     errlog.close()
     assert '"name": "tools/call log_event"' in spans
     assert '"gen_ai.tool.name": "log_event"' in spans
+
+
+def test_owner_counts_warehouse_failures_in_a_row(qdir: Path) -> None:
+    """activitybi_warehouse_consecutive_failures (ActivitybiWarehouseFailing) rises with each
+    failed call and is 0 again after a success."""
+    seen: list[object] = []
+
+    class Flaky:
+        kind = "duckdb"
+        fails = 3
+
+        def checkpoint(self, queue_id: str) -> None:
+            seen.append(up.health()["consecutive_failures"])
+            if self.fails:
+                self.fails -= 1
+                raise TransientError("the warehouse is down")
+
+        def load(self, rows: list[object], queue_id: str, checkpoint: object) -> int:
+            return len(rows)
+
+    with Queue(str(qdir)) as q:
+        q.append({"activity": "asked_question"})
+    up = Uploader(qdir, Flaky())  # type: ignore[arg-type]
+    up.drain()
+    assert seen == [0, 1, 2, 3]
+    body = generate_latest(OwnerMetrics(up.health).registry).decode()
+    assert "activitybi_warehouse_consecutive_failures 0.0" in body
+    assert "activitybi_uploader_retries_total 3.0" in body

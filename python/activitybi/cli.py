@@ -254,6 +254,18 @@ def status() -> None:
 
 
 @main.command()
+def doctor() -> None:
+    """Check the install, the home, queue, warehouse, Redis and Claude settings; print fixes."""
+    import sys
+
+    from activitybi.reporting import doctor as checks
+
+    findings = checks.run()
+    click.echo(checks.render(findings))
+    sys.exit(0 if all(f.ok for f in findings) else 1)
+
+
+@main.command()
 def init() -> None:
     """Create or update the warehouse tables (safe to run again)."""
     from rich.console import Console

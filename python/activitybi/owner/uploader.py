@@ -129,6 +129,7 @@ class Uploader:
             "duplicates": s.duplicates,
             "quarantined": s.quarantined,
             "retries": s.retries,
+            "consecutive_failures": self._backoff.attempt,
             "drifted": s.drifted,
             "batches": s.batches,
             "last_error": s.last_error,

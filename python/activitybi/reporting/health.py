@@ -25,7 +25,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _live_status(path: Path) -> dict[str, Any] | None:
+def live_status(path: Path) -> dict[str, Any] | None:
     """A process's status file, if that process still runs (a dead one's file is stale)."""
     try:
         data = orjson.loads(path.read_bytes())
@@ -113,6 +113,6 @@ def collect(home: Path) -> dict[str, Any]:
         },
         "warehouse": str(paths.warehouse),
         "owner": lock_holder(paths.warehouse),
-        "uploader": _live_status(paths.status / "owner.json"),
-        "servers": [s for p in sorted(paths.status.glob("server-*.json")) if (s := _live_status(p))],
+        "uploader": live_status(paths.status / "owner.json"),
+        "servers": [s for p in sorted(paths.status.glob("server-*.json")) if (s := live_status(p))],
     }

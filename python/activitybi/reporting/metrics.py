@@ -100,13 +100,20 @@ class ServerMetrics:
             "Events not yet uploaded (all processes)",
             value=q["pending"],
         )
+        if "max_pending" in q:  # absent while the queue cannot open
+            yield GaugeMetricFamily(
+                "activitybi_queue_max_pending",
+                "Pending events at which appends are refused (QueueFull)",
+                value=q["max_pending"],
+            )
         yield GaugeMetricFamily("activitybi_queue_bytes", "Bytes appended by this process", value=q["bytes"])
         hits = CounterMetricFamily("activitybi_cache_hits", "Context cache hits", labels=["tier"])
         misses = CounterMetricFamily("activitybi_cache_misses", "Context cache misses", labels=["tier"])
         skipped = CounterMetricFamily(
             "activitybi_cache_unavailable", "Redis calls skipped or failed", labels=["tier"]
         )
-        for tier, s in self.cache_stats().items():
+        tiers = self.cache_stats()
+        for tier, s in tiers.items():
             hits.add_metric([tier], s.get("hits", 0))
             misses.add_metric([tier], s.get("misses", 0))
             if "errors" in s:
@@ -114,6 +121,12 @@ class ServerMetrics:
         yield hits
         yield misses
         yield skipped
+        if "redis" in tiers:  # only with REDIS_URL set
+            yield GaugeMetricFamily(
+                "activitybi_redis_breaker_open",
+                "1 while the circuit breaker skips Redis",
+                value=tiers["redis"].get("open", 0),
+            )
 
     def status(self, source: str) -> dict[str, Any]:
         return {
@@ -152,6 +165,11 @@ class OwnerMetrics:
             value=s["lag_seconds"],
         )
         yield GaugeMetricFamily("activitybi_queue_pending", "Events not yet uploaded", value=s["pending"])
+        yield GaugeMetricFamily(
+            "activitybi_warehouse_consecutive_failures",
+            "Warehouse calls failed in a row (0 after a success)",
+            value=s["consecutive_failures"],
+        )
 
 
 def serve_port(registry: CollectorRegistry, port: int) -> None:
