@@ -443,6 +443,39 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
         Console(stderr=True).print(f"wrote {html_path}", markup=False)
 
 
+@main.command()
+@click.option("--port", default=0, show_default=True, help="Loopback port (0: any free one).")
+@click.option("--customer", help="Whose figures (default ACTIVITYBI_CUSTOMER, else the user).")
+@click.option("--all", "everyone", is_flag=True, help="Every customer on this machine.")
+@click.option("--no-open", is_flag=True, help="Print the address; do not open a browser.")
+def ui(port: int, customer: str | None, everyone: bool, no_open: bool) -> None:
+    """The live report in your browser, on loopback, refreshed as events arrive."""
+    import getpass
+    import secrets
+    import socket
+    import threading
+    import webbrowser
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from activitybi.reporting.live import LivePage, Viewer
+
+    who = None if everyone else (customer or config.settings().customer or getpass.getuser())
+    token = secrets.token_urlsafe(32)  # one use: other local users cannot open the page
+    page = LivePage({token: Viewer(who)}, one_time=True)
+    app = Starlette(routes=[Route(p, e, methods=m) for p, m, e in page.routes()])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/?token={token}"
+    click.echo(f"activitybi live page for {who or 'every customer'}: {url}")
+    if not no_open:
+        threading.Timer(0.5, webbrowser.open, (url,)).start()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+
+
 def _customer(customer: str | None) -> str:
     """The capture commands' customer; says in one line when none is configured."""
     if customer:
