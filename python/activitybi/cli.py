@@ -23,11 +23,19 @@ class _Commands(click.Group):
             raise click.ClickException(str(e)) from None
 
 
+_PROCESSES = {"serve": "server", "upload": "owner"}
+"""The process type an error report is tagged with, by command (any other: "cli")."""
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="activitybi")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Log every MCP interaction as ActivitySchema v2.0 events, durably."""
     config.private_umask()  # every file under the home 0600, every directory 0700
+    from activitybi.reporting import errors
+
+    errors.setup(_PROCESSES.get(ctx.invoked_subcommand or "", "cli"))
 
 
 @main.command()
