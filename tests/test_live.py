@@ -110,14 +110,14 @@ def _same_origin_problems(problems: list[str], base: str) -> list[str]:
 
 
 def _cli_report(env: dict[str, str], customer: str) -> dict[str, Any]:
-    out = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-m", "activitybi", "report", "--json", "--customer", customer],
         env=env,
         capture_output=True,
-        check=True,
         timeout=120,
-    ).stdout
-    return orjson.loads(out)  # type: ignore[no-any-return]
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return orjson.loads(done.stdout)  # type: ignore[no-any-return]
 
 
 def _figures(report: dict[str, Any]) -> dict[str, Any]:

@@ -35,8 +35,10 @@ from activitybi.reporting.source import WarehouseBusy
 
 COOKIE = "activitybi_live"
 LOGIN_BODY_CAP = 4096
-CACHE_SECONDS = 1.0
-"""Figures are computed at most once a second per scope, however many tabs poll."""
+CACHE_SECONDS = 60.0
+"""Figures are computed again when the warehouse file changed (a load committed), else at
+most once a minute: through the owner each computation is a dozen audited tickets, which
+polling tabs must not multiply."""
 
 SCRIPT = """(function(){
 var every=1000*Number(document.querySelector('meta[name=activitybi-refresh]').content);
@@ -130,7 +132,7 @@ class LivePage:
         self.home = home or config.home()
         self.refresh_s = settings.live_refresh_s
         self.sessions = Sessions(settings.live_session_hours * 3600)
-        self._cache: dict[str | None, tuple[float, dict[str, Any]]] = {}
+        self._cache: dict[str | None, tuple[float, tuple[int, ...], dict[str, Any]]] = {}
         self._locks: dict[str | None, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -187,15 +189,29 @@ class LivePage:
         with self._locks_lock:
             lock = self._locks.setdefault(customer, threading.Lock())
         with lock:  # one build per scope at a time; the others take its result
+            stamp = self._stamp()
             cached = self._cache.get(customer)
-            if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
-                return cached[1]
+            if cached is not None and cached[1] == stamp and time.monotonic() - cached[0] < CACHE_SECONDS:
+                return cached[2]
             try:
                 report = local_report(self.home, customer=customer)
             except (WarehouseBusy, FileNotFoundError, RuntimeError) as e:
                 report = {"error": str(e)}
-            self._cache[customer] = (time.monotonic(), report)
+            self._cache[customer] = (time.monotonic(), stamp, report)
             return report
+
+    def _stamp(self) -> tuple[int, ...]:
+        """Changes whenever a load commits: the DuckDB file's and its WAL's mtime and size."""
+        path = config.Home(self.home).warehouse
+        out: list[int] = []
+        for p in (path, path.with_name(path.name + ".wal")):
+            try:
+                st = p.stat()
+            except OSError:
+                out += [0, 0]
+            else:
+                out += [st.st_mtime_ns, st.st_size]
+        return tuple(out)
 
     async def _report(self, viewer: Viewer, asked: str | None) -> dict[str, Any]:
         scope = self._scope(viewer, asked)
