@@ -23,11 +23,19 @@ class _Commands(click.Group):
             raise click.ClickException(str(e)) from None
 
 
+_PROCESSES = {"serve": "server", "upload": "owner"}
+"""The process type an error report is tagged with, by command (any other: "cli")."""
+
+
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="activitybi")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Log every MCP interaction as ActivitySchema v2.0 events, durably."""
     config.private_umask()  # every file under the home 0600, every directory 0700
+    from activitybi.reporting import errors
+
+    errors.setup(_PROCESSES.get(ctx.invoked_subcommand or "", "cli"))
 
 
 @main.command()
@@ -515,6 +523,39 @@ def report(since: dt.datetime | None, customer: str | None, html_path: Path | No
     if html_path is not None:
         html_path.write_text(render_html(data), encoding="utf-8")
         Console(stderr=True).print(f"wrote {html_path}", markup=False)
+
+
+@main.command()
+@click.option("--port", default=0, show_default=True, help="Loopback port (0: any free one).")
+@click.option("--customer", help="Whose figures (default ACTIVITYBI_CUSTOMER, else the user).")
+@click.option("--all", "everyone", is_flag=True, help="Every customer on this machine.")
+@click.option("--no-open", is_flag=True, help="Print the address; do not open a browser.")
+def ui(port: int, customer: str | None, everyone: bool, no_open: bool) -> None:
+    """The live report in your browser, on loopback, refreshed as events arrive."""
+    import getpass
+    import secrets
+    import socket
+    import threading
+    import webbrowser
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from activitybi.reporting.live import LivePage, Viewer
+
+    who = None if everyone else (customer or config.settings().customer or getpass.getuser())
+    token = secrets.token_urlsafe(32)  # one use: other local users cannot open the page
+    page = LivePage({token: Viewer(who)}, one_time=True)
+    app = Starlette(routes=[Route(p, e, methods=m) for p, m, e in page.routes()])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", port))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/?token={token}"
+    click.echo(f"activitybi live page for {who or 'every customer'}: {url}")
+    if not no_open:
+        threading.Timer(0.5, webbrowser.open, (url,)).start()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
 
 
 def _customer(customer: str | None) -> str:

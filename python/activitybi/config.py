@@ -251,7 +251,8 @@ class Settings:
     """`ACTIVITYBI_CONTEXT_MAX_INSIGHTS` (default 200): insight series (and as many
     preferences) a customer's context keeps; the least recent go first."""
     operator_token: str | None
-    """`ACTIVITYBI_OPERATOR_TOKEN`: the bearer token `/metrics` asks for on `serve --http`."""
+    """`ACTIVITYBI_OPERATOR_TOKEN`: the bearer token `/metrics` asks for on `serve --http`;
+    on the live page it sees every customer."""
     http_request_timeout_s: float
     """`ACTIVITYBI_HTTP_REQUEST_TIMEOUT` (default 10 s): a request's headers and body must
     arrive within this time, and a new connection must start its request within it."""
@@ -261,6 +262,15 @@ class Settings:
     otlp_max_bytes: int
     """`ACTIVITYBI_OTLP_MAX_BYTES` (default 8 MiB): the largest OTLP request body the
     receiver takes, before and after gzip; a larger one gets 413."""
+    live_refresh_s: float
+    """`ACTIVITYBI_LIVE_REFRESH` (default 3 s): how often the live page asks for new figures."""
+    live_session_hours: float
+    """`ACTIVITYBI_LIVE_SESSION_HOURS` (default 12): how long a live page's login lasts."""
+    sentry_dsn: str | None
+    """`SENTRY_DSN`: report unhandled errors of the server, owner and CLI to Sentry (needs
+    the `sentry` extra); the events never carry customer data."""
+    sentry_environment: str | None
+    """`SENTRY_ENVIRONMENT`: the environment Sentry files those errors under."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -314,6 +324,10 @@ class Settings:
                 int(_number(env, "ACTIVITYBI_HTTP_CONNECTIONS_PER_CLIENT", 0)) or None
             ),
             otlp_max_bytes=int(_number(env, "ACTIVITYBI_OTLP_MAX_BYTES", 8 * 1024 * 1024)),
+            live_refresh_s=_number(env, "ACTIVITYBI_LIVE_REFRESH", 3),
+            live_session_hours=_number(env, "ACTIVITYBI_LIVE_SESSION_HOURS", 12),
+            sentry_dsn=env.get("SENTRY_DSN", "").strip() or None,
+            sentry_environment=env.get("SENTRY_ENVIRONMENT", "").strip() or None,
         )
 
 

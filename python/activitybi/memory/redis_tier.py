@@ -122,7 +122,7 @@ class RedisTier:
     def get(self, customer: str) -> tuple[int, bytes] | None:
         """(version, context JSON) when Redis has it; None on a miss or any trouble."""
         key = self.key(customer)
-        got = self._call(lambda r: r.hmget(key, ["v", "p"]))
+        got = self.call(lambda r: r.hmget(key, ["v", "p"]))
         if got is None:
             return None
         version, payload = got
@@ -150,7 +150,7 @@ class RedisTier:
                 script = self._put_script = r.register_script(_PUT_IF_NOT_OLDER)
             return int(script(keys=[key], args=args))
 
-        written = self._call(run)
+        written = self.call(run)
         if written is None:
             return False
         self._count("writes" if written else "stale_writes")
@@ -159,7 +159,7 @@ class RedisTier:
     def delete(self, customer: str) -> None:
         """Forgets a customer's context (best effort, like everything here)."""
         key = self.key(customer)
-        if self._call(lambda r: r.delete(key)) is not None:
+        if self.call(lambda r: r.delete(key)) is not None:
             self._count("deletes")
 
     def stats(self) -> dict[str, int]:
@@ -173,7 +173,7 @@ class RedisTier:
         """Imports redis and connects off the request path (start-up calls this)."""
 
         def run() -> None:
-            self._call(lambda r: r.ping())
+            self.call(lambda r: r.ping())
 
         if background:
             threading.Thread(target=run, name="activitybi-redis-warm", daemon=True).start()
@@ -226,8 +226,9 @@ class RedisTier:
             self._backoff = min(self._backoff * 2, self.backoff_max)
             self._counts["trips"] += 1
 
-    def _call(self, fn: Callable[[Redis], T]) -> T | None:
-        """Runs ``fn`` against Redis unless the breaker says no; None on any failure."""
+    def call(self, fn: Callable[[Redis], T]) -> T | None:
+        """Runs ``fn`` against Redis unless the breaker says no; None on any failure (other
+        users of the same Redis, such as the shared rate limits, go through it too)."""
         if not self._allow():
             return None
         client = self._client()

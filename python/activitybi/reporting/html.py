@@ -9,7 +9,7 @@ from typing import Any
 
 from activitybi.reporting import formats as f
 
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
  margin:0;background:#f6f7f9;color:#1d2330}
 main{max-width:1100px;margin:0 auto;padding:24px}
@@ -24,7 +24,7 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{padding:4px 8px;border-bottom:1px solid #eef0f3;text-align:right;white-space:nowrap}
 th:first-child,td:first-child{text-align:left}th{color:#5a6475;font-weight:600}
 svg{display:block;max-width:100%;height:auto}
-svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#1d2330}
+svg text{font:11px system-ui,"DejaVu Sans",sans-serif;fill:#1d2330}svg text.t{font-weight:600}
 .muted{color:#8a93a3}.warn{color:#b45309}
 @media (max-width:800px){.grid{grid-template-columns:1fr}}
 """
@@ -63,7 +63,7 @@ def svg_hbars(
         f'<svg role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}">',
         f"<title>{_e(title)}</title>",
-        f'<text x="0" y="14" style="font-weight:600">{_e(title)}</text>',
+        f'<text x="0" y="14" class="t">{_e(title)}</text>',
     ]
     if n > 1:
         x = left
@@ -106,7 +106,7 @@ def svg_columns(title: str, labels: Sequence[str], values: Sequence[float]) -> s
         f'<svg role="img" aria-label="{_e(title)}" viewBox="0 0 {width} {height}" '
         f'width="{width}" height="{height}">',
         f"<title>{_e(title)}</title>",
-        f'<text x="0" y="14" style="font-weight:600">{_e(title)}</text>',
+        f'<text x="0" y="14" class="t">{_e(title)}</text>',
     ]
     for k in range(5):  # gridlines and y ticks
         v = peak * k / 4
@@ -149,8 +149,30 @@ def _declared(spec: f.Table, report: dict[str, Any]) -> str:
     return _table(*spec.render(report[spec.key]))
 
 
+def page(title: str, main: str, *, head: str = "", body_end: str = "") -> str:
+    """The document around `main` (already escaped HTML): inline CSS, no external URL."""
+    return "\n".join(
+        [
+            "<!doctype html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{_e(title)}</title><style>{CSS}</style>{head}</head><body><main>",
+            main,
+            f"</main>{body_end}</body></html>",
+        ]
+    )
+
+
 def render_html(report: dict[str, Any]) -> str:
-    """One self-contained page (inline CSS and SVG; no script, no external URL)."""
+    """One self-contained page (inline CSS and SVG; no script, no external URL, no
+    style attribute, so a strict Content-Security-Policy allows it)."""
+    scope = report["customer"] or "all customers"
+    return page(f"activitybi report — {scope}", render_main(report))
+
+
+def render_main(report: dict[str, Any]) -> str:
+    """The report's content (what `<main>` holds), every value escaped; the live page
+    swaps it in place."""
     t = report["totals"]
     scope = report["customer"] or "all customers"
     since = f" since {report['since']}" if report["since"] else ""
@@ -194,10 +216,6 @@ def render_html(report: dict[str, Any]) -> str:
         [("cost", [r["cost_usd"] for r in models])],
     )
     parts = [
-        "<!doctype html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>activitybi report — {_e(scope)}</title><style>{_CSS}</style></head><body><main>",
         f"<h1>activitybi report — {_e(scope)}{_e(since)}</h1>",
         f'<p class="sub">{_e(f.short_ts(t["first_at"]))} → {_e(f.short_ts(t["last_at"]))} UTC · '
         f"generated {_e(report['generated_at'])} UTC from {_e(report.get('source', ''))}"
@@ -297,5 +315,4 @@ def render_html(report: dict[str, Any]) -> str:
         parts.append(
             '<h2>Health</h2><div class="card">' + _table(["part", "state", "where"], rows) + "</div>"
         )
-    parts.append("</main></body></html>")
     return "\n".join(parts)

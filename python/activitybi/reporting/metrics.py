@@ -57,6 +57,7 @@ class ServerMetrics:
         self,
         queue_stats: Callable[[], dict[str, int]],
         cache_stats: Callable[[], dict[str, dict[str, int]]],
+        limit_stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self.registry = CollectorRegistry()
         self.latency = Histogram(
@@ -74,6 +75,7 @@ class ServerMetrics:
         )
         self.queue_stats = queue_stats
         self.cache_stats = cache_stats
+        self.limit_stats = limit_stats or (lambda: {"shared": 0, "fallbacks": 0})
         self.calls = 0
         self.failures = 0
         self.last_errors: deque[dict[str, Any]] = deque(maxlen=5)
@@ -128,6 +130,18 @@ class ServerMetrics:
                 value=tiers["redis"].get("open", 0),
             )
 
+        limits = self.limit_stats()
+        yield GaugeMetricFamily(
+            "activitybi_ratelimit_shared",
+            "1 when rate limits are shared through Redis",
+            value=limits["shared"],
+        )
+        yield CounterMetricFamily(
+            "activitybi_ratelimit_fallbacks",
+            "Rate-limit checks this process decided alone because Redis was unavailable",
+            value=limits["fallbacks"],
+        )
+
     def status(self, source: str) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -138,6 +152,7 @@ class ServerMetrics:
             "last_errors": list(self.last_errors),
             "queue": self.queue_stats(),
             "cache": self.cache_stats(),
+            "rate_limits": self.limit_stats(),
         }
 
 

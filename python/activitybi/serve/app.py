@@ -369,8 +369,8 @@ def http_app(
     rt: Runtime, tokens: dict[str, str], *, stateless: bool = False, operator_token: str | None = None
 ) -> Any:
     """The ASGI app of `serve --http`: the MCP endpoint (behind `SessionGuard`, and the fast
-    front unless `ACTIVITYBI_FAST_HTTP=0`), `/metrics` for the operator's token only, and
-    each customer's own artifacts."""
+    front unless `ACTIVITYBI_FAST_HTTP=0`), `/metrics` for the operator's token only,
+    each customer's own artifacts, and the live page at `/` (reporting/live.py)."""
     import hmac
 
     from mcp.server.auth.provider import AccessToken
@@ -450,6 +450,10 @@ def http_app(
         data = await anyio.to_thread.run_sync(store.read, found)
         return Response(data, media_type=found.content_type or "application/octet-stream")
 
+    from activitybi.reporting.live import LivePage
+
+    for path, methods, endpoint in LivePage.for_tokens(tokens, operator_token).routes():
+        server.custom_route(path, methods=methods)(endpoint)
     _add_otlp(server, rt, tokens)
     app: Any = server.streamable_http_app(stateless_http=stateless, json_response=True)
     if config.settings().fast_http:

@@ -157,7 +157,8 @@ class Runtime:
         context = ContextService(journal, config.Home(home).context, redis)
         writer = EventWriter(config.queue_dir())
         session_id = ulid()
-        metrics = ServerMetrics(writer.stats, context.tier_stats)
+        limits = RateLimits.from_env()
+        metrics = ServerMetrics(writer.stats, context.tier_stats, limits.stats)
         rt = cls(
             writer=writer,
             context=context,
@@ -165,7 +166,7 @@ class Runtime:
             tickets=TicketStore(
                 config.Home(home).tickets, per_customer=config.settings().tickets_per_customer
             ),
-            limits=RateLimits(),
+            limits=limits,
             calls=ToolCallRecorder(writer, metrics, session_id, source),
             stdio_customer=customer,
             session_id=session_id,
