@@ -144,6 +144,7 @@ class Importer:
         self.batch = batch
         self.stats = Stats()
         self._buffer: list[dict[str, Any]] = []
+        self._cost_source = prices.cost_source
         self._files = self._load_state()
         self._dirty = False
 
@@ -282,14 +283,12 @@ class Importer:
             return None
         if isinstance(content, list):
             for block in content:
-                if (
-                    isinstance(block, dict)
-                    and block.get("type") == "tool_use"
-                    and isinstance(block.get("id"), str)
-                ):
-                    name = block.get("name") if isinstance(block.get("name"), str) else None
-                    st.tools[block["id"]] = {
-                        "tool": name,
+                if not isinstance(block, dict) or block.get("type") != "tool_use":
+                    continue
+                tool_id, name = block.get("id"), block.get("name")
+                if isinstance(tool_id, str):
+                    st.tools[tool_id] = {
+                        "tool": name if isinstance(name, str) else None,
                         # the line's own text when it is exact, and the parse gives it back
                         "ts": stamp if stamp == when else ts.isoformat(),
                         "session": session,
@@ -311,10 +310,11 @@ class Importer:
         model = message.get("model")
         if not isinstance(usage, dict) or obj.get("isApiErrorMessage") or model == "<synthetic>":
             return None
-        request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
-        key = request_id or (message.get("id") if isinstance(message.get("id"), str) else None)
-        if key is None:
-            return None
+        key = obj.get("requestId")
+        if not isinstance(key, str) or not key:
+            key = message.get("id")
+            if not isinstance(key, str) or not key:
+                return None
         get = usage.get
         total = (
             _int(get("input_tokens"))
@@ -347,7 +347,7 @@ class Importer:
             cache_read_input_tokens=n_read,
             cost_usd=cost,
             agent=r.agent,
-            cost_source=self.prices.cost_source if cost is not None else None,
+            cost_source=self._cost_source if cost is not None else None,
             message_id=r.message.get("id"),
             project=r.project,
         )
@@ -377,8 +377,9 @@ class Importer:
                     texts.append(block["text"])
         if not texts or results or obj.get("isMeta") or obj.get("isSidechain") or "toolUseResult" in obj:
             return
-        text = "\n".join(texts)
-        if not text.strip() or text.lstrip().startswith(COMMAND_PREFIXES):
+        text = texts[0] if len(texts) == 1 else "\n".join(texts)
+        stripped = text.lstrip()
+        if not stripped or stripped.startswith(COMMAND_PREFIXES):
             return
         digest = prompt_digest(session, text)
         occurrence = st.prompts.get(digest, 0)
