@@ -84,7 +84,8 @@ def event(
 ) -> dict[str, Any]:
     """A queue event: `None` features are left out; `source` goes into feature_json and
     `_source` (the load's precedence reads `_source`)."""
-    return _event(activity, activity_id, customer, source, ts, session_id, features)
+    feature_json = {k: v for k, v in features.items() if v is not None}
+    return _event(activity, activity_id, customer, source, ts, session_id, feature_json)
 
 
 def _event(
@@ -94,10 +95,9 @@ def _event(
     source: Source,
     ts: Stamp,
     session_id: str | None,
-    features: dict[str, Any],
+    feature_json: dict[str, Any],
 ) -> dict[str, Any]:
-    """`event` with positional arguments: the builders below run once per captured fact."""
-    feature_json = {k: v for k, v in features.items() if v is not None}
+    """`event` of features without `None`s, positionally: the builders run once per fact."""
     feature_json["source"] = source
     out = {
         "activity_id": activity_id,
@@ -113,6 +113,21 @@ def _event(
     return out
 
 
+def _id(customer: str, kind: str, key: str) -> str:
+    """`fact_id` of one key part, without the checks' cost for the many-parts case."""
+    if not key:
+        raise ValueError(f"a {kind} fact needs a non-empty source key")
+    return kind + ":" + hashlib.blake2b(orjson.dumps((customer, kind, key)), digest_size=16).hexdigest()
+
+
+def _with(feature_json: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Adds the extra features that are not `None` (the builders' own come first)."""
+    for k, v in extra.items():
+        if v is not None:
+            feature_json[k] = v
+    return feature_json
+
+
 def asked_question(
     *,
     customer: str,
@@ -125,11 +140,13 @@ def asked_question(
     **extra: Any,
 ) -> dict[str, Any]:
     """A user prompt; pass `prompt` only when content capture is on."""
-    features = {"prompt_length": prompt_length, "prompt": prompt}
-    if extra:
-        features.update(extra)
-    activity_id = fact_id(customer, ASKED_QUESTION, prompt_id)
-    return _event(ASKED_QUESTION, activity_id, customer, source, ts, session_id, features)
+    features: dict[str, Any] = {}
+    if prompt_length is not None:
+        features["prompt_length"] = prompt_length
+    if prompt is not None:
+        features["prompt"] = prompt
+    activity_id = _id(customer, ASKED_QUESTION, prompt_id)
+    return _event(ASKED_QUESTION, activity_id, customer, source, ts, session_id, _with(features, extra))
 
 
 def called_model(
@@ -149,20 +166,24 @@ def called_model(
     **extra: Any,
 ) -> dict[str, Any]:
     """One model API response, keyed by its request id; `agent` names a subagent's call."""
-    features = {
-        "model": model,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_creation_input_tokens": cache_creation_input_tokens,
-        "cache_read_input_tokens": cache_read_input_tokens,
-        "cost_usd": cost_usd,
-        "request_id": request_id,
-        "agent": agent,
-    }
-    if extra:
-        features.update(extra)
-    activity_id = fact_id(customer, CALLED_MODEL, request_id)
-    return _event(CALLED_MODEL, activity_id, customer, source, ts, session_id, features)
+    features: dict[str, Any] = {}
+    if model is not None:
+        features["model"] = model
+    if input_tokens is not None:
+        features["input_tokens"] = input_tokens
+    if output_tokens is not None:
+        features["output_tokens"] = output_tokens
+    if cache_creation_input_tokens is not None:
+        features["cache_creation_input_tokens"] = cache_creation_input_tokens
+    if cache_read_input_tokens is not None:
+        features["cache_read_input_tokens"] = cache_read_input_tokens
+    if cost_usd is not None:
+        features["cost_usd"] = cost_usd
+    features["request_id"] = request_id
+    if agent is not None:
+        features["agent"] = agent
+    activity_id = _id(customer, CALLED_MODEL, request_id)
+    return _event(CALLED_MODEL, activity_id, customer, source, ts, session_id, _with(features, extra))
 
 
 def called_tool(
@@ -179,14 +200,12 @@ def called_tool(
     **extra: Any,
 ) -> dict[str, Any]:
     """One tool call, keyed by its tool-use id; `outcome` is `ok` or the error."""
-    features = {
-        "tool": tool,
-        "latency_ms": latency_ms,
-        "outcome": outcome,
-        "mcp_server": mcp_server,
-        "tool_use_id": tool_use_id,
-    }
-    if extra:
-        features.update(extra)
-    activity_id = fact_id(customer, CALLED_TOOL, tool_use_id)
-    return _event(CALLED_TOOL, activity_id, customer, source, ts, session_id, features)
+    features: dict[str, Any] = {} if tool is None else {"tool": tool}
+    if latency_ms is not None:
+        features["latency_ms"] = latency_ms
+    features["outcome"] = outcome
+    if mcp_server is not None:
+        features["mcp_server"] = mcp_server
+    features["tool_use_id"] = tool_use_id
+    activity_id = _id(customer, CALLED_TOOL, tool_use_id)
+    return _event(CALLED_TOOL, activity_id, customer, source, ts, session_id, _with(features, extra))
