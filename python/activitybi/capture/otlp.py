@@ -304,9 +304,18 @@ def _any(raw: bytes) -> Any:
 
 
 def _attr(attrs: Mapping[str, bytes], key: str) -> Any:
-    """One attribute of a view's map, decoded; None when absent."""
+    """One attribute of a view's map, decoded; None when absent. `_any`'s short-string case
+    is repeated here: this runs for every attribute a fact reads."""
     raw = attrs.get(key)
-    return None if raw is None else _any(raw)
+    if raw is None:
+        return None
+    size = len(raw)
+    if 1 < size < 130 and raw[0] == 0x0A and raw[1] == size - 2:
+        try:
+            return raw[2:].decode()
+        except UnicodeDecodeError:
+            pass  # `_any` says why
+    return _any(raw)
 
 
 def _int(value: Any) -> int | None:
