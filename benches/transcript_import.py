@@ -5,7 +5,9 @@ tool result, the next prompt), then times, in the same run and alternating, (a) 
 every line and `orjson.loads` on it, and (b) `transcripts.Importer` into a real queue (a
 fresh home each time: parse, merge replays, join tool calls, price, build and append the
 facts, save offsets). The ratio is parse-only time over import time (1.0 = as fast as
-parsing alone).
+parsing alone). A third run, also in turn, parses the lines and appends the importer's own
+events, made beforehand, to a fresh queue: what the import would cost if understanding the
+lines and building the facts were free (its floor).
 
 Tool results are where a real transcript's bytes are (a file read, a command's output);
 `--result-bytes` sets their size (default 4000; 300 makes every line small).
@@ -20,6 +22,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -138,6 +141,29 @@ def import_all(files: list[Path], table: prices.PriceTable) -> tuple[float, int]
     return took, imp.stats.events
 
 
+def parse_and_append(files: list[Path], events: list[dict[str, Any]]) -> float:
+    """The floor: parse every line, and append the import's events in its batches."""
+    with tempfile.TemporaryDirectory() as home:
+        queue = Queue(str(Path(home) / "queue"), max_pending=10_000_000)
+        start = time.perf_counter()
+        parse_only(files)
+        for i in range(0, len(events), transcripts.BATCH):
+            queue.append_many(events[i : i + transcripts.BATCH])
+        took = time.perf_counter() - start
+        queue.close()
+    return took
+
+
+class Keep:
+    """A queue that keeps what it is given, to make the floor's events."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def append_many(self, events: list[dict[str, Any]]) -> None:
+        self.events.extend(events)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=8)
@@ -149,18 +175,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         n_lines, size = write(Path(tmp), args.files, args.rounds, args.result_bytes)
         files = transcripts.transcripts(Path(tmp))
-        parse, imp = [], []
+        with tempfile.TemporaryDirectory() as home:
+            keep = Keep()
+            transcripts.Importer(
+                keep, customer="bench@example.com", prices=table, home=Home(Path(home)), settle_s=0
+            ).run(files)
+        parse, imp, floor = [], [], []
         events = 0
         for _ in range(args.repeat):
             parse.append(parse_only(files))
             took, events = import_all(files, table)
             imp.append(took)
-    p, i = statistics.median(parse), statistics.median(imp)
+            floor.append(parse_and_append(files, keep.events))
+    p, i, f = statistics.median(parse), statistics.median(imp), statistics.median(floor)
     print(f"{n_lines:,} lines ({size / 1e6:.1f} MB) in {args.files} files -> {events:,} events")
     print(f"tool results of {args.result_bytes} bytes; median of {args.repeat}")
     print(f"orjson parse only : {p:6.3f} s  {n_lines / p:10,.0f} lines/s")
     print(f"import            : {i:6.3f} s  {n_lines / i:10,.0f} lines/s")
+    print(f"parse + append    : {f:6.3f} s  {n_lines / f:10,.0f} lines/s  (the import's floor)")
     print(f"ratio (import speed / parse-only speed): {p / i:.2f}")
+    print(f"ratio (floor speed / parse-only speed): {p / f:.2f}")
 
 
 if __name__ == "__main__":

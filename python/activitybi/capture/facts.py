@@ -32,21 +32,46 @@ CALLED_MODEL = "called_model"
 CALLED_TOOL = "called_tool"
 
 
+Stamp = dt.datetime | str
+"""A fact's time: a datetime (naive is UTC), or a string already in the queue's form (from
+`iso_ts` or `ns_ts`), which high-volume paths make without a datetime."""
+
+_EPOCH = dt.datetime(1970, 1, 1)
+_PREFIXES: dict[tuple[str, str], hashlib.blake2b] = {}
+"""(customer, kind) → the hash state of `["customer","kind",`, for `_id`."""
+_SECONDS: dict[int, str] = {}
+"""Epoch second → `YYYY-MM-DDTHH:MM:SS`, for `ns_ts` (a batch's records share seconds)."""
+
+
 def fact_id(customer: str, kind: str, *source_key: str) -> str:
     """The activity_id of one fact: `<kind>:<32 hex>`, a hash of the customer (so one
     customer's ids never collide with, or reveal, another's), the kind and the source key.
     Matches the queue's id pattern `[A-Za-z0-9_.:-]{1,128}`."""
     if not source_key or not all(source_key):
         raise ValueError(f"a {kind} fact needs a non-empty source key")
-    digest = hashlib.blake2b(orjson.dumps([customer, kind, *source_key]), digest_size=16)
-    return f"{kind}:{digest.hexdigest()}"
+    # The JSON array of the three is what is hashed: ids already stored depend on it.
+    digest = hashlib.blake2b(orjson.dumps((customer, kind, *source_key)), digest_size=16)
+    return kind + ":" + digest.hexdigest()
 
 
 def iso_ts(ts: dt.datetime) -> str:
-    """The queue's own timestamp form (UTC, milliseconds, `Z`); a naive time is UTC."""
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(dt.UTC).replace(tzinfo=None)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    """The queue's own timestamp form (UTC, milliseconds, `Z`); a naive time is UTC.
+    `isoformat` rather than `strftime`: it is several times faster, and this runs per fact."""
+    if ts.tzinfo is not None and ts.tzinfo is not dt.UTC:
+        ts = ts.astimezone(dt.UTC)
+    return ts.isoformat(timespec="milliseconds")[:23] + "Z"
+
+
+def ns_ts(nanos: int) -> str:
+    """`iso_ts` of a time in nanoseconds since the epoch (OpenTelemetry's), with no
+    datetime per record: the second's text is cached."""
+    seconds, rest = divmod(nanos, 1_000_000_000)
+    text = _SECONDS.get(seconds)
+    if text is None:
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        text = _SECONDS[seconds] = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()
+    return f"{text}.{rest // 1_000_000:03d}Z"
 
 
 def event(
@@ -55,34 +80,71 @@ def event(
     activity_id: str,
     customer: str,
     source: Source,
-    ts: dt.datetime,
+    ts: Stamp,
     session_id: str | None,
     features: dict[str, Any],
 ) -> dict[str, Any]:
     """A queue event: `None` features are left out; `source` goes into feature_json and
     `_source` (the load's precedence reads `_source`)."""
     feature_json = {k: v for k, v in features.items() if v is not None}
+    return _event(activity, activity_id, customer, source, ts, session_id, feature_json)
+
+
+def _event(
+    activity: str,
+    activity_id: str,
+    customer: str,
+    source: Source,
+    ts: Stamp,
+    session_id: str | None,
+    feature_json: dict[str, Any],
+) -> dict[str, Any]:
+    """`event` of features without `None`s, positionally: the builders run once per fact."""
     feature_json["source"] = source
-    if session_id is not None:
-        feature_json["session_id"] = session_id
-    out: dict[str, Any] = {
+    out = {
         "activity_id": activity_id,
-        "ts": iso_ts(ts),
+        "ts": ts if isinstance(ts, str) else iso_ts(ts),
         "activity": activity,
         "customer": customer,
         "feature_json": feature_json,
         "_source": source,
     }
     if session_id is not None:
+        feature_json["session_id"] = session_id
         out["_session_id"] = session_id
     return out
+
+
+def _id(customer: str, kind: str, key: str) -> str:
+    """`fact_id` of one key part: the hash of `["customer","kind",` is kept and copied, which
+    is cheaper than hashing the whole array afresh (the same bytes are hashed)."""
+    if not key:
+        raise ValueError(f"a {kind} fact needs a non-empty source key")
+    prefix = _PREFIXES.get((customer, kind))
+    if prefix is None:
+        if len(_PREFIXES) >= 1024:  # unknown OpenTelemetry events make kinds of their own
+            _PREFIXES.clear()
+        head = orjson.dumps((customer, kind))[:-1] + b","
+        prefix = _PREFIXES[customer, kind] = hashlib.blake2b(head, digest_size=16)
+    digest = prefix.copy()
+    digest.update(orjson.dumps(key))
+    digest.update(b"]")
+    return kind + ":" + digest.hexdigest()
+
+
+def _with(feature_json: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Adds the extra features that are not `None` (the builders' own come first)."""
+    for k, v in extra.items():
+        if v is not None:
+            feature_json[k] = v
+    return feature_json
 
 
 def asked_question(
     *,
     customer: str,
     source: Source,
-    ts: dt.datetime,
+    ts: Stamp,
     prompt_id: str,
     session_id: str | None,
     prompt_length: int | None,
@@ -90,22 +152,20 @@ def asked_question(
     **extra: Any,
 ) -> dict[str, Any]:
     """A user prompt; pass `prompt` only when content capture is on."""
-    return event(
-        ASKED_QUESTION,
-        activity_id=fact_id(customer, ASKED_QUESTION, prompt_id),
-        customer=customer,
-        source=source,
-        ts=ts,
-        session_id=session_id,
-        features={"prompt_length": prompt_length, "prompt": prompt, **extra},
-    )
+    features: dict[str, Any] = {}
+    if prompt_length is not None:
+        features["prompt_length"] = prompt_length
+    if prompt is not None:
+        features["prompt"] = prompt
+    activity_id = _id(customer, ASKED_QUESTION, prompt_id)
+    return _event(ASKED_QUESTION, activity_id, customer, source, ts, session_id, _with(features, extra))
 
 
 def called_model(
     *,
     customer: str,
     source: Source,
-    ts: dt.datetime,
+    ts: Stamp,
     request_id: str,
     session_id: str | None,
     model: str | None,
@@ -118,32 +178,31 @@ def called_model(
     **extra: Any,
 ) -> dict[str, Any]:
     """One model API response, keyed by its request id; `agent` names a subagent's call."""
-    return event(
-        CALLED_MODEL,
-        activity_id=fact_id(customer, CALLED_MODEL, request_id),
-        customer=customer,
-        source=source,
-        ts=ts,
-        session_id=session_id,
-        features={
-            "model": model,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cache_creation_input_tokens": cache_creation_input_tokens,
-            "cache_read_input_tokens": cache_read_input_tokens,
-            "cost_usd": cost_usd,
-            "request_id": request_id,
-            "agent": agent,
-            **extra,
-        },
-    )
+    features: dict[str, Any] = {}
+    if model is not None:
+        features["model"] = model
+    if input_tokens is not None:
+        features["input_tokens"] = input_tokens
+    if output_tokens is not None:
+        features["output_tokens"] = output_tokens
+    if cache_creation_input_tokens is not None:
+        features["cache_creation_input_tokens"] = cache_creation_input_tokens
+    if cache_read_input_tokens is not None:
+        features["cache_read_input_tokens"] = cache_read_input_tokens
+    if cost_usd is not None:
+        features["cost_usd"] = cost_usd
+    features["request_id"] = request_id
+    if agent is not None:
+        features["agent"] = agent
+    activity_id = _id(customer, CALLED_MODEL, request_id)
+    return _event(CALLED_MODEL, activity_id, customer, source, ts, session_id, _with(features, extra))
 
 
 def called_tool(
     *,
     customer: str,
     source: Source,
-    ts: dt.datetime,
+    ts: Stamp,
     tool_use_id: str,
     session_id: str | None,
     tool: str | None,
@@ -153,19 +212,12 @@ def called_tool(
     **extra: Any,
 ) -> dict[str, Any]:
     """One tool call, keyed by its tool-use id; `outcome` is `ok` or the error."""
-    return event(
-        CALLED_TOOL,
-        activity_id=fact_id(customer, CALLED_TOOL, tool_use_id),
-        customer=customer,
-        source=source,
-        ts=ts,
-        session_id=session_id,
-        features={
-            "tool": tool,
-            "latency_ms": latency_ms,
-            "outcome": outcome,
-            "mcp_server": mcp_server,
-            "tool_use_id": tool_use_id,
-            **extra,
-        },
-    )
+    features: dict[str, Any] = {} if tool is None else {"tool": tool}
+    if latency_ms is not None:
+        features["latency_ms"] = latency_ms
+    features["outcome"] = outcome
+    if mcp_server is not None:
+        features["mcp_server"] = mcp_server
+    features["tool_use_id"] = tool_use_id
+    activity_id = _id(customer, CALLED_TOOL, tool_use_id)
+    return _event(CALLED_TOOL, activity_id, customer, source, ts, session_id, _with(features, extra))

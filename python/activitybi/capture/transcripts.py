@@ -50,7 +50,6 @@ SETTLE_S = 30.0
 """A file untouched this long is complete: its last response is written out."""
 BATCH = 5000
 """Events appended (and offsets saved) together."""
-TOKEN_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 COMMAND_PREFIXES = ("<command-", "<local-command-", "[Request interrupted", "Caveat:")
 """User-line text that Claude Code writes itself (slash commands and their output)."""
 
@@ -64,17 +63,25 @@ def customer() -> str:
     return config.settings().customer or getpass.getuser()
 
 
-def parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return dt.datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _when(value: object) -> tuple[dt.datetime, str]:
+    """A line's time (now if it has none) and the same in the queue's form. Claude Code
+    writes `2026-11-02T10:00:00.000Z`, which is the queue's form already: such a string is
+    only validated (by the parse), not formatted again."""
+    if isinstance(value, str):
+        try:
+            ts = dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if len(value) == 24 and value[4:17:3] == "--T::" and value[19::4] == ".Z":
+                return ts, value
+            return ts, facts.iso_ts(ts)
+    ts = now()
+    return ts, facts.iso_ts(ts)
 
 
 @dataclass
@@ -109,7 +116,7 @@ class _Response:
     usage: dict[str, Any]
     message: dict[str, Any]
     session: str
-    ts: dt.datetime
+    stamp: str
     agent: str | None
     project: str
 
@@ -137,6 +144,7 @@ class Importer:
         self.batch = batch
         self.stats = Stats()
         self._buffer: list[dict[str, Any]] = []
+        self._cost_source = prices.cost_source
         self._files = self._load_state()
         self._dirty = False
 
@@ -218,14 +226,14 @@ class Importer:
         settled: bool,
         advance: Callable[[int], None] | None,
     ) -> None:
-        pos = st.offset
+        pos = first = st.offset
         pending: _Response | None = None
+        count = 0
         for raw in lines:
             if not raw.endswith(b"\n"):
                 break  # torn: Claude Code is still writing it
             start, pos = pos, pos + len(raw)
-            self.stats.lines += 1
-            self.stats.bytes += len(raw)
+            count += 1
             if advance is not None:
                 advance(len(raw))
             response = self._line(raw, path, start, st, project)
@@ -242,6 +250,8 @@ class Importer:
             st.offset = pending.start if pending is not None else pos
             if len(self._buffer) >= self.batch:
                 self.commit()
+        self.stats.lines += count  # counted here, not per line: this loop is the hot path
+        self.stats.bytes += pos - first
         if pending is not None and settled:
             self._buffer.append(self._model_event(pending))
             st.offset = pos
@@ -262,37 +272,37 @@ class Importer:
             return None  # summary, system, file-history-snapshot and types we do not know
         sid = obj.get("sessionId")
         session = sid if isinstance(sid, str) and sid else path.stem
-        ts = parse_time(obj.get("timestamp")) or now()
+        when = obj.get("timestamp")
+        ts, stamp = _when(when)
         agent = _agent(obj)
         cwd = obj.get("cwd")
         project = cwd if isinstance(cwd, str) and cwd else project
         content = message.get("content")
         if kind == "user":
-            self._user(obj, content, session, ts, st, project)
+            self._user(obj, content, session, ts, stamp, st, project)
             return None
         if isinstance(content, list):
             for block in content:
-                if (
-                    isinstance(block, dict)
-                    and block.get("type") == "tool_use"
-                    and isinstance(block.get("id"), str)
-                ):
-                    name = block.get("name") if isinstance(block.get("name"), str) else None
-                    st.tools[block["id"]] = {
-                        "tool": name,
-                        "ts": ts.isoformat(),
+                if not isinstance(block, dict) or block.get("type") != "tool_use":
+                    continue
+                tool_id, name = block.get("id"), block.get("name")
+                if isinstance(tool_id, str):
+                    st.tools[tool_id] = {
+                        "tool": name if isinstance(name, str) else None,
+                        # the line's own text when it is exact, and the parse gives it back
+                        "ts": stamp if stamp == when else ts.isoformat(),
                         "session": session,
                         "agent": agent,
                         "project": project,
                     }
-        return self._response(obj, message, session, ts, agent, project)
+        return self._response(obj, message, session, stamp, agent, project)
 
     def _response(
         self,
         obj: dict[str, Any],
         message: dict[str, Any],
         session: str,
-        ts: dt.datetime,
+        stamp: str,
         agent: str | None,
         project: str,
     ) -> _Response | None:
@@ -300,10 +310,11 @@ class Importer:
         model = message.get("model")
         if not isinstance(usage, dict) or obj.get("isApiErrorMessage") or model == "<synthetic>":
             return None
-        request_id = obj.get("requestId") if isinstance(obj.get("requestId"), str) else None
-        key = request_id or (message.get("id") if isinstance(message.get("id"), str) else None)
-        if key is None:
-            return None
+        key = obj.get("requestId")
+        if not isinstance(key, str) or not key:
+            key = message.get("id")
+            if not isinstance(key, str) or not key:
+                return None
         get = usage.get
         total = (
             _int(get("input_tokens"))
@@ -311,11 +322,13 @@ class Importer:
             + _int(get("cache_creation_input_tokens"))
             + _int(get("cache_read_input_tokens"))
         )
-        return _Response(key, 0, total, usage, message, session, ts, agent, project)
+        return _Response(key, 0, total, usage, message, session, stamp, agent, project)
 
     def _model_event(self, r: _Response) -> dict[str, Any]:
         usage = r.usage
-        n_in, n_out, n_write, n_read = (_int(usage.get(k)) for k in TOKEN_KEYS)
+        get = usage.get
+        n_in, n_out = _int(get("input_tokens")), _int(get("output_tokens"))
+        n_write, n_read = _int(get("cache_creation_input_tokens")), _int(get("cache_read_input_tokens"))
         split = usage.get("cache_creation")
         w1h = _int(split.get("ephemeral_1h_input_tokens")) if isinstance(split, dict) else 0
         model = r.message.get("model")
@@ -324,7 +337,7 @@ class Importer:
         return facts.called_model(
             customer=self.customer,
             source="transcript",
-            ts=r.ts,
+            ts=r.stamp,
             request_id=r.key,
             session_id=r.session,
             model=model_name,
@@ -334,13 +347,20 @@ class Importer:
             cache_read_input_tokens=n_read,
             cost_usd=cost,
             agent=r.agent,
-            cost_source=self.prices.cost_source if cost is not None else None,
+            cost_source=self._cost_source if cost is not None else None,
             message_id=r.message.get("id"),
             project=r.project,
         )
 
     def _user(
-        self, obj: dict[str, Any], content: object, session: str, ts: dt.datetime, st: FileState, project: str
+        self,
+        obj: dict[str, Any],
+        content: object,
+        session: str,
+        ts: dt.datetime,
+        stamp: str,
+        st: FileState,
+        project: str,
     ) -> None:
         texts: list[str] = []
         results = False
@@ -357,8 +377,9 @@ class Importer:
                     texts.append(block["text"])
         if not texts or results or obj.get("isMeta") or obj.get("isSidechain") or "toolUseResult" in obj:
             return
-        text = "\n".join(texts)
-        if not text.strip() or text.lstrip().startswith(COMMAND_PREFIXES):
+        text = texts[0] if len(texts) == 1 else "\n".join(texts)
+        stripped = text.lstrip()
+        if not stripped or stripped.startswith(COMMAND_PREFIXES):
             return
         digest = prompt_digest(session, text)
         occurrence = st.prompts.get(digest, 0)
@@ -367,7 +388,7 @@ class Importer:
             facts.asked_question(
                 customer=self.customer,
                 source="transcript",
-                ts=ts,
+                ts=stamp,
                 prompt_id=prompt_id(session, text, occurrence),
                 session_id=session,
                 prompt_length=len(text),
@@ -393,13 +414,13 @@ class Importer:
         outcome: str,
         error: str | None = None,
     ) -> None:
-        start = parse_time(call.get("ts")) or now()
+        start, stamp = _when(call.get("ts"))
         latency = round((end - start).total_seconds() * 1000, 3) if end is not None else None
         self._buffer.append(
             facts.called_tool(
                 customer=self.customer,
                 source="transcript",
-                ts=start,
+                ts=stamp,
                 tool_use_id=tool_id,
                 session_id=call.get("session"),
                 tool=call.get("tool"),
