@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx2
 import orjson
 import pytest
@@ -209,9 +210,13 @@ def test_http_endpoint(_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert bad.status_code == 400
     finally:
         server.stop()
-    called = [e for e in queued(_home) if e["activity"] == "called_tool" and e.get("_source") == "hook"]
-    assert [(e["customer"], e["activity_id"]) for e in called] == [
-        ("bo@example.com", fact_id("bo@example.com", CALLED_TOOL, "toolu_01"))
-    ]
+    # the server's owner may have loaded it already: load the rest, then read the warehouse
+    subprocess.run([sys.executable, "-m", "activitybi", "upload", "--once", "--quiet"], check=True)
+    with duckdb.connect(str(Home(_home).warehouse), read_only=True) as db:
+        called = db.execute(
+            "SELECT customer, activity_id FROM claude_stream "
+            "WHERE activity = 'called_tool' AND _source = 'hook'"
+        ).fetchall()
+    assert called == [("bo@example.com", fact_id("bo@example.com", CALLED_TOOL, "toolu_01"))]
     [record] = quarantined(_home)
     assert record["raw"] == "not json" and record["customer"] == CUSTOMER

@@ -205,7 +205,7 @@ def check_warehouse(home: Path, settings: config.Settings) -> Iterator[Finding]:
         else:
             yield Finding("warehouse", "Snowflake settings present")
         return
-    from activitybi.reporting.source import WarehouseBusy, connect_read_only
+    from activitybi.reporting.source import WarehouseBusy, connect_read_only, is_owner
 
     path = config.Home(home).warehouse
     if not path.exists():
@@ -214,7 +214,7 @@ def check_warehouse(home: Path, settings: config.Settings) -> Iterator[Finding]:
     try:
         connect_read_only(path).close()
     except WarehouseBusy as e:
-        if e.command and "activitybi" in e.command:
+        if is_owner(e.command):
             yield Finding("warehouse", f"{path} held by the owner, PID {e.pid} ({e.command})")
         else:
             who = f"PID {e.pid}" + (f" ({e.command})" if e.command else "") if e.pid else "another process"

@@ -56,11 +56,17 @@ def _process_command(pid: int) -> str | None:
     except OSError:
         return None
     parts = [p.decode(errors="replace") for p in raw.split(b"\0") if p]
-    if "activitybi" in " ".join(parts):
-        # `python -m activitybi upload --follow ...` reads better without the interpreter
-        start = next((i for i, p in enumerate(parts) if p.endswith("activitybi")), 0)
+    # `python -m activitybi upload --follow ...` reads better without the interpreter; only
+    # an argument that is the command itself counts (a path may contain the word too)
+    start = next((i for i, p in enumerate(parts) if p.rsplit("/", 1)[-1] == "activitybi"), None)
+    if start is not None:
         parts = ["activitybi", *parts[start + 1 :]]
     return " ".join(parts)[:120] or None
+
+
+def is_owner(command: str | None) -> bool:
+    """Whether a process's command (as `_process_command` gives it) is a warehouse owner."""
+    return command is not None and command.startswith("activitybi upload")
 
 
 def connect_read_only(path: Path | str) -> duckdb.DuckDBPyConnection:
