@@ -584,7 +584,12 @@ impl Policy {
             } else {
                 let known: Vec<&str> = ["secret", "card", "email", "ip"]
                     .into_iter()
-                    .chain(Kind::ALL[..15].iter().map(|k| k.name()))
+                    .chain(
+                        Kind::ALL[..15]
+                            .iter()
+                            .map(|k| k.name())
+                            .filter(|n| *n != "card" && *n != "email"),
+                    )
                     .collect();
                 return Err(format!(
                     "{source} line {}: [default] has no kind '{name}' (known: {})",

@@ -123,6 +123,12 @@ class Home:
         return self.root / "secret.key"
 
     @property
+    def policy(self) -> Path:
+        """The redaction policy (TOML), when `ACTIVITYBI_POLICY` does not name another file;
+        without either, the default policy applies. See `activitybi.privacy`."""
+        return self.root / "policy.toml"
+
+    @property
     def archive(self) -> Path:
         """Stream rows past retention: `stream-YYYY-MM.parquet` and `manifest.json`."""
         return self.root / "archive"
@@ -261,6 +267,9 @@ class Settings:
     otlp_max_bytes: int
     """`ACTIVITYBI_OTLP_MAX_BYTES` (default 8 MiB): the largest OTLP request body the
     receiver takes, before and after gzip; a larger one gets 413."""
+    policy: str | None
+    """`ACTIVITYBI_POLICY`: the redaction policy file (default `$ACTIVITYBI_HOME/policy.toml`
+    when it exists, else the built-in default policy)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -314,6 +323,7 @@ class Settings:
                 int(_number(env, "ACTIVITYBI_HTTP_CONNECTIONS_PER_CLIENT", 0)) or None
             ),
             otlp_max_bytes=int(_number(env, "ACTIVITYBI_OTLP_MAX_BYTES", 8 * 1024 * 1024)),
+            policy=env.get("ACTIVITYBI_POLICY") or None,
         )
 
 
