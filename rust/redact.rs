@@ -835,8 +835,8 @@ impl Redactor {
             }
             path.pop();
         }
-        for k in dropped {
-            obj.remove(&k);
+        if !dropped.is_empty() {
+            obj.retain(|k, _| !dropped.contains(k));
         }
     }
 
