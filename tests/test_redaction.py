@@ -138,17 +138,19 @@ async def through_the_server(home: Path, metrics_port: int) -> tuple[str, str]:
         return page, text(one)
 
 
-def hook(home: Path) -> None:
-    payload = {
-        "session_id": "3f1c2a4e-redaction-test",
-        "transcript_path": "/nowhere/x.jsonl",
-        "cwd": "/home/ana/shop",
-        "hook_event_name": "UserPromptSubmit",
-        "prompt": prompt(),
-    }
+HOOK_PAYLOAD = {
+    "session_id": "3f1c2a4e-redaction-test",
+    "transcript_path": "/nowhere/x.jsonl",
+    "cwd": "/home/ana/shop",
+    "hook_event_name": "UserPromptSubmit",
+    "prompt": prompt(),
+}
+
+
+def hook(home: Path, stdin: bytes = orjson.dumps(HOOK_PAYLOAD)) -> None:
     out = subprocess.run(
         [EXE, "hook"],
-        input=orjson.dumps(payload),
+        input=stdin,
         capture_output=True,
         timeout=60,
         env={
@@ -175,6 +177,10 @@ def test_no_value_of_the_corpus_survives_any_entry_point(_home: Path) -> None:
     port = free_port()
     page, _ = anyio.run(through_the_server, _home, port)
     hook(_home)
+    hook(_home, b"not JSON at all: " + prompt().encode())  # quarantined, redacted
+    hook(_home, b"\xff\xfe binary " + prompt().encode())  # not UTF-8 either
+    quarantined = config.Home(_home).capture_quarantine.read_bytes()
+    assert quarantined.count(b"\n") == 2 and b"[REDACTED:aws_key]" in quarantined
     marker = "kept-marker-7c1e5d"  # a control: the same searches do find what is kept
     with privacy.open_queue(config.Home(_home).queue) as q:
         q.append(

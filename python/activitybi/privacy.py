@@ -42,6 +42,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from activitybi import config, secret
 from activitybi._core import Queue, Redactor
 
@@ -97,6 +99,19 @@ def redactor(home: Path | None = None) -> Redactor:
             text, source = read_policy(path)
             found = _cache[ident] = build(text, source, secret.key(root))
         return found
+
+
+def redact_text(text: str, home: Path | None = None) -> str:
+    """`text` with what the detectors find redacted as the policy says (the default policy
+    when the configured one cannot be used: a broken policy never lets a secret through),
+    for what is kept outside the queue: input a capture path quarantines."""
+    try:
+        red = redactor(home)
+    except PolicyError:
+        red = build("", DEFAULT_SOURCE, secret.key(home))
+    event = orjson.dumps({"activity": "quarantined_input", "feature_json": {"raw": text}}).decode()
+    kept = orjson.loads(red.redact(event)).get("feature_json", {}).get("raw")
+    return kept if isinstance(kept, str) else "[REDACTED:rule]"
 
 
 def open_queue(path: str | Path, *, home: Path | None = None, **options: Any) -> Queue:
