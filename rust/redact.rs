@@ -820,11 +820,14 @@ impl Redactor {
         top: bool,
     ) {
         let mut dropped: Vec<String> = Vec::new();
+        let track = !self.inner.policy.rules.is_empty(); // paths matter to rules only
         for (k, v) in obj.iter_mut() {
-            if top && PROTECTED.contains(&k.as_str()) && k == "customer" {
+            if top && k == "customer" {
                 continue;
             }
-            path.push(k.clone());
+            if track {
+                path.push(k.clone());
+            }
             match self.walk(v, activity, path) {
                 Outcome::Same => {}
                 Outcome::Changed => *changed = true,
@@ -833,10 +836,43 @@ impl Redactor {
                     dropped.push(k.clone());
                 }
             }
-            path.pop();
+            if track {
+                path.pop();
+            }
         }
         if !dropped.is_empty() {
             obj.retain(|k, _| !dropped.contains(k));
+        }
+        // Member names are text too: `{"bob@example.org": 3}` gets the same treatment.
+        let mut renames: Vec<(String, Option<String>)> = Vec::new();
+        for k in obj.keys() {
+            let mut name = k.clone();
+            match self.redact_string(&mut name) {
+                Outcome::Same => {}
+                Outcome::Changed => renames.push((k.clone(), Some(name))),
+                Outcome::Drop => renames.push((k.clone(), None)),
+            }
+        }
+        if !renames.is_empty() {
+            *changed = true;
+            for (k, v) in std::mem::take(obj) {
+                match renames.iter().find(|(old, _)| *old == k) {
+                    None => {
+                        obj.insert(k, v);
+                    }
+                    Some((_, Some(name))) => {
+                        // Two names masked alike stay two members.
+                        let mut unique = name.clone();
+                        let mut n = 1;
+                        while obj.contains_key(&unique) {
+                            n += 1;
+                            unique = format!("{name}#{n}");
+                        }
+                        obj.insert(unique, v);
+                    }
+                    Some((_, None)) => {}
+                }
+            }
         }
     }
 
@@ -1129,6 +1165,17 @@ mod tests {
         let counts: BTreeMap<_, _> = r.counts().into_iter().collect();
         assert_eq!(counts["email"], 2);
         assert_eq!(counts["card"], 1);
+    }
+
+    #[test]
+    fn member_names_are_redacted_too() {
+        let r = redactor("");
+        let mut v = serde_json::json!({"activity": "x", "customer": "c", "feature_json": {"per": {"bob@example.org": 3, "AKIAIOSFODNN7EXAMPLE": 1, "n": 2}}});
+        assert!(r.redact_event(&mut v));
+        let per = v["feature_json"]["per"].as_object().unwrap();
+        assert!(per.contains_key("[REDACTED:aws_key]") && per.contains_key("n"));
+        assert!(per.keys().any(|k| k.starts_with("hmac:")));
+        assert!(!v.to_string().contains("bob@") && !v.to_string().contains("AKIA"));
     }
 
     #[test]
