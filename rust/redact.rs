@@ -1301,6 +1301,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
+    /// A manual measurement: `cargo test --release --lib time_prefilter -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn time_prefilter() {
