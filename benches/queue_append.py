@@ -5,6 +5,10 @@
 2. ``append_many`` of 1,000-event batches: events/s.
 3. A durable append's p95 with 4 threads appending at once, against one bare
    ``os.fdatasync`` after a small write, both on the same filesystem.
+5. ``Queue.append(dict)`` with the default redaction policy against the same append without
+   a redactor, in interleaved rounds (the median of the rounds' time ratios): the typical
+   event (nothing to redact; its customer is an e-mail address, which is kept), and one
+   whose feature_json holds an e-mail address to hash.
 4. With ``--baseline-core SO``: ``Queue.append(dict)`` of this build against another build
    of ``activitybi._core`` loaded into the same process (e.g. the version before line
    checksums), in interleaved rounds: the median of the rounds' time ratios.
@@ -32,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from activitybi import Queue, ulid
+from activitybi import Queue, Redactor, ulid
 
 
 def make_events(n: int) -> list[dict[str, object]]:
@@ -209,17 +213,63 @@ def bench_against_build(root: Path, events: list[dict[str, object]], so: Path, r
     return r
 
 
+def bench_redaction(root: Path, events: list[dict[str, object]], rounds: int = 31) -> float:
+    red = Redactor("", os.urandom(32))  # the default policy
+    n = min(len(events), 50_000)
+    dirty = [{**e, "feature_json": {**e["feature_json"], "to": "bob@example.org"}} for e in events[:n]]  # type: ignore[dict-item]
+
+    def run(batch: list[dict[str, object]], redactor: Redactor | None) -> float:
+        d = root / f"r-{ulid()}"
+        with Queue(str(d), max_pending=10 * n, redactor=redactor) as q:
+            append = q.append
+            t = time.perf_counter()
+            for e in batch:
+                append(e)
+            el = time.perf_counter() - t
+        shutil.rmtree(d)
+        return el
+
+    def ratio(batch: list[dict[str, object]]) -> tuple[float, float, float]:
+        ours, plain, ratios = [], [], []
+        for i in range(rounds):
+            if i % 2:
+                b, a = run(batch, None), run(batch, red)
+            else:
+                a, b = run(batch, red), run(batch, None)
+            ours.append(a)
+            plain.append(b)
+            ratios.append(a / b)
+        return statistics.median(ratios), statistics.median(ours) / n, statistics.median(plain) / n
+
+    r, a, b = ratio(events[:n])
+    print(
+        f"append(dict), default policy, nothing to redact: {a * 1e6:.3f} µs against {b * 1e6:.3f} µs "
+        f"without  -> ratio {r:.3f} (median of {rounds} interleaved rounds of {n:,})"
+    )
+    r2, a2, b2 = ratio(dirty)
+    print(
+        f"append(dict), default policy, an e-mail to hash : {a2 * 1e6:.3f} µs against {b2 * 1e6:.3f} µs "
+        f"without  -> ratio {r2:.3f}"
+    )
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--dir", type=Path, default=None, help="filesystem to measure on")
     ap.add_argument("--baseline-core", type=Path, default=None, help="another build of _core to compare")
     ap.add_argument("--only-baseline", action="store_true", help="run figure 4 alone")
+    ap.add_argument("--only-redaction", action="store_true", help="run figure 5 alone")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="abi-bench-", dir=args.dir))
     try:
         events = make_events(args.events)
+        if args.only_redaction:
+            bench_redaction(root, events)
+            return
         if not args.only_baseline:
+            bench_redaction(root, events)
             bench_append(root, events)
             bench_append_many(root, events)
             bench_durable(root)

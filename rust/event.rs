@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::ids::{next_ulid, now_ms, TsFormatter};
+use crate::redact::LineInfo;
 
 #[derive(Debug, PartialEq)]
 pub enum EventError {
@@ -92,6 +93,8 @@ struct Probe<'a> {
     activity_id: Option<Option<Cow<'a, str>>>,
     #[serde(borrow, default, deserialize_with = "present")]
     ts: Option<Option<&'a RawValue>>,
+    #[serde(borrow, default)]
+    customer: Option<&'a RawValue>,
 }
 
 fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -110,10 +113,23 @@ pub fn encode_json_bytes(
     ts: &mut TsFormatter,
     max_bytes: usize,
 ) -> Result<String, EventError> {
+    encode_json_bytes_info(raw, buf, ts, max_bytes, &mut LineInfo::default())
+}
+
+/// [`encode_json_bytes`], also telling the redactor the line's activity and where its
+/// top-level `customer` string lies.
+pub(crate) fn encode_json_bytes_info(
+    raw: &[u8],
+    buf: &mut Vec<u8>,
+    ts: &mut TsFormatter,
+    max_bytes: usize,
+    info: &mut LineInfo,
+) -> Result<String, EventError> {
     let probe: Probe<'_> = serde_json::from_slice(raw).map_err(|e| {
         EventError::Invalid(format!("event bytes are not one JSON event object: {e}"))
     })?;
-    check_activity(probe.activity.flatten().as_deref())?;
+    let activity = probe.activity.flatten();
+    check_activity(activity.as_deref())?;
     let given_id = match probe.activity_id {
         Some(None) => return Err(EventError::Invalid("'activity_id' must be a string".into())),
         Some(Some(id)) => Some(id),
@@ -124,6 +140,17 @@ pub fn encode_json_bytes(
     // The object's members after its `{` (serde_json accepted it, so it is `{…}`).
     let members = raw.trim_ascii()[1..].trim_ascii_start();
     let id = open_line(buf, given_id.as_deref(), probe.ts.is_some(), ts);
+    info.generated = buf.len() - start;
+    info.activity = activity.map(|a| a.into_owned()).unwrap_or_default();
+    info.customer = probe.customer.and_then(|c| {
+        // Offsets of the customer value in `raw`, then in the line (members are copied
+        // byte for byte after the opening).
+        let text = c.get().as_bytes();
+        let at = (text.as_ptr() as usize).checked_sub(members.as_ptr() as usize)?;
+        let in_line = buf.len() - start + at;
+        (text.first() == Some(&b'"') && at + text.len() <= members.len())
+            .then_some(in_line..in_line + text.len())
+    });
     buf.extend(
         members
             .iter()

@@ -10,6 +10,7 @@ mod lru;
 mod pyjson;
 mod queue;
 mod reader;
+mod redact;
 mod segment;
 
 pub use crate::error::{Error, IoFailure};
@@ -18,6 +19,7 @@ pub use crate::ids::{next_ulid, TsFormatter};
 pub use crate::lru::{LruStats, TtlLru};
 pub use crate::queue::{Config, QueueCore};
 pub use crate::reader::{Batch, Line, ReaderCore};
+pub use crate::redact::{luhn_valid, Action, Kind, LineInfo, Policy, Redactor as RedactorCore};
 pub use crate::segment::{Checkpoint, CHECKSUM_MISMATCH};
 
 use std::cell::RefCell;
@@ -121,16 +123,20 @@ fn event_err(e: EventError) -> PyErr {
 }
 
 /// Appends one event's line to `buf`, returning its activity id.
+/// With a redactor, the line is redacted in place before anything else sees it.
 fn encode_event(
     ev: &Bound<'_, PyAny>,
     buf: &mut Vec<u8>,
     ts: &mut TsFormatter,
     max: usize,
+    redactor: Option<&RedactorCore>,
 ) -> PyResult<String> {
+    let start = buf.len();
+    let mut info = LineInfo::default();
     let r = if let Ok(d) = ev.cast::<PyDict>() {
-        pyjson::encode_dict(d, buf, ts, max)
+        pyjson::encode_dict(d, buf, ts, max, &mut info)
     } else if let Ok(b) = ev.cast::<PyBytes>() {
-        event::encode_json_bytes(b.as_bytes(), buf, ts, max)
+        event::encode_json_bytes_info(b.as_bytes(), buf, ts, max, &mut info)
     } else {
         let ty = ev
             .get_type()
@@ -141,7 +147,11 @@ fn encode_event(
             "an event is a dict or JSON bytes, not {ty}"
         )));
     };
-    r.map_err(event_err)
+    let id = r.map_err(event_err)?;
+    if let Some(red) = redactor {
+        red.redact_line(buf, start, &info);
+    }
+    Ok(id)
 }
 
 #[pyclass(frozen, module = "activitybi._core")]
@@ -149,6 +159,8 @@ struct Queue {
     core: Arc<QueueCore>,
     #[pyo3(get)]
     path: String,
+    redactor: Option<Py<Redactor>>,
+    red: Option<RedactorCore>,
 }
 
 impl Queue {
@@ -176,7 +188,8 @@ impl Queue {
 #[pymethods]
 impl Queue {
     #[new]
-    #[pyo3(signature = (path, *, rotate_bytes=16*1024*1024, rotate_secs=60.0, max_pending=100_000, fsync_interval_ms=50, max_event_bytes=1024*1024))]
+    #[pyo3(signature = (path, *, rotate_bytes=16*1024*1024, rotate_secs=60.0, max_pending=100_000, fsync_interval_ms=50, max_event_bytes=1024*1024, redactor=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -185,6 +198,7 @@ impl Queue {
         max_pending: u64,
         fsync_interval_ms: u64,
         max_event_bytes: usize,
+        redactor: Option<Bound<'_, Redactor>>,
     ) -> PyResult<Self> {
         let cfg = Config::new(
             rotate_bytes,
@@ -201,17 +215,25 @@ impl Queue {
         Ok(Self {
             core,
             path: path.to_string_lossy().into_owned(),
+            red: redactor.as_ref().map(|r| r.get().inner.clone()),
+            redactor: redactor.map(Bound::unbind),
         })
+    }
+
+    /// The redactor every appended event passes, or None.
+    #[getter]
+    fn redactor(&self, py: Python<'_>) -> Option<Py<Redactor>> {
+        self.redactor.as_ref().map(|r| r.clone_ref(py))
     }
 
     #[pyo3(signature = (event, *, durable=false))]
     fn append(&self, py: Python<'_>, event: &Bound<'_, PyAny>, durable: bool) -> PyResult<String> {
         SCRATCH.with_borrow_mut(|(buf, ts)| {
             buf.clear();
-            let id = encode_event(event, buf, ts, self.core.config().max_event_bytes())
-                .inspect_err(|_| {
-                    LocalCounters::add(&self.core.local.rejected, 1);
-                })?;
+            let max = self.core.config().max_event_bytes();
+            let id = encode_event(event, buf, ts, max, self.red.as_ref()).inspect_err(|_| {
+                LocalCounters::add(&self.core.local.rejected, 1);
+            })?;
             self.write(py, buf, 1, durable)?;
             Ok(id)
         })
@@ -229,7 +251,7 @@ impl Queue {
         let mut ids = Vec::new();
         let encoded = SCRATCH.with_borrow_mut(|(_, ts)| -> PyResult<()> {
             for ev in events.try_iter()? {
-                ids.push(encode_event(&ev?, &mut buf, ts, max)?);
+                ids.push(encode_event(&ev?, &mut buf, ts, max, self.red.as_ref())?);
             }
             Ok(())
         });
@@ -254,6 +276,7 @@ impl Queue {
         d.set_item("pending", self.core.pending())?;
         d.set_item("max_pending", self.core.config().max_pending())?;
         d.set_item("io_error", self.core.failure())?;
+        d.set_item("redactions", redaction_counts(py, self.red.as_ref())?)?;
         Ok(d)
     }
 
@@ -283,6 +306,68 @@ impl Queue {
 
     fn __repr__(&self) -> String {
         format!("Queue({:?})", self.path)
+    }
+}
+
+fn redaction_counts<'py>(
+    py: Python<'py>,
+    red: Option<&RedactorCore>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match red {
+        Some(r) => {
+            for (k, n) in r.counts() {
+                d.set_item(k, n)?;
+            }
+        }
+        None => {
+            for k in Kind::ALL {
+                d.set_item(k.name(), 0)?;
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// A redaction policy with its key: give it to `Queue(..., redactor=...)`.
+#[pyclass(frozen, module = "activitybi._core")]
+struct Redactor {
+    inner: RedactorCore,
+}
+
+#[pymethods]
+impl Redactor {
+    #[new]
+    #[pyo3(signature = (policy, key, *, source="policy.toml"))]
+    fn new(policy: &str, key: &[u8], source: &str) -> PyResult<Self> {
+        let policy = Policy::parse(policy, source).map_err(PyValueError::new_err)?;
+        let inner = RedactorCore::new(policy, key).map_err(PyValueError::new_err)?;
+        Ok(Self { inner })
+    }
+
+    /// The event (JSON text of one object) as the queue would write it, redacted.
+    fn redact(&self, event: &str) -> PyResult<String> {
+        let mut v: serde_json::Value = serde_json::from_str(event)
+            .map_err(|e| PyValueError::new_err(format!("not JSON: {e}")))?;
+        if !v.is_object() {
+            return Err(PyValueError::new_err("an event is a JSON object"));
+        }
+        self.inner.redact_event(&mut v);
+        Ok(v.to_string())
+    }
+
+    /// The keyed token `hash` writes for `value` (`hmac:` and 32 hex digits).
+    fn token(&self, value: &str) -> String {
+        self.inner.token(value)
+    }
+
+    /// Redactions made so far, by kind.
+    fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        redaction_counts(py, Some(&self.inner))
+    }
+
+    fn __repr__(&self) -> String {
+        "Redactor(...)".into()
     }
 }
 
@@ -507,6 +592,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Queue>()?;
     m.add_class::<QueueReader>()?;
     m.add_class::<LruCache>()?;
+    m.add_class::<Redactor>()?;
+    m.add(
+        "REDACTION_KINDS",
+        PyTuple::new(py, Kind::ALL.iter().map(|k| k.name()))?,
+    )?;
     m.add_function(wrap_pyfunction!(self::ulid, m)?)?;
     Ok(())
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::event::{check_activity, check_id, check_size, open_line, EventError};
 use crate::ids::TsFormatter;
+use crate::redact::LineInfo;
 
 const MAX_DEPTH: u32 = 64;
 
@@ -131,14 +132,19 @@ pub fn encode_dict(
     buf: &mut Vec<u8>,
     ts: &mut TsFormatter,
     max_bytes: usize,
+    info: &mut LineInfo,
 ) -> Result<String, EventError> {
     let py = d.py();
-    check_activity(optional_str(d, intern!(py, "activity"))?.as_deref())?;
+    let activity = optional_str(d, intern!(py, "activity"))?;
+    check_activity(activity.as_deref())?;
+    info.activity = activity.unwrap_or_default();
+    info.customer = None;
     let given_id = optional_str(d, intern!(py, "activity_id"))?;
     check_id(given_id.as_deref())?;
     let has_ts = d.contains(intern!(py, "ts")).unwrap_or(false);
     let start = buf.len();
     let id = open_line(buf, given_id.as_deref(), has_ts, ts);
+    info.generated = buf.len() - start;
     let depth = Cell::new(1);
     let mut first = true;
     let result = (|| {
@@ -147,9 +153,10 @@ pub fn encode_dict(
                 buf.push(b',');
             }
             first = false;
-            serde_json::to_writer(&mut *buf, key_str(&k).map_err(unencodable)?)
-                .map_err(unencodable)?;
+            let key = key_str(&k).map_err(unencodable)?;
+            serde_json::to_writer(&mut *buf, key).map_err(unencodable)?;
             buf.push(b':');
+            let value_start = buf.len() - start;
             serde_json::to_writer(
                 &mut *buf,
                 &PyValue {
@@ -158,6 +165,9 @@ pub fn encode_dict(
                 },
             )
             .map_err(unencodable)?;
+            if key == "customer" && v.is_instance_of::<PyString>() {
+                info.customer = Some(value_start..buf.len() - start);
+            }
         }
         buf.push(b'}');
         buf.push(b'\n');

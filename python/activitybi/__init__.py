@@ -7,6 +7,7 @@ from activitybi._core import (
     QueueFull,
     QueueIOError,
     QueueReader,
+    Redactor,
     __version__,
     ulid,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "QueueFull",
     "QueueIOError",
     "QueueReader",
+    "Redactor",
     "__version__",
     "ulid",
 ]

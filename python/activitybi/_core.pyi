@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any, Generic, TypedDict, TypeVar, final, type_check_only
 
 __all__ = [
+    "REDACTION_KINDS",
     "ActivitybiError",
     "Checkpoint",
     "LruCache",
@@ -16,6 +17,7 @@ __all__ = [
     "QueueFull",
     "QueueIOError",
     "QueueReader",
+    "Redactor",
     "__version__",
     "ulid",
 ]
@@ -54,6 +56,9 @@ class QueueStats(TypedDict):
     max_pending: int
     io_error: str | None
     """Why this handle refuses durable work (a failed fdatasync or seal), or None."""
+    redactions: dict[str, int]
+    """Values its redactor changed, by kind (every kind of ``REDACTION_KINDS``, zeros
+    included; all zero without a redactor)."""
 
 @type_check_only
 class LruStats(TypedDict):
@@ -63,6 +68,25 @@ class LruStats(TypedDict):
     expirations: int
     size: int
     capacity: int
+
+REDACTION_KINDS: tuple[str, ...]
+"""What redaction counts: one kind per detector, and ``rule`` for values a ``[[rule]]``
+changed (``aws_key``, ``anthropic_key``, …, ``card``, ``email``, ``ipv4``, ``ipv6``, ``rule``)."""
+
+@final
+class Redactor:
+    """A redaction policy (the text of a policy TOML file, ``""`` for the default) with the
+    key of its keyed hashes. Raises ``ValueError`` naming ``source``, the line and the key
+    for a policy it cannot use. Give it to ``Queue(..., redactor=...)``: every event is
+    then redacted before its line is written."""
+
+    def __new__(cls, policy: str, key: bytes, *, source: str = "policy.toml") -> Redactor: ...
+    def redact(self, event: str) -> str:
+        """One event (the JSON text of an object) as the policy leaves it, as JSON text."""
+    def token(self, value: str) -> str:
+        """The token ``hash`` writes for ``value``: ``hmac:`` and 32 hex digits."""
+    def counts(self) -> dict[str, int]:
+        """Redactions made so far (by every queue using this redactor), by kind."""
 
 def ulid() -> str:
     """A new ULID, monotonic within this process (26 Crockford base32 characters)."""
@@ -87,7 +111,12 @@ class Queue:
         max_pending: int = 100_000,
         fsync_interval_ms: int = 50,
         max_event_bytes: int = 1024 * 1024,
+        redactor: Redactor | None = None,
     ) -> Queue: ...
+    @property
+    def redactor(self) -> Redactor | None:
+        """The redactor every event passes before its line is written, or None (events
+        are written as given: use ``activitybi.privacy.open_queue`` for customer events)."""
     def append(self, event: dict[str, Any] | bytes, *, durable: bool = False) -> str:
         """Write one event; fill ``activity_id`` and ``ts`` when absent; return the id.
         Raises ``QueueFull``, ``QueueIOError``, ``ValueError`` (not an event, or closed),

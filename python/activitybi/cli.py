@@ -164,7 +164,7 @@ def collect(host: str, port: int, customer: str | None, tokens: Path | None) -> 
 
     import uvicorn
 
-    from activitybi import Queue
+    from activitybi import privacy
     from activitybi.capture.otlp import OtlpApp, Receiver
     from activitybi.serve.app import load_tokens
 
@@ -172,7 +172,7 @@ def collect(host: str, port: int, customer: str | None, tokens: Path | None) -> 
     customer = customer or config.settings().customer
     if token_map is None and not customer:
         raise click.ClickException("no customer: pass --customer, set ACTIVITYBI_CUSTOMER, or give --tokens")
-    queue = Queue(str(config.queue_dir()))
+    queue = privacy.open_queue(config.queue_dir())
     # uvicorn re-raises SIGTERM after its graceful shutdown: exit so the queue is sealed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
@@ -470,6 +470,59 @@ def forget(customer: str, yes: bool) -> None:
         click.echo(line)
 
 
+@main.group()
+def policy() -> None:
+    """The redaction policy: check a file, or see what it does to an event."""
+
+
+@policy.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+def policy_check(file: Path) -> None:
+    """Validate a policy file (errors name the line and the key)."""
+    from activitybi import privacy
+
+    text, source = privacy.read_policy(file) if file.exists() else ("", "")
+    if not source:
+        raise click.ClickException(f"{file}: no such file")
+    try:
+        privacy.build(text, source, bytes(32))
+    except privacy.PolicyError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{file}: a valid redaction policy")
+
+
+@policy.command("test")
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="This policy file instead of the configured one.",
+)
+def policy_test(policy_file: Path | None) -> None:
+    """Read one event (JSON) on stdin; print it as the queue would write it, and what was
+    redacted (to stderr). Hashes use this machine's key, so tokens match the stored ones."""
+    import sys
+
+    import orjson
+
+    from activitybi import privacy, secret
+
+    try:
+        path = policy_file or privacy.policy_path()
+        text, source = privacy.read_policy(path)
+        red = privacy.build(text, source, secret.key())
+    except privacy.PolicyError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        out = red.redact(sys.stdin.read())
+    except ValueError as e:
+        raise click.ClickException(f"stdin: {e}") from None
+    click.echo(orjson.dumps(orjson.loads(out), option=orjson.OPT_INDENT_2).decode())
+    counts = {k: n for k, n in red.counts().items() if n}
+    summary = ", ".join(f"{k} {n}" for k, n in counts.items()) or "nothing"
+    click.echo(f"redacted: {summary} ({source})", err=True)
+
+
 @main.command()
 @click.option(
     "--home",
@@ -624,7 +677,7 @@ def import_claude_code(projects: Path | None, follow: bool, quiet: bool, custome
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn
 
-    from activitybi import Queue
+    from activitybi import privacy
     from activitybi.capture import prices, transcripts
 
     who = _customer(customer)
@@ -635,7 +688,7 @@ def import_claude_code(projects: Path | None, follow: bool, quiet: bool, custome
         raise click.ClickException(str(e)) from e
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as Ctrl-C does: commit, exit
-    queue = Queue(str(config.queue_dir()))
+    queue = privacy.open_queue(config.queue_dir())
     importer = transcripts.Importer(
         queue, customer=who, prices=table, content=config.settings().capture_content
     )

@@ -123,6 +123,12 @@ class Home:
         return self.root / "secret.key"
 
     @property
+    def policy(self) -> Path:
+        """The redaction policy (TOML), when `ACTIVITYBI_POLICY` does not name another file;
+        without either, the default policy applies. See `activitybi.privacy`."""
+        return self.root / "policy.toml"
+
+    @property
     def archive(self) -> Path:
         """Stream rows past retention: `stream-YYYY-MM.parquet` and `manifest.json`."""
         return self.root / "archive"
@@ -271,6 +277,9 @@ class Settings:
     the `sentry` extra); the events never carry customer data."""
     sentry_environment: str | None
     """`SENTRY_ENVIRONMENT`: the environment Sentry files those errors under."""
+    policy: str | None
+    """`ACTIVITYBI_POLICY`: the redaction policy file (default `$ACTIVITYBI_HOME/policy.toml`
+    when it exists, else the built-in default policy)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -328,6 +337,7 @@ class Settings:
             live_session_hours=_number(env, "ACTIVITYBI_LIVE_SESSION_HOURS", 12),
             sentry_dsn=env.get("SENTRY_DSN", "").strip() or None,
             sentry_environment=env.get("SENTRY_ENVIRONMENT", "").strip() or None,
+            policy=env.get("ACTIVITYBI_POLICY") or None,
         )
 
 

@@ -41,14 +41,23 @@ def mcp_server(tool: str | None) -> str | None:
 
 
 def quarantine(file: Path, source: str, reason: str, raw: bytes, **where: Any) -> None:
-    """Keeps input we could not use, with why, so nothing is lost silently (text as it
-    was, or base64 when it is not UTF-8)."""
+    """Keeps input we could not use, with why, so nothing is lost silently: the text with
+    what the redaction policy removes removed (`activitybi.privacy.redact_text`), or base64
+    when it is not UTF-8 and holds nothing to redact (else its text, invalid bytes replaced
+    and redacted, as `utf-8-lossy`)."""
+    from activitybi.privacy import redact_text
+
     try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
+        text, encoding = redact_text(raw.decode("utf-8")), "utf-8"
     except UnicodeDecodeError:
         import base64
 
-        text, encoding = base64.b64encode(raw).decode(), "base64"
+        lossy = raw.decode("utf-8", "replace")
+        redacted = redact_text(lossy)
+        if redacted != lossy:
+            text, encoding = redacted, "utf-8-lossy"
+        else:
+            text, encoding = base64.b64encode(raw).decode(), "base64"
     now = dt.datetime.now(dt.UTC)
     record = {"ts": facts.iso_ts(now), "source": source, "reason": reason, **where}
     record.update(raw=text, encoding=encoding)

@@ -191,7 +191,7 @@ def finish_session(queue: Any, payload: dict[str, Any], customer: str, home: con
 
 def run(raw: bytes) -> None:
     """Handles one command hook's stdin; raises on anything it cannot record."""
-    from activitybi import Queue
+    from activitybi import privacy
 
     try:
         payload = orjson.loads(raw)
@@ -201,7 +201,7 @@ def run(raw: bytes) -> None:
     customer = settings.customer or _user()
     home = config.Home.current()
     found = events(payload, customer=customer, home=home, content=settings.capture_content)
-    queue = Queue(str(home.queue))
+    queue = privacy.open_queue(home.queue, home=home.root)
     try:
         if found:
             queue.append_many(found)

@@ -254,11 +254,11 @@ class QueueWriter:
             _note(f"{message}; forwarding continues without recording")
 
     def _run(self) -> None:
-        from activitybi import Queue
+        from activitybi import Queue, privacy
 
         q: Queue | None = None
         try:
-            q = Queue(str(config.queue_dir()))
+            q = privacy.open_queue(config.queue_dir())
         except Exception as e:
             self._fail(f"cannot open the event queue ({e})")
         try:

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from activitybi import config
+from activitybi._core import REDACTION_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ServerMetrics:
 
     def __init__(
         self,
-        queue_stats: Callable[[], dict[str, int]],
+        queue_stats: Callable[[], dict[str, Any]],
         cache_stats: Callable[[], dict[str, dict[str, int]]],
         limit_stats: Callable[[], dict[str, int]] | None = None,
     ) -> None:
@@ -109,6 +110,16 @@ class ServerMetrics:
                 value=q["max_pending"],
             )
         yield GaugeMetricFamily("activitybi_queue_bytes", "Bytes appended by this process", value=q["bytes"])
+        redacted = CounterMetricFamily(
+            "activitybi_redactions",
+            "Values redacted before enqueue by this process, by kind (what the policy masked, "
+            "hashed or dropped)",
+            labels=["kind"],
+        )
+        counts: Any = q.get("redactions") or {}
+        for kind in REDACTION_KINDS:  # a fixed set: the label never carries event data
+            redacted.add_metric([kind], counts.get(kind, 0))
+        yield redacted
         hits = CounterMetricFamily("activitybi_cache_hits", "Context cache hits", labels=["tier"])
         misses = CounterMetricFamily("activitybi_cache_misses", "Context cache misses", labels=["tier"])
         skipped = CounterMetricFamily(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from mcp.server.mcpserver.exceptions import ToolError
 
-from activitybi import Queue, QueueFull, config, ulid
+from activitybi import Queue, QueueFull, config, privacy, ulid
 from activitybi.memory.context import ContextService
 from activitybi.memory.journal import MemoryJournal
 from activitybi.query.tickets import TicketStore
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 QUEUE_STATS = ("appended", "bytes", "rotations", "fsyncs", "rejected", "pending")
+"""The counters that read as 0 while the queue cannot open (`redactions` reads as {})."""
 
 
 class EventWriter:
@@ -38,7 +39,7 @@ class EventWriter:
     @property
     def queue(self) -> Queue:
         if self._queue is None:
-            self._queue = Queue(str(self.queue_dir), rotate_secs=config.settings().queue_rotate_secs)
+            self._queue = privacy.open_queue(self.queue_dir, rotate_secs=config.settings().queue_rotate_secs)
         return self._queue
 
     def stats(self) -> dict[str, Any]:
