@@ -85,7 +85,12 @@ def upload(tmp: Path, lines: list[bytes], fast: bool) -> tuple[set[tuple[Any, ..
     (qdir / f"{ulid()}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
     wh = DuckDBWarehouse(tmp / "w.duckdb")
     wh.init()
-    up = Uploader(qdir, wh if fast else PythonOnly(wh), quarantine_file=tmp / "q.jsonl")  # type: ignore[arg-type]
+    up = Uploader(  # bulk_lines=1: the warehouse parses even these small batches
+        qdir,
+        wh if fast else PythonOnly(wh),  # type: ignore[arg-type]
+        quarantine_file=tmp / "q.jsonl",
+        bulk_lines=1,
+    )
     stats = up.drain()
     up.close()
     rows = {

@@ -31,6 +31,10 @@ from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, Transi
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BULK_LINES = 2_000
+"""From this many lines a batch is parsed by the warehouse itself (`LineLoader`); below it,
+staging (a temporary file, one long statement) costs more than the drift rule in Python,
+and small batches are what a live server's owner sees: they decide ingestion lag."""
 
 
 def queue_id(queue_dir: Path) -> str:
@@ -98,6 +102,7 @@ class Uploader:
         batch_bytes: int = 16 * 1024 * 1024,
         stop: threading.Event | None = None,
         sink: Sink | None = None,
+        bulk_lines: int = BULK_LINES,
     ) -> None:
         """`sink` is where rows load, the warehouse itself unless a streaming channel."""
         self.queue_dir = queue_dir
@@ -108,6 +113,7 @@ class Uploader:
         self.quarantine_file = quarantine_file or config.Home(queue_dir.parent).quarantine
         self.batch_lines = batch_lines
         self.batch_bytes = batch_bytes
+        self.bulk_lines = bulk_lines
         self.stop = stop or threading.Event()
         self.stats = UploadStats()
         self._backoff = Backoff()
@@ -214,7 +220,7 @@ class Uploader:
         if damaged:  # failed their checksum: never loaded, kept with the reason
             self._quarantine(damaged)
         wh = self.warehouse
-        if self.sink is wh and isinstance(wh, LineLoader):
+        if self.sink is wh and isinstance(wh, LineLoader) and len(lines) >= self.bulk_lines:
             staged = self._retrying("stage", lambda: wh.stage(lines))
             indexed = self._parse(lines, staged.slow)
             try:
