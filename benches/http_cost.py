@@ -429,8 +429,9 @@ def build_app(rt: Any, tokens: dict[str, str], *, stateless: bool, front: bool) 
     # http_app may wrap its app in the SessionGuard (the per-customer session cap): keep the
     # guard, as `serve --http` has it, and choose the front inside it.
     guard = None
-    if not isinstance(app, fast_http.FastFront) and isinstance(getattr(app, "app", None), fast_http.FastFront):
-        guard, app = app, app.app
+    wrapped = getattr(app, "app", None)
+    if not isinstance(app, fast_http.FastFront) and isinstance(wrapped, fast_http.FastFront):
+        guard, app = app, wrapped
     if isinstance(app, fast_http.FastFront):
         inner = app if front else app.sdk_app
     elif guard is None and getattr(app, "app", None) is not None and hasattr(app, "manager"):
