@@ -410,7 +410,7 @@ def import_fast_http() -> Any:
 
 def build_app(rt: Any, tokens: dict[str, str], *, stateless: bool, front: bool) -> Any:
     """`server.http_app(...)`, with the fast front (`front`) or the SDK's app alone,
-    whichever of the two `http_app` returns by itself."""
+    whichever of the two `http_app` returns by itself; inside its SessionGuard, if any."""
     from activitybi.serve import app as server
 
     fast_http = import_fast_http()
@@ -426,9 +426,22 @@ def build_app(rt: Any, tokens: dict[str, str], *, stateless: bool, front: bool) 
         app = server.http_app(rt, tokens, stateless=stateless)
     finally:
         server.build = original  # type: ignore[assignment]
+    # http_app may wrap its app in the SessionGuard (the per-customer session cap): keep the
+    # guard, as `serve --http` has it, and choose the front inside it.
+    guard = None
+    wrapped = getattr(app, "app", None)
+    if not isinstance(app, fast_http.FastFront) and isinstance(wrapped, fast_http.FastFront):
+        guard, app = app, wrapped
     if isinstance(app, fast_http.FastFront):
-        return app if front else app.sdk_app
-    return fast_http.FastFront(app, built[-1], rt, tokens) if front else app
+        inner = app if front else app.sdk_app
+    elif guard is None and getattr(app, "app", None) is not None and hasattr(app, "manager"):
+        guard, inner = app, (fast_http.FastFront(app.app, built[-1], rt, tokens) if front else app.app)
+    else:
+        inner = fast_http.FastFront(app, built[-1], rt, tokens) if front else app
+    if guard is not None:
+        guard.app = inner
+        return guard
+    return inner
 
 
 def serve_main(argv: list[str]) -> None:

@@ -18,6 +18,10 @@ Baseline build for 4 (the commit before checksums, c716e5a):
   mkdir /tmp/base && git archive c716e5a rust Cargo.toml Cargo.lock benches/core.rs | tar -x -C /tmp/base
   (cd /tmp/base && PYO3_PYTHON=python3 cargo build --release --lib --features pyo3/extension-module)
   python benches/queue_append.py --baseline-core /tmp/base/target/release/lib_core.so
+Caution: a library built that way ran about 15% slower than the same Rust sources built by
+`maturin develop --release` (measured Nov 29: c716e5a's cargo build against 117ad09's maturin
+build, `rust/` identical), which hides a regression of that size. Prefer the `_core*.so` of
+a worktree of the baseline commit built with `maturin develop --release` in its own venv.
 """
 
 from __future__ import annotations
