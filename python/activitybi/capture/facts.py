@@ -152,11 +152,7 @@ def asked_question(
     **extra: Any,
 ) -> dict[str, Any]:
     """A user prompt; pass `prompt` only when content capture is on."""
-    features: dict[str, Any] = {}
-    if prompt_length is not None:
-        features["prompt_length"] = prompt_length
-    if prompt is not None:
-        features["prompt"] = prompt
+    features = _with({}, {"prompt_length": prompt_length, "prompt": prompt})
     activity_id = _id(customer, ASKED_QUESTION, prompt_id)
     return _event(ASKED_QUESTION, activity_id, customer, source, ts, session_id, _with(features, extra))
 
@@ -178,22 +174,19 @@ def called_model(
     **extra: Any,
 ) -> dict[str, Any]:
     """One model API response, keyed by its request id; `agent` names a subagent's call."""
-    features: dict[str, Any] = {}
-    if model is not None:
-        features["model"] = model
-    if input_tokens is not None:
-        features["input_tokens"] = input_tokens
-    if output_tokens is not None:
-        features["output_tokens"] = output_tokens
-    if cache_creation_input_tokens is not None:
-        features["cache_creation_input_tokens"] = cache_creation_input_tokens
-    if cache_read_input_tokens is not None:
-        features["cache_read_input_tokens"] = cache_read_input_tokens
-    if cost_usd is not None:
-        features["cost_usd"] = cost_usd
-    features["request_id"] = request_id
-    if agent is not None:
-        features["agent"] = agent
+    features = _with(
+        {},
+        {
+            "model": model,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cache_creation_input_tokens": cache_creation_input_tokens,
+            "cache_read_input_tokens": cache_read_input_tokens,
+            "cost_usd": cost_usd,
+            "request_id": request_id,
+            "agent": agent,
+        },
+    )
     activity_id = _id(customer, CALLED_MODEL, request_id)
     return _event(CALLED_MODEL, activity_id, customer, source, ts, session_id, _with(features, extra))
 
@@ -212,12 +205,15 @@ def called_tool(
     **extra: Any,
 ) -> dict[str, Any]:
     """One tool call, keyed by its tool-use id; `outcome` is `ok` or the error."""
-    features: dict[str, Any] = {} if tool is None else {"tool": tool}
-    if latency_ms is not None:
-        features["latency_ms"] = latency_ms
-    features["outcome"] = outcome
-    if mcp_server is not None:
-        features["mcp_server"] = mcp_server
-    features["tool_use_id"] = tool_use_id
+    features = _with(
+        {},
+        {
+            "tool": tool,
+            "latency_ms": latency_ms,
+            "outcome": outcome,
+            "mcp_server": mcp_server,
+            "tool_use_id": tool_use_id,
+        },
+    )
     activity_id = _id(customer, CALLED_TOOL, tool_use_id)
     return _event(CALLED_TOOL, activity_id, customer, source, ts, session_id, _with(features, extra))
