@@ -207,7 +207,8 @@ def kill_repeatedly(home: Path, args: list[str], rng: random.Random, kills: int 
             stderr=subprocess.PIPE,
         )
         try:
-            proc.wait(timeout=whole * rng.uniform(0.3, 0.9) if attempt < kills else 300)
+            # early enough that a run resuming a killed one (less left to do) is still cut short
+            proc.wait(timeout=whole * rng.uniform(0.15, 0.6) if attempt < kills else 300)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
