@@ -22,7 +22,8 @@ from typing import Any
 import duckdb
 import pytest
 
-from activitybi.query.dataset import build_dataset_sql, to_snowflake
+from activitybi.query.dataset import build_dataset_sql
+from activitybi.query.dialect import to_snowflake
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "activityschema"
 STREAM_COLUMNS = (

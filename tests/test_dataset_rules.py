@@ -649,7 +649,7 @@ def test_injection_strings_are_data_or_refused(con: duckdb.DuckDBPyConnection, s
             assert re.fullmatch(r"[a-z][a-z0-9_]{0,62}", value)
             continue
         assert sql == BENIGN_SQL, (slot, value)
-        assert (f'$."{value}"' if slot == "feature_key" else value) in params
+        assert value in params
         rows = con.execute(sql, params).fetchall()
         if slot == "customer":
             assert rows == [] or value in CUSTOMERS
@@ -677,9 +677,7 @@ def test_property_sql_text_never_depends_on_values(
     assert sql == BENIGN_SQL
     if slot == "feature_key":
         assert re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}", value)
-        assert f'$."{value}"' in params
-    else:
-        assert value in params
+    assert value in params
     rows = con.execute(sql, params).fetchall()
     owner = customer
     assert {r[0] for r in rows} <= {

@@ -49,7 +49,7 @@ cohort activity):
   cohort row, ordered by cohort ``(ts, activity_id)``; cohort columns, then each append's.
 - Features (``{"feature": key}``): top-level keys of ``feature_json`` matching
   ``^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`` (a dot is part of the key, not a path step), read
-  with ``json_extract_string(feature_json, '$."key"')`` and TRY_CAST to the declared type: a
+  with ``json_extract_string(feature_json, 'key')`` (a bare key) and TRY_CAST to the declared type: a
   missing key, JSON null or a value that does not convert is NULL. Timestamps are read as
   UTC wall-clock (a UTC offset in the text is dropped by DuckDB, so store UTC), and
   DuckDB's casts apply (an integer feature ``3.7`` reads as 4).
@@ -113,7 +113,6 @@ __all__ = [
     "TimeSpine",
     "build_dataset_sql",
     "build_stream_dataset_sql",
-    "to_snowflake",
 ]
 
 
@@ -550,10 +549,18 @@ def _bind(value: object) -> _Q:
 
 def _feature_expr(feature: str, type_: str, row: str) -> _Q:
     """The typed value of a feature of table alias ``row`` (the path is bound)."""
-    extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(f'$."{feature}"'), ")")
+    extract = _cat(f"json_extract_string({row}.feature_json, ", _bind(feature), ")")
     if type_ == "string":
         return extract
     return _cat("TRY_CAST(", extract, f" AS {_SQL_TYPES[type_]})")
+
+
+def _text(value: str, type_: str) -> str:
+    """A value of ``type_`` as text. A timestamp's text is DuckDB's CAST (no trailing zeros
+    of the fraction) written with strftime, which Snowflake's form prints the same way."""
+    if type_ == "timestamp":
+        return f"rtrim(rtrim(strftime({value}, '%Y-%m-%d %H:%M:%S.%f'), '0'), '.')"
+    return f"CAST({value} AS VARCHAR)"
 
 
 def _source_expr(src: Column | Filter, row: str) -> _Q:
@@ -564,6 +571,8 @@ def _source_expr(src: Column | Filter, row: str) -> _Q:
     assert src.column is not None
     name = _DERIVED.get(src.column, src.column)
     if src.column == "feature_json" or STREAM_COLUMNS[src.column] != src.type:
+        if sql_type == "VARCHAR":
+            return _Q(_text(f"{row}.{name}", STREAM_COLUMNS[src.column]))
         return _Q(f"CAST({row}.{name} AS {sql_type})")
     return _Q(f"{row}.{name}")
 
@@ -610,7 +619,7 @@ def _agg_expr(col: Column, v: str, occ: str, over: str = "") -> _Q:
         return _Q(f"arg_max({v}, CASE WHEN {v} IS NOT NULL THEN {occ} END){over}")
     delimiter = "\n" if col.delimiter is None else col.delimiter
     if agg == "listagg":
-        return _cat(f"string_agg(CAST({v} AS VARCHAR), ", _bind(delimiter), f" ORDER BY {v}){over}")
+        return _cat(f"string_agg({_text(v, col.type)}, ", _bind(delimiter), f" ORDER BY {v}){over}")
     if agg == "listagg_distinct":
         return _cat(
             f"CASE WHEN count({v}){over} > 0 THEN "
@@ -669,7 +678,7 @@ def _cohort_ctes(cohort: Cohort) -> _Q:
     end = (
         "max(c0.ts)"
         if cohort.time_spine.end_period == "max"
-        else "CAST(get_current_timestamp() AT TIME ZONE 'UTC' AS TIMESTAMP)"
+        else "CAST(current_timestamp AT TIME ZONE 'UTC' AS TIMESTAMP)"
     )
     return _cat(
         c0,
@@ -680,7 +689,7 @@ def _cohort_ctes(cohort: Cohort) -> _Q:
         ",\n_spine AS (SELECT b._entity, b.customer, b.anonymous_customer_id, b.activity, "
         f"unnest(generate_series(b._first, b._last, {step})) AS ts FROM _bounds AS b)",
         ",\n_cohort AS (SELECT p._entity, p.customer, p.anonymous_customer_id, p.activity, p.ts, "
-        "md5(concat_ws('|', p.activity, p._entity, CAST(p.ts AS VARCHAR))) AS activity_id, "
+        f"md5(concat_ws('|', p.activity, p._entity, {_text('p.ts', 'timestamp')})) AS activity_id, "
         "row_number() OVER (PARTITION BY p._entity ORDER BY p.ts) AS _occ, "
         f"p.ts + {step} AS _next, "
         "row_number() OVER (ORDER BY p._entity, p.ts) AS _row FROM _spine AS p)",
@@ -993,17 +1002,3 @@ def _build(spec: DatasetSpec | dict[str, Any], where: _Q, table: str) -> tuple[s
     )
     assert q.text.count("?") == len(q.params)
     return q.text, list(q.params)
-
-
-def to_snowflake(sql: str) -> str:
-    """The DuckDB SQL of :func:`build_dataset_sql`, transpiled to Snowflake with sqlglot.
-
-    Best effort: it parses and prints every template shape, but has not been run on
-    Snowflake. The parameters are unchanged, and feature paths are DuckDB JSON paths.
-    """
-    import sqlglot  # lazy: only the Snowflake path needs it
-
-    out = sqlglot.transpile(sql, read="duckdb", write="snowflake")
-    if len(out) != 1:
-        raise ValueError("expected exactly one statement")
-    return out[0]

@@ -172,6 +172,13 @@ BUCKET = Param(
     default="day",
     pattern="second|minute|hour|day|week|month",
 )
+_BUCKET_START = (
+    "CASE $bucket "
+    + " ".join(f"WHEN '{u}' THEN date_trunc('{u}', ts)" for u in BUCKET.pattern.split("|"))  # type: ignore[union-attr]
+    + " END"
+)
+"""The start of `ts`'s bucket: the unit is bound, and Snowflake truncates only to a
+constant unit, so each allowed unit is a branch."""
 MINE = "coalesce(customer, anonymous_customer_id) = $customer"
 MY_ATOMS = "customer_id = $customer"
 FAILED = "(feature_json->>'outcome' IS NOT NULL AND feature_json->>'outcome' <> 'ok')"
@@ -282,7 +289,7 @@ GROUP BY activity ORDER BY events DESC, activity""",
             "Events and tool calls per time bucket (second, minute, hour, day, week, month; "
             "UTC). Empty buckets are absent.",
             (SINCE, BUCKET),
-            f"""SELECT date_trunc($bucket, ts) AS at, count(*) AS events,
+            f"""SELECT {_BUCKET_START} AS at, count(*) AS events,
        count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls
 FROM claude_stream WHERE {MINE} AND ts >= $since
 GROUP BY 1 ORDER BY 1""",
@@ -311,12 +318,12 @@ GROUP BY day ORDER BY day""",
         ),
         Template(
             "sessions",
-            "Sessions, newest first: customer, source, start, end, events, questions, tool "
+            "Sessions, newest first: customer, source (the least, if several), start, end, events, questions, tool "
             "calls, model calls, tokens and cost.",
             (SINCE, LIMIT),
             f"""SELECT _session_id AS session_id,
-       any_value(coalesce(customer, anonymous_customer_id)) AS customer,
-       any_value(_source) AS source, min(ts) AS started_at, max(ts) AS ended_at,
+       min(coalesce(customer, anonymous_customer_id)) AS customer,
+       min(_source) AS source, min(ts) AS started_at, max(ts) AS ended_at,
        count(*) AS events, count(*) FILTER (WHERE activity = 'asked_question') AS questions,
        count(*) FILTER (WHERE activity = 'called_tool') AS tool_calls,
        count(*) FILTER (WHERE {_HAS_MODEL}) AS exchanges,
@@ -432,13 +439,15 @@ ORDER BY ts DESC, atom_id LIMIT $limit""",
 
 
 def for_warehouse(sql: str, kind: str) -> str:
-    """Templates are written once, for DuckDB; Snowflake runs sqlglot's transpilation
-    (placeholders stay `?`, values stay bound)."""
+    """Templates are written once, for DuckDB; `activitybi.query.dialect` gives their
+    Snowflake form (placeholders stay `?`, values stay bound)."""
     if kind == "duckdb":
         return sql
-    import sqlglot
+    if kind != "snowflake":
+        raise ValueError(f"no SQL dialect for warehouse {kind!r}")
+    from activitybi.query.dialect import to_snowflake  # lazy: only Snowflake needs sqlglot
 
-    return str(sqlglot.transpile(sql, read="duckdb", write=kind)[0])
+    return to_snowflake(sql)
 
 
 def get(name: str) -> Template:

@@ -1,0 +1,136 @@
+"""The Snowflake form of a query written for DuckDB.
+
+Every SafeSQL template (and the `dataset` template's generated SQL) is written once, for
+DuckDB. Its Snowflake form is sqlglot's transpilation plus the rewrites below, for what a
+plain transpilation gets wrong; these rewrites are the only difference between the two:
+
+- JSON: ``feature_json->>'key'`` (and ``json_extract_string(feature_json, ?)``) reads the
+  key as Snowflake does, ``GET(feature_json, 'key')::VARCHAR``: a JSON null is SQL NULL,
+  a string its text, any other value its JSON text, as in DuckDB. The key is the same
+  bound value in both forms (a bare key: a dot is part of it, never a path step).
+- ``TRY_CAST`` stays ``TRY_CAST`` (sqlglot prints ``CAST`` when it cannot tell that the
+  value is text, and one non-numeric value would then fail the query): its value is cast to
+  VARCHAR first, so a value that does not convert is NULL on both warehouses.
+- A struct used as a join key (``struct_pack``) is its JSON text
+  (``TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL(...))``): Snowflake partitions and joins on text.
+- A series of timestamps (``unnest(generate_series(first, last, INTERVAL n UNIT))``, the
+  dataset's time spine) is ``DATEADD`` over ``FLATTEN(ARRAY_GENERATE_RANGE(...))``.
+- A running ``string_agg`` (LISTAGG takes no window frame on Snowflake) is
+  ``ARRAY_TO_STRING`` of the same frame's ``ARRAY_AGG ... WITHIN GROUP``.
+
+Placeholders stay ``?`` and keep their order, so the bound values are the same for both.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import sqlglot
+from sqlglot import expressions as exp
+
+_VARCHAR = exp.DataType.build("VARCHAR")
+
+
+@lru_cache(maxsize=256)
+def to_snowflake(sql: str) -> str:
+    """The Snowflake form of one DuckDB statement (see the module's docstring). Cached:
+    a template, or a dataset spec's shape, always gives the same text."""
+    trees = sqlglot.parse(sql, read="duckdb")
+    if len(trees) != 1 or trees[0] is None:
+        raise ValueError("expected exactly one statement")
+    tree = trees[0]
+    for rewrite in _REWRITES:  # inner nodes first: a rewritten node's children are not visited
+        tree = tree.transform(rewrite)
+    for select in list(tree.find_all(exp.Select)):
+        _spine(select)
+    out = tree.sql(dialect="snowflake")
+    if out.count("?") != sql.count("?"):  # pragma: no cover - a rewrite lost a placeholder
+        raise AssertionError("the Snowflake form binds different parameters")
+    return out
+
+
+def _json_text(node: exp.Expr) -> exp.Expr:
+    if not isinstance(node, exp.JSONExtractScalar):
+        return node
+    path = node.expression
+    if isinstance(path, exp.JSONPath):
+        steps = path.expressions
+        if len(steps) != 2 or not isinstance(steps[1], exp.JSONPathKey):
+            raise ValueError(f"only a top-level key can be read from JSON, not {path.sql()}")
+        key: exp.Expr = exp.Literal.string(str(steps[1].this))
+    elif isinstance(path, exp.Placeholder):
+        key = path
+    else:
+        raise ValueError(f"unsupported JSON path {path.sql()}")
+    return exp.Cast(this=exp.Anonymous(this="GET", expressions=[node.this, key]), to=_VARCHAR.copy())
+
+
+def _try_cast(node: exp.Expr) -> exp.Expr:
+    if not isinstance(node, exp.TryCast):
+        return node
+    value = node.this
+    if not (isinstance(value, exp.Cast) and value.is_type(*exp.DataType.TEXT_TYPES)):
+        value = exp.Cast(this=value, to=_VARCHAR.copy())
+    return exp.TryCast(this=value, to=node.args["to"], requires_string=True)
+
+
+def _struct_key(node: exp.Expr) -> exp.Expr:
+    if not isinstance(node, exp.Struct):
+        return node
+    pairs: list[exp.Expr] = []
+    for item in node.expressions:
+        if not isinstance(item, exp.PropertyEQ):
+            raise ValueError(f"unsupported struct member {item.sql()}")
+        pairs += [exp.Literal.string(item.this.name), item.expression]
+    return exp.func("TO_JSON", exp.Anonymous(this="OBJECT_CONSTRUCT_KEEP_NULL", expressions=pairs))
+
+
+def _running_listagg(window: exp.Expr) -> exp.Expr:
+    """``string_agg(text, d ORDER BY v) OVER w`` as ``ARRAY_TO_STRING(ARRAY_AGG(text)
+    WITHIN GROUP (ORDER BY v) OVER w, d)``, NULL when the frame holds no value."""
+    if not (isinstance(window, exp.Window) and isinstance(window.this, exp.GroupConcat)):
+        return window
+    concat = window.this
+    value, order = concat.this, None
+    if isinstance(value, exp.Order):
+        value, order = value.this, value
+    agg: exp.Expr = exp.ArrayAgg(this=value.copy())
+    if order is not None:
+        agg = exp.WithinGroup(this=agg, expression=exp.Order(expressions=[o.copy() for o in order.expressions]))
+    over = window.copy()
+    over.set("this", agg)
+    counted = window.copy()
+    counted.set("this", exp.Count(this=value.copy()))
+    joined = exp.Anonymous(this="ARRAY_TO_STRING", expressions=[over, concat.args["separator"]])
+    return exp.Case(ifs=[exp.If(this=exp.GT(this=counted, expression=exp.Literal.number(0)), true=joined)])
+
+
+_REWRITES = (_json_text, _try_cast, _struct_key, _running_listagg)
+
+_STEPS = {"DAY": ("DAY", 1), "WEEK": ("DAY", 7), "MONTH": ("MONTH", 1), "YEAR": ("YEAR", 1)}
+
+
+def _spine(select: exp.Select) -> None:
+    """``unnest(generate_series(a, b, INTERVAL n UNIT)) AS ts`` in ``select`` becomes
+    ``DATEADD(unit, g.index * k, a) AS ts`` with ``g`` the rows of
+    ``FLATTEN(ARRAY_GENERATE_RANGE(0, DATEDIFF(unit, a, b) / k + 1))``."""
+    for projection in select.expressions:
+        explode = projection.this if isinstance(projection, exp.Alias) else projection
+        if not (isinstance(explode, exp.Explode) and isinstance(explode.this, exp.GenerateSeries)):
+            continue
+        series = explode.this
+        step = series.args["step"]
+        if not isinstance(step, exp.Interval):
+            raise ValueError(f"unsupported series step {step.sql()}")
+        unit, per = _STEPS[step.text("unit").upper()]
+        k = int(step.this.name) * per
+        start, end = series.args["start"], series.args["end"]
+        n = exp.func("FLOOR", exp.Div(this=exp.func("DATEDIFF", exp.var(unit), start.copy(), end.copy()), expression=exp.Literal.number(k)))
+        rows = exp.func("ARRAY_GENERATE_RANGE", exp.Literal.number(0), exp.Add(this=n, expression=exp.Literal.number(1)))
+        at = exp.func(
+            "DATEADD", exp.var(unit), exp.Mul(this=exp.column("index", "_g"), expression=exp.Literal.number(k)), start.copy()
+        )
+        explode.replace(at)
+        flatten = sqlglot.parse_one("TABLE(FLATTEN(INPUT => x)) AS _g", read="snowflake")
+        flatten.find(exp.Column).replace(rows)  # type: ignore[union-attr]
+        select.join(flatten, join_type="CROSS", copy=False)
