@@ -157,6 +157,6 @@ def test_case(con: duckdb.DuckDBPyConnection, name: str) -> None:
 def test_case_transpiles_to_snowflake(name: str) -> None:
     case = CASES[name]
     sql, params = build_dataset_sql({"cohort": case["cohort"], "appends": case["appends"]}, "1")
-    out = to_snowflake(sql)
-    assert out.count("?") == len(params)
+    out, values = to_snowflake(sql, params)
+    assert out.count("?") == len(values)
     assert "claude_stream" in out

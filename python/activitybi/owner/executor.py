@@ -84,7 +84,7 @@ class TicketExecutor(threading.Thread):
 
         try:
             sql, values = templates.get(ticket.template).bind(ticket.params, ticket.customer)
-            sql = templates.for_warehouse(sql, self.warehouse.kind)
+            sql, values = templates.for_warehouse(sql, values, self.warehouse.kind)
             result: QueryResult = self.warehouse.run_query(
                 sql,
                 values,

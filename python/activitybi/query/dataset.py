@@ -224,7 +224,8 @@ _INTERVALS: dict[str, tuple[str, str]] = {  # unit for date_trunc, step
 }
 
 _ALIAS_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")
-_FEATURE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+FEATURE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+"""A feature key: also safe as a string literal, which Snowflake's form of a dataset makes it."""
 _MAX_NAME = 255
 _MAX_VALUE = 4096
 _MAX_CUSTOMER = 1024
@@ -300,7 +301,7 @@ def _check_activity(v: str) -> str:
 
 
 def _check_feature(v: str | None) -> str | None:
-    if v is not None and not _FEATURE_RE.fullmatch(v):
+    if v is not None and not FEATURE_KEY.fullmatch(v):
         raise ValueError("feature key must match ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
     return v
 
@@ -556,10 +557,15 @@ def _feature_expr(feature: str, type_: str, row: str) -> _Q:
 
 
 def _text(value: str, type_: str) -> str:
-    """A value of ``type_`` as text. A timestamp's text is DuckDB's CAST (no trailing zeros
-    of the fraction) written with strftime, which Snowflake's form prints the same way."""
+    """A value of ``type_`` as text. A timestamp's text is DuckDB's CAST (a fraction of a
+    second without its trailing zeros, none for a whole second) spelled with strftime,
+    which Snowflake's form (TO_CHAR) prints the same way."""
     if type_ == "timestamp":
-        return f"rtrim(rtrim(strftime({value}, '%Y-%m-%d %H:%M:%S.%f'), '0'), '.')"
+        return (
+            f"CASE WHEN {value} = date_trunc('second', {value}) "
+            f"THEN strftime({value}, '%Y-%m-%d %H:%M:%S') "
+            f"ELSE rtrim(strftime({value}, '%Y-%m-%d %H:%M:%S.%f'), '0') END"
+        )
     return f"CAST({value} AS VARCHAR)"
 
 

@@ -23,46 +23,76 @@ Placeholders stay ``?`` and keep their order, so the bound values are the same f
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from functools import lru_cache
 
 import sqlglot
 from sqlglot import expressions as exp
 
+from activitybi.query.dataset import FEATURE_KEY
+
 _VARCHAR = exp.DataType.build("VARCHAR")
 
 
+_MARK = "activitybi_p"
+"""The name each placeholder carries while the statement is rewritten (``:activitybi_p3``)."""
+
+
+def to_snowflake(sql: str, params: Sequence[object]) -> tuple[str, list[object]]:
+    """The Snowflake form of one DuckDB statement (``?`` placeholders), and its parameters:
+    the same values, in the order of the new text's placeholders (a rewrite may move one),
+    less the feature keys the text now names."""
+    text, place, keys = _rewritten(sql)
+    if len(place) != len(params):
+        raise ValueError(f"the statement has {len(place)} placeholders for {len(params)} values")
+    values: list[object] = []
+
+    def bind(m: re.Match[str]) -> str:
+        value = params[place[m[1]]]
+        if m[1] not in keys:
+            values.append(value)
+            return "?"
+        if not (isinstance(value, str) and FEATURE_KEY.fullmatch(value)):
+            raise ValueError(f"not a feature key: {value!r}")
+        return f"'{value}'"  # the pattern admits no quote
+
+    return re.sub(rf":({_MARK}\d+)\b", bind, text), values
+
+
 @lru_cache(maxsize=256)
-def to_snowflake(sql: str) -> str:
-    """The Snowflake form of one DuckDB statement (see the module's docstring). Cached:
-    a template, or a dataset spec's shape, always gives the same text."""
+def _rewritten(sql: str) -> tuple[str, dict[str, int], frozenset[str]]:
+    """The Snowflake text with named placeholders, the place of each name among the
+    statement's ``?``, and the names that hold a JSON key. Cached: a template, or a dataset
+    spec's shape, always gives the same text."""
     trees = sqlglot.parse(sql, read="duckdb")
     if len(trees) != 1 or trees[0] is None:
         raise ValueError("expected exactly one statement")
     tree = trees[0]
-    for rewrite in _REWRITES:  # inner nodes first: a rewritten node's children are not visited
+    for i, placeholder in enumerate(tree.find_all(exp.Placeholder, bfs=False)):
+        placeholder.set("this", f"{_MARK}{i}")
+    # The order in which DuckDB's text reads them is the order of the values.
+    place = {name: k for k, name in enumerate(re.findall(rf"\$({_MARK}\d+)\b", tree.sql(dialect="duckdb")))}
+    keys: set[str] = set()
+
+    def json_text(node: exp.Expr) -> exp.Expr:
+        if not isinstance(node, exp.JSONExtractScalar):
+            return node
+        path = node.expression
+        if isinstance(path, exp.Placeholder):
+            keys.add(path.name)
+            key: exp.Expr = path
+        elif isinstance(path, exp.JSONPath) and len(path.expressions) == 2:
+            key = exp.Literal.string(str(path.expressions[1].this))
+        else:
+            raise ValueError(f"only a top-level key can be read from JSON, not {path.sql()}")
+        return exp.Cast(this=exp.Bracket(this=node.this, expressions=[key]), to=_VARCHAR.copy())
+
+    for rewrite in (json_text, *_REWRITES):  # inner nodes first: a rewritten node's children are not visited
         tree = tree.transform(rewrite)
     for select in list(tree.find_all(exp.Select)):
         _spine(select)
-    out = tree.sql(dialect="snowflake")
-    if out.count("?") != sql.count("?"):  # pragma: no cover - a rewrite lost a placeholder
-        raise AssertionError("the Snowflake form binds different parameters")
-    return out
-
-
-def _json_text(node: exp.Expr) -> exp.Expr:
-    if not isinstance(node, exp.JSONExtractScalar):
-        return node
-    path = node.expression
-    if isinstance(path, exp.JSONPath):
-        steps = path.expressions
-        if len(steps) != 2 or not isinstance(steps[1], exp.JSONPathKey):
-            raise ValueError(f"only a top-level key can be read from JSON, not {path.sql()}")
-        key: exp.Expr = exp.Literal.string(str(steps[1].this))
-    elif isinstance(path, exp.Placeholder):
-        key = path
-    else:
-        raise ValueError(f"unsupported JSON path {path.sql()}")
-    return exp.Cast(this=exp.Anonymous(this="GET", expressions=[node.this, key]), to=_VARCHAR.copy())
+    return tree.sql(dialect="snowflake"), place, frozenset(keys)
 
 
 def _try_cast(node: exp.Expr) -> exp.Expr:
@@ -96,7 +126,9 @@ def _running_listagg(window: exp.Expr) -> exp.Expr:
         value, order = value.this, value
     agg: exp.Expr = exp.ArrayAgg(this=value.copy())
     if order is not None:
-        agg = exp.WithinGroup(this=agg, expression=exp.Order(expressions=[o.copy() for o in order.expressions]))
+        agg = exp.WithinGroup(
+            this=agg, expression=exp.Order(expressions=[o.copy() for o in order.expressions])
+        )
     over = window.copy()
     over.set("this", agg)
     counted = window.copy()
@@ -105,7 +137,7 @@ def _running_listagg(window: exp.Expr) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=exp.GT(this=counted, expression=exp.Literal.number(0)), true=joined)])
 
 
-_REWRITES = (_json_text, _try_cast, _struct_key, _running_listagg)
+_REWRITES = (_try_cast, _struct_key, _running_listagg)
 
 _STEPS = {"DAY": ("DAY", 1), "WEEK": ("DAY", 7), "MONTH": ("MONTH", 1), "YEAR": ("YEAR", 1)}
 
@@ -125,10 +157,18 @@ def _spine(select: exp.Select) -> None:
         unit, per = _STEPS[step.text("unit").upper()]
         k = int(step.this.name) * per
         start, end = series.args["start"], series.args["end"]
-        n = exp.func("FLOOR", exp.Div(this=exp.func("DATEDIFF", exp.var(unit), start.copy(), end.copy()), expression=exp.Literal.number(k)))
-        rows = exp.func("ARRAY_GENERATE_RANGE", exp.Literal.number(0), exp.Add(this=n, expression=exp.Literal.number(1)))
+        diff = exp.DateDiff(
+            this=end.copy(), expression=start.copy(), unit=exp.var(unit), date_part_boundary=True
+        )
+        n = exp.cast(exp.func("FLOOR", exp.Div(this=diff, expression=exp.Literal.number(k))), "INT")
+        rows = exp.func(
+            "ARRAY_GENERATE_RANGE", exp.Literal.number(0), exp.Add(this=n, expression=exp.Literal.number(1))
+        )
         at = exp.func(
-            "DATEADD", exp.var(unit), exp.Mul(this=exp.column("index", "_g"), expression=exp.Literal.number(k)), start.copy()
+            "DATEADD",
+            exp.var(unit),
+            exp.Mul(this=exp.column("index", "_g"), expression=exp.Literal.number(k)),
+            start.copy(),
         )
         explode.replace(at)
         flatten = sqlglot.parse_one("TABLE(FLATTEN(INPUT => x)) AS _g", read="snowflake")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,17 +165,10 @@ def _days_ago(days: int) -> Callable[[], dt.date]:
 
 SINCE = Param("since", "date", "First day included (UTC).", default=_days_ago(30))
 LIMIT = Param("limit", "int", "Most rows returned.", default=100, minimum=1, maximum=10_000)
-BUCKET = Param(
-    "bucket",
-    "str",
-    "Width of a time bucket.",
-    default="day",
-    pattern="second|minute|hour|day|week|month",
-)
+_BUCKETS = ("second", "minute", "hour", "day", "week", "month")
+BUCKET = Param("bucket", "str", "Width of a time bucket.", default="day", pattern="|".join(_BUCKETS))
 _BUCKET_START = (
-    "CASE $bucket "
-    + " ".join(f"WHEN '{u}' THEN date_trunc('{u}', ts)" for u in BUCKET.pattern.split("|"))  # type: ignore[union-attr]
-    + " END"
+    "CASE $bucket " + " ".join(f"WHEN '{u}' THEN date_trunc('{u}', ts)" for u in _BUCKETS) + " END"
 )
 """The start of `ts`'s bucket: the unit is bound, and Snowflake truncates only to a
 constant unit, so each allowed unit is a branch."""
@@ -318,8 +311,8 @@ GROUP BY day ORDER BY day""",
         ),
         Template(
             "sessions",
-            "Sessions, newest first: customer, source (the least, if several), start, end, events, questions, tool "
-            "calls, model calls, tokens and cost.",
+            "Sessions, newest first: customer, source (the least, if several), start, end, "
+            "events, questions, tool calls, model calls, tokens and cost.",
             (SINCE, LIMIT),
             f"""SELECT _session_id AS session_id,
        min(coalesce(customer, anonymous_customer_id)) AS customer,
@@ -438,16 +431,16 @@ ORDER BY ts DESC, atom_id LIMIT $limit""",
 }
 
 
-def for_warehouse(sql: str, kind: str) -> str:
-    """Templates are written once, for DuckDB; `activitybi.query.dialect` gives their
-    Snowflake form (placeholders stay `?`, values stay bound)."""
+def for_warehouse(sql: str, values: Sequence[Any], kind: str) -> tuple[str, list[Any]]:
+    """A bound template (written once, for DuckDB) as the warehouse `kind` runs it:
+    `activitybi.query.dialect` gives its Snowflake form, whose values stay bound too."""
     if kind == "duckdb":
-        return sql
+        return sql, list(values)
     if kind != "snowflake":
         raise ValueError(f"no SQL dialect for warehouse {kind!r}")
     from activitybi.query.dialect import to_snowflake  # lazy: only Snowflake needs sqlglot
 
-    return to_snowflake(sql)
+    return to_snowflake(sql, values)
 
 
 def get(name: str) -> Template:

@@ -134,8 +134,8 @@ class Direct:
         kind = getattr(self.con, "kind", "duckdb")
         out = {}
         for key, (name, params) in requests.items():
-            sql, values = templates.get(name).bind(params, self.scope)
-            result: Any = self.con.execute(templates.for_warehouse(sql, kind), values)
+            sql, values = templates.for_warehouse(*templates.get(name).bind(params, self.scope), kind)
+            result: Any = self.con.execute(sql, values)
             if hasattr(result, "rows"):  # a Warehouse's QueryResult
                 columns, raw = result.columns, result.rows
             else:  # a DuckDB connection returns itself, ready to fetch
