@@ -1023,6 +1023,16 @@ def _parity_rows() -> list[StreamRow]:
                 _source=rng.choice(["mcp", "hook", "otel", None]),
             )
         )
+    for i, value in enumerate(ODD_NUMBERS):  # every one, whatever the draws above gave
+        rows.append(
+            StreamRow(
+                activity_id=f"odd{i}",
+                ts=T0 + dt.timedelta(days=i, seconds=1),
+                activity="called_tool",
+                customer=PARITY_CUSTOMER,
+                feature_json={"tool": "odd", "latency_ms": value, "outcome": "ok"},
+            )
+        )
     for i, value in enumerate([0.75, "dropped", {"n": "ü"}, 2]):
         rows.append(
             StreamRow(
@@ -1312,6 +1322,53 @@ def test_template_gives_the_same_rows_as_duckdb(
     _assert_same_rows(duck, snow, sql, template)
     assert duck.rows or template in ("recent_insights",), f"{template} read no rows: the test data misses it"
     assert "bo@example.com" not in repr(snow.rows)
+
+
+def test_a_value_that_is_not_a_number_reads_as_null_on_both(parity: Parity) -> None:
+    """The values of ODD_NUMBERS where a number is expected read as NULL on both warehouses
+    (sqlglot alone turns TRY_CAST into CAST for Snowflake: one such value failed the query)."""
+    spec = {
+        "cohort": {
+            "activity": "called_tool",
+            "columns": [
+                {"column": "activity_id", "as": "id"},
+                {"feature": "latency_ms", "as": "raw"},
+                {"feature": "latency_ms", "type": "float", "as": "latency"},
+                {"feature": "latency_ms", "type": "integer", "as": "whole"},
+            ],
+        }
+    }
+    duck, snow, sql = parity.run("dataset", {"spec": spec})
+    _assert_same_rows(duck, snow, sql, "dataset")
+    odd = [r for r in snow.rows if r[1] is not None and r[2] is None]
+    assert odd and all(r[3] is None for r in odd)
+    assert {r[1] for r in odd} >= {"fast", "n/a", "", "1,5", "12 apples", '{"nested":1}', "[3]", "true"}
+    assert any(r[2] is not None for r in snow.rows)
+
+
+def test_snowflake_form_keeps_try_cast_and_binds_the_same_values() -> None:
+    """Every TRY_CAST of a template stays one in its Snowflake form; every value stays bound
+    (a feature key of a dataset becomes a literal, checked against the key pattern)."""
+    from activitybi.query import templates
+
+    for name, t in templates.TEMPLATES.items():
+        if t.build is not None:
+            continue
+        params = {p.name: PARITY_VALUES.get(p.name) for p in t.params}
+        sql, values = t.bind(params, PARITY_CUSTOMER)
+        snow_sql, snow_values = templates.for_warehouse(sql, values, "snowflake")
+        assert snow_sql.count("TRY_CAST(") == sql.count("TRY_CAST("), name
+        assert "->>" not in snow_sql and "JSON_EXTRACT_PATH_TEXT" not in snow_sql, name
+        assert sorted(map(repr, snow_values)) == sorted(map(repr, values)), name
+    spec = {"cohort": {"activity": "a", "columns": [{"feature": "dotted.key", "type": "integer", "as": "n"}]}}
+    sql, values = templates.get("dataset").bind({"spec": spec}, PARITY_CUSTOMER)
+    snow_sql, snow_values = templates.for_warehouse(sql, values, "snowflake")
+    assert "TRY_CAST(CAST(c.feature_json['dotted.key'] AS VARCHAR) AS BIGINT)" in snow_sql
+    assert snow_values == [v for v in values if v != "dotted.key"]
+    from activitybi.query.dialect import to_snowflake
+
+    with pytest.raises(ValueError, match="not a feature key"):
+        to_snowflake(sql, [("x' OR '1'='1" if v == "dotted.key" else v) for v in values])
 
 
 class Killed(BaseException):

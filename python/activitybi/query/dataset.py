@@ -49,10 +49,12 @@ cohort activity):
   cohort row, ordered by cohort ``(ts, activity_id)``; cohort columns, then each append's.
 - Features (``{"feature": key}``): top-level keys of ``feature_json`` matching
   ``^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$`` (a dot is part of the key, not a path step), read
-  with ``json_extract_string(feature_json, 'key')`` (a bare key) and TRY_CAST to the declared type: a
-  missing key, JSON null or a value that does not convert is NULL. Timestamps are read as
-  UTC wall-clock (a UTC offset in the text is dropped by DuckDB, so store UTC), and
-  DuckDB's casts apply (an integer feature ``3.7`` reads as 4).
+  with ``json_extract_string(feature_json, ?)`` (the bare key, bound) and TRY_CAST to the
+  declared type: a missing key, JSON null or a value that does not convert is NULL.
+  Timestamps are read as UTC wall-clock (a UTC offset in the text is dropped by DuckDB, so
+  store UTC), and DuckDB's casts apply (an integer feature ``3.7`` reads as 4). On
+  Snowflake (`activitybi.query.dialect`) the key is named in the text, which its pattern
+  makes safe; every other value stays bound.
 - Filters are row predicates, all of which must hold. Comparisons follow SQL: a row whose
   value is NULL satisfies only ``is_null`` (not ``!=``, not ``not_in``). Values are checked
   against the filter's type (a timestamp is an ISO-8601 text or a datetime; with an offset

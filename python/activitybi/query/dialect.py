@@ -2,24 +2,28 @@
 
 Every SafeSQL template (and the `dataset` template's generated SQL) is written once, for
 DuckDB. Its Snowflake form is sqlglot's transpilation plus the rewrites below, for what a
-plain transpilation gets wrong; these rewrites are the only difference between the two:
+plain transpilation gets wrong; they are the only difference between the two:
 
-- JSON: ``feature_json->>'key'`` (and ``json_extract_string(feature_json, ?)``) reads the
-  key as Snowflake does, ``GET(feature_json, 'key')::VARCHAR``: a JSON null is SQL NULL,
-  a string its text, any other value its JSON text, as in DuckDB. The key is the same
-  bound value in both forms (a bare key: a dot is part of it, never a path step).
-- ``TRY_CAST`` stays ``TRY_CAST`` (sqlglot prints ``CAST`` when it cannot tell that the
-  value is text, and one non-numeric value would then fail the query): its value is cast to
-  VARCHAR first, so a value that does not convert is NULL on both warehouses.
+- JSON: ``feature_json->>'key'`` (and ``json_extract_string(feature_json, ?)``) is
+  ``feature_json['key']::VARCHAR``: a JSON null is SQL NULL, a string its text, any other
+  value its JSON text, as in DuckDB; a dot is part of the key, never a path step. A bound
+  key (a dataset's feature) is named in the text, once it matches the feature key pattern
+  (which admits no quote): Snowflake's ``GET(v, ?)`` of a bound key is correct too, but
+  fakesnow, which the tests run, casts it to its JSON text.
+- ``TRY_CAST`` stays ``TRY_CAST`` of a VARCHAR (sqlglot prints ``CAST`` when it cannot
+  tell that the value is text, and one non-numeric value then failed the whole query), so
+  a value that does not convert is NULL on both warehouses.
 - A struct used as a join key (``struct_pack``) is its JSON text
   (``TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL(...))``): Snowflake partitions and joins on text.
 - A series of timestamps (``unnest(generate_series(first, last, INTERVAL n UNIT))``, the
   dataset's time spine) is ``DATEADD`` over ``FLATTEN(ARRAY_GENERATE_RANGE(...))``.
-- A running ``string_agg`` (LISTAGG takes no window frame on Snowflake) is
+- A running ``string_agg`` (Snowflake's LISTAGG takes no window frame) is
   ``ARRAY_TO_STRING`` of the same frame's ``ARRAY_AGG ... WITHIN GROUP``.
 
-Placeholders stay ``?`` and keep their order, so the bound values are the same for both.
-"""
+Values stay bound. A rewrite may move a placeholder (sqlglot writes ``sum(x) FILTER (WHERE
+c)`` as ``SUM(IFF(c, x, NULL))``), so placeholders are named while the statement is
+rewritten and the values are put in the order of the new text.
+
 
 from __future__ import annotations
 
@@ -96,6 +100,7 @@ def _rewritten(sql: str) -> tuple[str, dict[str, int], frozenset[str]]:
 
 
 def _try_cast(node: exp.Expr) -> exp.Expr:
+    """Made explicit rather than left to sqlglot's type inference."""
     if not isinstance(node, exp.TryCast):
         return node
     value = node.this
@@ -105,6 +110,7 @@ def _try_cast(node: exp.Expr) -> exp.Expr:
 
 
 def _struct_key(node: exp.Expr) -> exp.Expr:
+    """``struct_pack(e := a, m0 := b)`` as ``TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL('e', a, 'm0', b))``."""
     if not isinstance(node, exp.Struct):
         return node
     pairs: list[exp.Expr] = []
