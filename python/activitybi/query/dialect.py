@@ -23,7 +23,7 @@ plain transpilation gets wrong; they are the only difference between the two:
 Values stay bound. A rewrite may move a placeholder (sqlglot writes ``sum(x) FILTER (WHERE
 c)`` as ``SUM(IFF(c, x, NULL))``), so placeholders are named while the statement is
 rewritten and the values are put in the order of the new text.
-
+"""
 
 from __future__ import annotations
 
@@ -86,7 +86,11 @@ def _rewritten(sql: str) -> tuple[str, dict[str, int], frozenset[str]]:
         if isinstance(path, exp.Placeholder):
             keys.add(path.name)
             key: exp.Expr = path
-        elif isinstance(path, exp.JSONPath) and len(path.expressions) == 2:
+        elif (
+            isinstance(path, exp.JSONPath)
+            and len(path.expressions) == 2
+            and isinstance(path.expressions[1], exp.JSONPathKey)
+        ):
             key = exp.Literal.string(str(path.expressions[1].this))
         else:
             raise ValueError(f"only a top-level key can be read from JSON, not {path.sql()}")
