@@ -1212,6 +1212,7 @@ def _dataset_specs() -> list[Any]:
     listagg = [
         {"feature": "repo", "agg": "listagg", "delimiter": " | ", "as": "repos"},
         {"feature": "minutes", "type": "integer", "agg": "listagg", "as": "minutes_list"},
+        {"column": "ts", "type": "timestamp", "agg": "listagg", "delimiter": ",", "as": "test_times"},
     ]
     distinct = [{"feature": "repo", "agg": "listagg_distinct", "as": "distinct_repos"}]
     for rel in ("aggregate_all_ever", "aggregate_in_between", "aggregate_before", "aggregate_after"):

@@ -559,15 +559,10 @@ def _feature_expr(feature: str, type_: str, row: str) -> _Q:
 
 
 def _text(value: str, type_: str) -> str:
-    """A value of ``type_`` as text. A timestamp's text is DuckDB's CAST (a fraction of a
-    second without its trailing zeros, none for a whole second) spelled with strftime,
-    which Snowflake's form (TO_CHAR) prints the same way."""
+    """A value of ``type_`` as text. A timestamp is cast to TIMESTAMP first: a no-op for
+    DuckDB that tells `activitybi.query.dialect` to print it as DuckDB does on Snowflake."""
     if type_ == "timestamp":
-        return (
-            f"CASE WHEN {value} = date_trunc('second', {value}) "
-            f"THEN strftime({value}, '%Y-%m-%d %H:%M:%S') "
-            f"ELSE rtrim(strftime({value}, '%Y-%m-%d %H:%M:%S.%f'), '0') END"
-        )
+        return f"CAST(CAST({value} AS TIMESTAMP) AS VARCHAR)"
     return f"CAST({value} AS VARCHAR)"
 
 

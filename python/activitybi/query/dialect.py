@@ -15,6 +15,8 @@ plain transpilation gets wrong; they are the only difference between the two:
   a value that does not convert is NULL on both warehouses.
 - A struct used as a join key (``struct_pack``) is its JSON text
   (``TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL(...))``): Snowflake partitions and joins on text.
+- A timestamp as text (``CAST(CAST(x AS TIMESTAMP) AS VARCHAR)``, the dataset's way of
+  saying it) prints as DuckDB prints it, with TO_CHAR.
 - A series of timestamps (``unnest(generate_series(first, last, INTERVAL n UNIT))``, the
   dataset's time spine) is ``DATEADD`` over ``FLATTEN(ARRAY_GENERATE_RANGE(...))``.
 - A running ``string_agg`` (Snowflake's LISTAGG takes no window frame) is
@@ -113,6 +115,32 @@ def _try_cast(node: exp.Expr) -> exp.Expr:
     return exp.TryCast(this=value, to=node.args["to"], requires_string=True)
 
 
+_TIMESTAMP_TEXT = sqlglot.parse_one(
+    "CASE WHEN _x = DATE_TRUNC('SECOND', _x) THEN TO_CHAR(_x, 'YYYY-MM-DD HH24:MI:SS') "
+    "ELSE REGEXP_REPLACE(TO_CHAR(_x, 'YYYY-MM-DD HH24:MI:SS.FF6'), '0+$', '') END",
+    read="snowflake",
+)
+"""DuckDB's text of a timestamp (a fraction of a second without its trailing zeros, none
+for a whole second) in Snowflake. (REGEXP_REPLACE, not RTRIM(s, '0'): fakesnow ignores
+RTRIM's characters.)"""
+
+
+def _timestamp_text(node: exp.Expr) -> exp.Expr:
+    """``CAST(CAST(x AS TIMESTAMP) AS VARCHAR)`` (the dataset's text of a timestamp) as
+    DuckDB prints it: Snowflake's own text of a TIMESTAMP_NTZ has three decimals."""
+    if not (
+        isinstance(node, exp.Cast)
+        and node.is_type(*exp.DataType.TEXT_TYPES)
+        and isinstance(node.this, exp.Cast)
+        and node.this.is_type(exp.DataType.Type.TIMESTAMP, exp.DataType.Type.TIMESTAMPNTZ)
+    ):
+        return node
+    ts = node.this
+    return _TIMESTAMP_TEXT.transform(
+        lambda n: ts.copy() if isinstance(n, exp.Column) and n.name == "_x" else n
+    )
+
+
 def _struct_key(node: exp.Expr) -> exp.Expr:
     """``struct_pack(e := a, m0 := b)`` as ``TO_JSON(OBJECT_CONSTRUCT_KEEP_NULL('e', a, 'm0', b))``."""
     if not isinstance(node, exp.Struct):
@@ -147,7 +175,7 @@ def _running_listagg(window: exp.Expr) -> exp.Expr:
     return exp.Case(ifs=[exp.If(this=exp.GT(this=counted, expression=exp.Literal.number(0)), true=joined)])
 
 
-_REWRITES = (_try_cast, _struct_key, _running_listagg)
+_REWRITES = (_try_cast, _timestamp_text, _struct_key, _running_listagg)
 
 _STEPS = {"DAY": ("DAY", 1), "WEEK": ("DAY", 7), "MONTH": ("MONTH", 1), "YEAR": ("YEAR", 1)}
 
