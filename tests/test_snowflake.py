@@ -6,10 +6,15 @@ warehouses, streams, tasks and Snowflake Scripting (004_governance.sql: checked 
 and the task's MERGE is run against claude_stream in place of the stream), QUERY_TAG and
 statement timeouts (accepted and ignored), MERGE inside a transaction (hence the loader's
 INSERT ... WHERE NOT EXISTS).
+
+Every SafeSQL template, `dataset` included (and every case of the conformance corpus),
+runs on the same events in a DuckDB file and in fakesnow and must give the same rows; the
+few dataset shapes fakesnow cannot run are strict xfails naming the reason (FAKESNOW_*).
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import importlib
 import itertools
@@ -1059,10 +1064,12 @@ class Parity:
     def __init__(self, duck: Any, snow: SnowflakeWarehouse) -> None:
         self.duck, self.snow = duck, snow
 
-    def run(self, template: str, params: dict[str, Any]) -> tuple[Any, Any, str]:
+    def run(
+        self, template: str, params: dict[str, Any], customer: str = PARITY_CUSTOMER
+    ) -> tuple[Any, Any, str]:
         from activitybi.query import templates
 
-        sql, values = templates.get(template).bind(params, PARITY_CUSTOMER)
+        sql, values = templates.get(template).bind(params, customer)
         snow_sql, snow_values = templates.for_warehouse(sql, values, "snowflake")
         duck = self.duck.execute(sql, values)
         snow = self.snow.run_query(
@@ -1323,6 +1330,70 @@ def test_template_gives_the_same_rows_as_duckdb(
     _assert_same_rows(duck, snow, sql, template)
     assert duck.rows or template in ("recent_insights",), f"{template} read no rows: the test data misses it"
     assert "bo@example.com" not in repr(snow.rows)
+
+
+@pytest.fixture(scope="module")
+def corpus(server: FakeSnowServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Parity]:
+    """The ActivitySchema conformance corpus's stream, through both sinks."""
+    from activitybi.warehouse.duckdb import DuckDBWarehouse
+    from tests.test_dataset_conformance import CORPUS, MANIFEST
+
+    if not server.running:
+        server.start()
+    with (CORPUS / MANIFEST["stream"]).open(newline="") as f:
+        rows = [
+            StreamRow(
+                activity_id=r["activity_id"],
+                ts=dt.datetime.fromisoformat(r["ts"]),
+                activity=r["activity"],
+                customer=r["customer"] or None,
+                anonymous_customer_id=r["anonymous_customer_id"] or None,
+                feature_json=json.loads(r["feature_json"]) if r["feature_json"] else None,
+                revenue_impact=float(r["revenue_impact"]) if r["revenue_impact"] else None,
+                link=r["link"] or None,
+            )
+            for r in csv.DictReader(f)
+        ]
+    duck = DuckDBWarehouse(tmp_path_factory.mktemp("corpus") / "warehouse.duckdb")
+    duck.init()
+    snow = SnowflakeWarehouse(_kwargs(server, "CORPUS"), emulator=True)
+    snow.init()
+    assert duck.load(rows, "q-corpus", None) == snow.load(rows, "q-corpus", None) == len(rows)
+    yield Parity(duck, snow)
+    snow.close()
+    duck.close()
+
+
+def _corpus_cases() -> list[Any]:
+    from tests.test_dataset_conformance import CASES
+
+    cases = []
+    for name, case in sorted(CASES.items()):
+        aggs = {c.get("agg") for a in case["appends"] for c in a["columns"]}
+        marks = []
+        if "listagg_distinct" in aggs:
+            marks.append(
+                pytest.mark.xfail(reason=FAKESNOW_ARRAY_TO_STRING, strict=True, raises=TransientError)
+            )
+        cases.append(pytest.param(name, marks=marks, id=name))
+    return cases
+
+
+@pytest.mark.parametrize("name", _corpus_cases())
+def test_conformance_case_gives_the_same_rows_on_snowflake(corpus: Parity, name: str) -> None:
+    """Every case of the conformance corpus (which test_dataset_conformance.py checks on
+    DuckDB against the expected rows), for every customer, gives the same rows on fakesnow."""
+    from tests.test_dataset_conformance import CASES
+
+    case = CASES[name]
+    spec = {"cohort": case["cohort"], "appends": case["appends"]}
+    customers = corpus.duck.execute(
+        "SELECT DISTINCT coalesce(customer, anonymous_customer_id) FROM claude_stream ORDER BY 1"
+    ).rows
+    assert len(customers) > 1
+    for (customer,) in customers:
+        duck, snow, sql = corpus.run("dataset", {"spec": spec}, customer)
+        _assert_same_rows(duck, snow, sql, f"{name} for {customer}")
 
 
 def test_a_value_that_is_not_a_number_reads_as_null_on_both(parity: Parity) -> None:
