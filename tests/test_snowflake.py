@@ -1262,11 +1262,17 @@ def _dataset_specs() -> list[Any]:
                 append("aggregate_in_between", True),
             )
         )
-    for interval in ("day", "week", "month", "quarter", "year"):
+    for interval, end in (
+        ("day", "max"),
+        ("week", "max"),
+        ("month", "now"),
+        ("quarter", "max"),
+        ("year", "now"),
+    ):
         spine = {
             "activity": "opened_pr",
             "occurrence": "time_spine",
-            "time_spine": {"interval": interval},
+            "time_spine": {"interval": interval, "end_period": end},
             "columns": [
                 {"column": "ts", "as": "period"},
                 {"column": "activity_id", "as": "period_id"},
