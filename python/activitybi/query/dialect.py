@@ -99,7 +99,7 @@ def _rewritten(sql: str) -> tuple[str, dict[str, int], frozenset[str]]:
         return exp.Cast(this=exp.Bracket(this=node.this, expressions=[key]), to=_VARCHAR.copy())
 
     for rewrite in (json_text, *_REWRITES):  # inner nodes first: a rewritten node's children are not visited
-        tree = tree.transform(rewrite)
+        tree = tree.transform(rewrite, copy=False)
     for select in list(tree.find_all(exp.Select)):
         _spine(select)
     return tree.sql(dialect="snowflake"), place, frozenset(keys)
