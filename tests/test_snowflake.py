@@ -1140,12 +1140,12 @@ def _assert_same_rows(duck: Any, snow: Any, sql: str, what: str) -> None:
 
 
 FAKESNOW_TRY_CAST_TIMESTAMP = (
-    "fakesnow runs TRY_CAST(<text> AS TIMESTAMP_NTZ) as a cast that fails on a value that is not "
-    "a timestamp ('soon'), where Snowflake gives NULL"
+    "fakesnow rewrites TRY_CAST(<text> AS TIMESTAMP_NTZ) into its _fs_to_timestamp macro, a plain "
+    "CAST: a value that is not a timestamp ('soon') fails the query where Snowflake gives NULL"
 )
 FAKESNOW_ARRAY_TO_STRING = (
-    "fakesnow cannot bind the delimiter of ARRAY_TO_STRING(<array>, ?) (DuckDB: 'Values were not "
-    "provided for the following parameters')"
+    "fakesnow (through sqlglot) writes ARRAY_TO_STRING(<array>, ?) for DuckDB with the bound "
+    "delimiter twice (CASE WHEN ? IS NULL ...), so DuckDB lacks a value for the second"
 )
 FAKESNOW_WINDOWED_ARRAY_AGG = (
     "fakesnow cannot run ARRAY_AGG(...) WITHIN GROUP (...) OVER (... ROWS ...) (DuckDB: no "
