@@ -1148,7 +1148,24 @@ impl<'de> Deserialize<'de> for Count {
 
 impl<'de> Visitor<'de> for CountVisitor<'de> {
     type Value = Count;
-    skip_scalars!(Count(0));
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
+        Ok(Count(0))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Count, E> {
+        Ok(Count(0)) // serde_json gives the positive ones as u64
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count, E> {
+        Ok(Count(v))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Count, E> {
+        Ok(Count(0))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
+        Ok(Count(0))
+    }
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
         Ok(Count(0))
     }
