@@ -27,14 +27,31 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 mod tests {
     use super::*;
 
+    /// Ids Python gives: `hashlib.blake2b(orjson.dumps([customer, kind, key]), digest_size=16)`.
     #[test]
-    fn known_id() {
-        // hashlib.blake2b(orjson.dumps(["c", "called_model", "req_1"]), digest_size=16)
-        assert_eq!(
-            fact_id("c", "called_model", "req_1"),
-            "called_model:".to_owned() + KNOWN
-        );
+    fn python_ids() {
+        let cases = [
+            (
+                "c",
+                "called_model",
+                "req_1",
+                "00468e979a5e93265a58cbfb102e1665",
+            ),
+            (
+                "ana ✓ \"q\" \\ \u{1}\u{2028}",
+                "called_tool",
+                "key \u{0}\u{8}\t\n\u{b}\u{c}\r\u{1f}\u{7f} é 😀 </>",
+                "16ee5cf0d3214625044568caae2c17de",
+            ),
+            (
+                "",
+                "asked_question",
+                "s:abc:0",
+                "4c82789e607ecbab59d9e7a140d6a7e5",
+            ),
+        ];
+        for (customer, kind, key, hex) in cases {
+            assert_eq!(fact_id(customer, kind, key), format!("{kind}:{hex}"));
+        }
     }
-
-    const KNOWN: &str = "00468e979a5e93265a58cbfb102e1665";
 }

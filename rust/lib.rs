@@ -4,8 +4,8 @@
 
 mod counters;
 mod error;
-mod facts;
 mod event;
+mod facts;
 mod ids;
 mod lru;
 mod pyjson;

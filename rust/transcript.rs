@@ -16,9 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use chrono::{DateTime, NaiveDate};
 use indexmap::IndexMap;
 use serde::de::value::{BorrowedStrDeserializer, StringDeserializer};
-use serde::de::{
-    self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -323,7 +321,10 @@ impl<'a, H: Host> Read<'_, 'a, H> {
             return Ok(None);
         }
         if let Content::Blocks(blocks) = &message.content {
-            for block in blocks.iter().filter(|b| b.kind.0.as_deref() == Some("tool_use")) {
+            for block in blocks
+                .iter()
+                .filter(|b| b.kind.0.as_deref() == Some("tool_use"))
+            {
                 // An empty id could not make a fact id.
                 if let Some(id) = block.id.0.as_deref().filter(|id| !id.is_empty()) {
                     let call = ToolCall {
@@ -355,7 +356,10 @@ impl<'a, H: Host> Read<'_, 'a, H> {
             usage.output_tokens.0,
             usage.cache_creation_input_tokens.0,
             usage.cache_read_input_tokens.0,
-            usage.cache_creation.0.map_or(0, |s| s.ephemeral_1h_input_tokens.0),
+            usage
+                .cache_creation
+                .0
+                .map_or(0, |s| s.ephemeral_1h_input_tokens.0),
         ];
         Ok(Some(Response {
             key,
@@ -413,10 +417,7 @@ impl<'a, H: Host> Read<'_, 'a, H> {
         let digest = hex(&sha256(&[session, "\0", trimmed])[..12]);
         let occurrence = self.state.prompts.get(&digest).copied().unwrap_or(0);
         self.state.prompts.insert(digest, occurrence + 1);
-        let prompt_id = format!(
-            "{session}:{}:{occurrence}",
-            hex(&sha256(&[trimmed])[..16])
-        );
+        let prompt_id = format!("{session}:{}:{occurrence}", hex(&sha256(&[trimmed])[..16]));
         let content = self.imp.content;
         self.out.event(
             &self.imp.customer,
@@ -427,7 +428,10 @@ impl<'a, H: Host> Read<'_, 'a, H> {
             |f| {
                 f.int("prompt_length", text.chars().count() as u64);
                 if content {
-                    let end = text.char_indices().nth(PROMPT_CAP).map_or(text.len(), |(i, _)| i);
+                    let end = text
+                        .char_indices()
+                        .nth(PROMPT_CAP)
+                        .map_or(text.len(), |(i, _)| i);
                     f.str("prompt", &text[..end]);
                 }
                 f.str("project", project);
@@ -442,7 +446,11 @@ impl<'a, H: Host> Read<'_, 'a, H> {
         let error = if block.is_error.0 {
             let text = result_text(block.content, self.out.host);
             let cut = text.char_indices().nth(300).map_or(text.len(), |(i, _)| i);
-            Some(if cut == 0 { "error".to_owned() } else { text[..cut].to_owned() })
+            Some(if cut == 0 {
+                "error".to_owned()
+            } else {
+                text[..cut].to_owned()
+            })
         } else {
             None
         };
@@ -842,6 +850,7 @@ fn py_str<H: Host>(value: Option<&RawValue>, host: &mut H) -> String {
 // --- what is read of a line ---------------------------------------------------------------
 
 /// A line: its object, or the Python type name of what it is instead.
+#[allow(clippy::large_enum_variant)] // one at a time, on the stack: no box per line
 enum Top<'a> {
     Line(Line<'a>),
     Not(&'static str),
@@ -1025,7 +1034,10 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Resumed<'de, A> {
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Self::Error> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
         self.map.next_value_seed(seed)
     }
 }
@@ -1034,7 +1046,10 @@ fn read_object<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
     first: Option<Cow<'de, str>>,
     map: A,
 ) -> Result<T, A::Error> {
-    T::deserialize(de::value::MapAccessDeserializer::new(Resumed { first, map }))
+    T::deserialize(de::value::MapAccessDeserializer::new(Resumed {
+        first,
+        map,
+    }))
 }
 
 /// The scalar cases of a visitor that skips them: each gives `$other`.
@@ -1263,7 +1278,9 @@ impl<'de> Visitor<'de> for ContentVisitor<'de> {
         Ok(Content::Text(Cow::Owned(v)))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        SeqVisitor(PhantomData).visit_seq(seq).map(|Seq(b)| Content::Blocks(b))
+        SeqVisitor(PhantomData)
+            .visit_seq(seq)
+            .map(|Seq(b)| Content::Blocks(b))
     }
 }
 
@@ -1311,5 +1328,188 @@ impl<'de> Visitor<'de> for TopVisitor<'de> {
             MapKind::Empty => read_object(None, map).map(Top::Line),
             MapKind::Object(first) => read_object(Some(first), map).map(Top::Line),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A host that reads no other timestamp form and keeps what is appended.
+    #[derive(Default)]
+    struct Keep {
+        lines: Vec<u8>,
+        appends: usize,
+    }
+
+    impl Host for Keep {
+        type Error = String;
+        fn parse_time(&mut self, _: &str) -> Option<(i64, String)> {
+            None
+        }
+        fn text_of(&mut self, json: &str) -> String {
+            format!("<{json}>")
+        }
+        fn seal(&mut self, buf: &mut Vec<u8>, start: usize, _: &LineInfo) -> Result<(), String> {
+            match buf[start..].len() > 1500 {
+                true => Err("too big".into()),
+                false => Ok(()),
+            }
+        }
+        fn write(&mut self, lines: &[u8], _: u64) -> Result<(), String> {
+            self.lines.extend_from_slice(lines);
+            self.appends += 1;
+            Ok(())
+        }
+    }
+
+    fn importer() -> Importer {
+        let rates = vec![("claude-sonnet-4".to_owned(), [3.0, 15.0, 3.75, 6.0, 0.3])];
+        Importer::new(
+            "c".into(),
+            false,
+            Prices::new(rates, "price_table:x".into()),
+        )
+    }
+
+    fn read<'a>(
+        data: &'a str,
+        settled: bool,
+        state: &mut FileState,
+    ) -> (Outcome<'a>, Vec<serde_json::Value>) {
+        let chunk = Chunk {
+            data: data.as_bytes(),
+            offset: 100,
+            session: "stem",
+            project: "proj",
+            settled,
+            ended: false,
+        };
+        let mut host = Keep::default();
+        let out = importer().read(&chunk, state, &mut host).unwrap();
+        let events = (host.lines.split(|&b| b == b'\n'))
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        (out, events)
+    }
+
+    const A1: &str = r#"{"type":"assistant","requestId":"r","timestamp":"2026-11-02T10:00:00.000Z","message":{"id":"m","model":"claude-sonnet-4-5","content":[{"type":"tool_use","id":"t","name":"Read"}],"usage":{"input_tokens":1,"output_tokens":2}}}"#;
+    const A2: &str = r#"{"type":"assistant","requestId":"r","timestamp":"2026-11-02T10:00:00.000Z","message":{"id":"m","model":"claude-sonnet-4-5","usage":{"input_tokens":1,"output_tokens":200,"cache_read_input_tokens":1e3}}}"#;
+
+    #[test]
+    fn a_response_waits_until_settled_or_followed() {
+        let mut state = FileState::default();
+        let data = format!("{A1}\n{A2}\n{{\"type\":");
+        let (out, events) = read(&data, false, &mut state);
+        assert_eq!((out.offset, out.lines, events.len()), (100, 2, 0));
+        assert_eq!(out.bytes as usize, A1.len() + A2.len() + 2);
+        assert_eq!(
+            state.tools["t"].ts.as_deref(),
+            Some("2026-11-02T10:00:00.000Z")
+        );
+        let (out, events) = read(&data, true, &mut state);
+        assert_eq!(out.offset as usize, 100 + A1.len() + A2.len() + 2);
+        let f = &events[0]["feature_json"];
+        assert_eq!(
+            (
+                f["output_tokens"].as_u64(),
+                f["cache_read_input_tokens"].as_u64()
+            ),
+            (Some(200), Some(0))
+        );
+        assert_eq!(f["cost_usd"].as_f64(), Some(0.003003));
+        assert_eq!(events[0]["_session_id"], "stem");
+    }
+
+    #[test]
+    fn bad_lines_are_returned_with_their_offset() {
+        let mut state = FileState::default();
+        let (out, events) = read(
+            "[1]\n{\"a\":\nnull\n{\"type\":\"user\"}\n",
+            true,
+            &mut state,
+        );
+        let got: Vec<(u64, &str)> = out
+            .rejected
+            .iter()
+            .map(|r| (r.offset, r.reason.as_str()))
+            .collect();
+        assert_eq!(got[0], (100, "not a JSON object but list"));
+        assert_eq!(got[1].0, 104);
+        assert!(got[1].1.starts_with("not JSON: "));
+        assert_eq!(got[2], (110, "not a JSON object but NoneType"));
+        assert_eq!((got.len(), events.len(), out.lines), (3, 0, 4));
+    }
+
+    #[test]
+    fn a_refused_line_stops_the_read() {
+        let mut state = FileState::default();
+        let big = format!(
+            "{{\"type\":\"user\",\"timestamp\":\"2026-11-02T10:00:00.000Z\",\"message\":{{\"content\":\"{}\"}}}}\n",
+            "x".repeat(2000)
+        );
+        let chunk = Chunk {
+            data: big.as_bytes(),
+            offset: 0,
+            session: "s",
+            project: "p",
+            settled: true,
+            ended: false,
+        };
+        let mut host = Keep::default();
+        let prices = Prices::new(Vec::new(), String::new());
+        let r = Importer::new("c".into(), true, prices).read(&chunk, &mut state, &mut host);
+        assert_eq!(r.err().as_deref(), Some("too big"));
+        assert!(host.lines.is_empty());
+    }
+
+    #[test]
+    fn python_rounding_and_whitespace() {
+        assert_eq!(py_round(0.0009765625, 9), 0.000976562); // a tie: to even
+        assert_eq!(py_round(2.5, 0), 2.0);
+        assert_eq!(py_round(-0.0001, 3).to_bits(), (-0.0f64).to_bits());
+        assert!(py_space('\u{1c}') && py_space('\u{3000}') && !py_space('\u{200b}'));
+    }
+
+    #[test]
+    fn claude_time_is_strict() {
+        assert_eq!(claude_time("1970-01-01T00:00:01.002Z"), Some(1_002_000));
+        for bad in [
+            "2026-02-30T10:00:00.000Z",
+            "2026-11-02T24:00:00.000Z",
+            "0000-01-01T00:00:00.000Z",
+            "2026-11-02T10:00:00.00xZ",
+            "2026-11-02T10:00:00.000+",
+        ] {
+            assert_eq!(claude_time(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_as_python_sees_them() {
+        #[derive(Deserialize)]
+        struct Probe<'a> {
+            #[serde(default)]
+            t: Vec<Truthy>,
+            #[serde(default)]
+            n: Vec<Count>,
+            #[serde(default, borrow)]
+            s: Vec<Text<'a>>,
+        }
+        let p: Probe<'_> = serde_json::from_str(
+            r#"{"t":[0,-0,0.0,"",[],{},null,false,1,-1,0.5,"x",[0],{"a":0},true,1e999999,18446744073709551616],
+                "n":[5,-5,5.0,"5",true,null,18446744073709551615,18446744073709551616,[1],{"a":1}],
+                "s":["a","\u00e9",1,null,["x"],{"x":"y"}]}"#,
+        )
+        .unwrap();
+        let t: Vec<bool> = p.t.iter().map(|t| t.0).collect();
+        let mut want = vec![false; 8];
+        want.extend([true; 9]);
+        assert_eq!(t, want);
+        let n: Vec<u64> = p.n.iter().map(|n| n.0).collect();
+        assert_eq!(n, [5, 0, 0, 0, 0, 0, u64::MAX, 0, 0, 0]);
+        let s: Vec<Option<&str>> = p.s.iter().map(|s| s.0.as_deref()).collect();
+        assert_eq!(s, [Some("a"), Some("é"), None, None, None, None]);
     }
 }
