@@ -26,6 +26,7 @@ pub use crate::redact::{luhn_valid, Action, Kind, LineInfo, Policy, Redactor as 
 pub use crate::segment::{Checkpoint, CHECKSUM_MISMATCH};
 
 use std::cell::RefCell;
+use std::io::{Read as _, Seek as _};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -513,7 +514,9 @@ impl QueueReader {
 #[pyclass(frozen, module = "activitybi._core")]
 struct TranscriptImporter {
     queue: Py<Queue>,
-    inner: Mutex<transcript::Importer>,
+    /// The importer, and the buffer files are read into (kept: a fresh one per file costs
+    /// page faults).
+    inner: Mutex<(transcript::Importer, Vec<u8>)>,
 }
 
 /// What a transcript read needs from Python: the rare timestamps and values it reads as
@@ -607,16 +610,19 @@ impl TranscriptImporter {
         let prices = transcript::Prices::new(prices, cost_source);
         Self {
             queue,
-            inner: Mutex::new(transcript::Importer::new(customer, content, prices)),
+            inner: Mutex::new((
+                transcript::Importer::new(customer, content, prices),
+                Vec::new(),
+            )),
         }
     }
 
-    #[pyo3(signature = (data, *, offset, session, project, tools, prompts, settled, ended))]
+    #[pyo3(signature = (path, *, offset, session, project, tools, prompts, settled, ended))]
     #[allow(clippy::too_many_arguments)]
     fn read<'py>(
         &self,
         py: Python<'py>,
-        data: &[u8],
+        path: PathBuf,
         offset: u64,
         session: &str,
         project: &str,
@@ -639,6 +645,18 @@ impl TranscriptImporter {
         for (digest, n) in prompts.iter() {
             state.prompts.insert(digest.extract()?, n.extract()?);
         }
+        // Not `lock`: appends release the GIL, and a thread waiting here holding it would
+        // never let them take it back.
+        let Some(mut inner) = self.inner.try_lock() else {
+            return Err(PyValueError::new_err(
+                "the TranscriptImporter is reading in another thread",
+            ));
+        };
+        let (importer, data) = &mut *inner;
+        data.clear();
+        let mut file = std::fs::File::open(&path)?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        file.read_to_end(data)?;
         let chunk = transcript::Chunk {
             data,
             offset,
@@ -649,7 +667,7 @@ impl TranscriptImporter {
         };
         let queue = self.queue.get();
         let mut host = PyHost { py, queue };
-        let done = self.inner.lock().read(&chunk, &mut state, &mut host)?;
+        let done = importer.read(&chunk, &mut state, &mut host)?;
         let out = PyDict::new(py);
         out.set_item("offset", done.offset)?;
         out.set_item("lines", done.lines)?;

@@ -524,9 +524,13 @@ impl<'a, H: Host> Read<'_, 'a, H> {
                 if cost.is_some() {
                     f.str("cost_source", cost_source);
                 }
-                if let Some(id) = r.message_id {
-                    f.key("message_id");
-                    write_py_json(f.buf, id);
+                match r.message_id.map(|id| (id, json_str(id))) {
+                    Some((_, Some(id))) => f.str("message_id", &id),
+                    Some((id, None)) => {
+                        f.key("message_id");
+                        write_py_json(f.buf, id);
+                    }
+                    None => {}
                 }
                 f.str("project", &r.project);
             },

@@ -214,7 +214,8 @@ class TranscriptImporter:
     lines, makes their ``asked_question``, ``called_model`` and ``called_tool`` facts (the
     bytes ``activitybi.capture.facts`` would give) and appends them to ``queue`` as
     ``append`` does (size cap, redaction). ``prices`` is ``(model prefix, (input, output,
-    cache_write_5m, cache_write_1h, cache_read))`` in US dollars per million tokens."""
+    cache_write_5m, cache_write_1h, cache_read))`` in US dollars per million tokens. One
+    thread at a time: a ``read`` while another runs raises ``ValueError``."""
 
     def __new__(
         cls,
@@ -227,7 +228,7 @@ class TranscriptImporter:
     ) -> TranscriptImporter: ...
     def read(
         self,
-        data: bytes,
+        path: str | os.PathLike[str],
         *,
         offset: int,
         session: str,
@@ -237,8 +238,9 @@ class TranscriptImporter:
         settled: bool,
         ended: bool,
     ) -> TranscriptRead:
-        """Reads the whole lines of ``data`` (the file from ``offset`` on) given the file's
-        state (``tools``, ``prompts``: left unchanged, the new ones are returned).
+        """Reads the whole lines of the file from ``offset`` on (a last line without its
+        newline is left for later), given the file's state (``tools``, ``prompts``: left
+        unchanged, the new ones are returned). ``OSError`` when the file cannot be read.
         ``session`` and ``project`` are for lines without ``sessionId`` or ``cwd``;
         ``settled``: the file is complete, a response at its end is written out; ``ended``:
         the session ended, open tool calls are written out as ``no_result``. Raises as

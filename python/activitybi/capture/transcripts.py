@@ -157,11 +157,8 @@ class Importer:
             return
         self.stats.files += 1
         self._dirty = True
-        with open(path, "rb") as f:
-            f.seek(st.offset)
-            data = f.read()
         done = self._core.read(
-            data,
+            path,
             offset=st.offset,
             session=path.stem,
             project=_project(path),
