@@ -647,8 +647,19 @@ impl Fields<'_> {
     }
 }
 
+/// A JSON string as serde_json writes it; most need no escape, and are copied as they are.
 fn json_string(buf: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *buf, s).expect("a string serializes");
+    let bytes = s.as_bytes();
+    // No early exit: the loop vectorizes.
+    let escape = (bytes.iter()).fold(false, |e, &b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if escape {
+        serde_json::to_writer(&mut *buf, s).expect("a string serializes");
+    } else {
+        buf.reserve(bytes.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(bytes);
+        buf.push(b'"');
+    }
 }
 
 /// A JSON value as Python's `append` would write it after orjson read it: strings and
