@@ -1,4 +1,5 @@
-//! `activitybi._core`: the durable queue, ULIDs and the LRU cache, as Python sees them.
+//! `activitybi._core`: the durable queue, ULIDs, the LRU cache and the transcript importer, as
+//! Python sees them.
 //! Each concept lives in its own private module as plain Rust; the `pub use` list below is
 //! the crate's Rust API (for benchmarks and tests), and the rest of this file is the bindings.
 

@@ -871,6 +871,9 @@ enum Top<'a> {
     Not(&'static str),
 }
 
+/// The members of a line the importer reads (every other one is skipped, not built). Each
+/// field takes any JSON value, one of another type counting as absent, as the Python
+/// importer's `isinstance` checks did; so do the structs below.
 #[derive(Deserialize)]
 struct Line<'a> {
     #[serde(rename = "type", default, borrow)]
@@ -955,6 +958,7 @@ struct CacheSplit {
     ephemeral_1h_input_tokens: Count,
 }
 
+/// `key in obj`: present, even as null.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>, D::Error> {
     IgnoredAny::deserialize(d).map(Some)
 }
@@ -992,7 +996,7 @@ enum Content<'a> {
 /// The objects of a list (other items skipped).
 struct Seq<T>(Vec<T>);
 
-/// What a value is when it is not what a field wants: skipped, and named for quarantine.
+/// Skips a list's items; says whether there were any.
 fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
     let mut any = false;
     while seq.next_element::<IgnoredAny>()?.is_some() {
@@ -1001,6 +1005,7 @@ fn drain_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<bool, A::Error> {
     Ok(any)
 }
 
+/// Skips an object's members.
 fn drain_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
     while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
     Ok(())
