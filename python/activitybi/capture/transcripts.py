@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import orjson
 
@@ -60,7 +59,7 @@ class FileState:
 
     offset: int = 0
     inode: int = 0
-    tools: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tools: dict[str, dict[str, str | None]] = field(default_factory=dict)
     """tool_use id → the call's details, until its result is read."""
     prompts: dict[str, int] = field(default_factory=dict)
     """`prompt_digest` → times asked so far in this file."""
