@@ -6,8 +6,8 @@ every line and `orjson.loads` on it, and (b) `transcripts.Importer` into a real 
 fresh home each time: parse, merge replays, join tool calls, price, build and append the
 facts, save offsets). The ratio is parse-only time over import time (1.0 = as fast as
 parsing alone). A third run, also in turn, parses the lines and appends the importer's own
-events, made beforehand, to a fresh queue: what the import would cost if understanding the
-lines and building the facts were free (its floor).
+events, made beforehand (as dicts, through `append_many`), to a fresh queue: what a Python
+import would cost if understanding the lines and building the facts were free (its floor).
 
 Tool results are where a real transcript's bytes are (a file read, a command's output);
 `--result-bytes` sets their size (default 4000; 300 makes every line small).
@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from activitybi import Queue
+from activitybi import Queue, QueueReader
 from activitybi.capture import prices, transcripts
 from activitybi.config import Home
 
@@ -154,14 +154,15 @@ def parse_and_append(files: list[Path], events: list[dict[str, Any]]) -> float:
     return took
 
 
-class Keep:
-    """A queue that keeps what it is given, to make the floor's events."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def append_many(self, events: list[dict[str, Any]]) -> None:
-        self.events.extend(events)
+def made_events(files: list[Path], table: prices.PriceTable) -> list[dict[str, Any]]:
+    """The import's events, as dicts (read back from a queue it filled), for the floor."""
+    with tempfile.TemporaryDirectory() as home:
+        with Queue(str(Path(home) / "queue"), max_pending=10_000_000) as queue:
+            transcripts.Importer(
+                queue, customer="bench@example.com", prices=table, home=Home(Path(home)), settle_s=0
+            ).run(files)
+        with QueueReader(str(Path(home) / "queue")) as reader:
+            return [orjson.loads(x) for x in reader.read(max_lines=10_000_000, max_bytes=1 << 40)[0]]
 
 
 def main() -> None:
@@ -175,18 +176,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         n_lines, size = write(Path(tmp), args.files, args.rounds, args.result_bytes)
         files = transcripts.transcripts(Path(tmp))
-        with tempfile.TemporaryDirectory() as home:
-            keep = Keep()
-            transcripts.Importer(
-                keep, customer="bench@example.com", prices=table, home=Home(Path(home)), settle_s=0
-            ).run(files)
+        made = made_events(files, table)
         parse, imp, floor = [], [], []
         events = 0
         for _ in range(args.repeat):
             parse.append(parse_only(files))
             took, events = import_all(files, table)
             imp.append(took)
-            floor.append(parse_and_append(files, keep.events))
+            floor.append(parse_and_append(files, made))
     p, i, f = statistics.median(parse), statistics.median(imp), statistics.median(floor)
     print(f"{n_lines:,} lines ({size / 1e6:.1f} MB) in {args.files} files -> {events:,} events")
     print(f"tool results of {args.result_bytes} bytes; median of {args.repeat}")

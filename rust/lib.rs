@@ -1,10 +1,12 @@
-//! `activitybi._core`: the durable queue, ULIDs and the LRU cache, as Python sees them.
+//! `activitybi._core`: the durable queue, ULIDs, the LRU cache and the transcript importer, as
+//! Python sees them.
 //! Each concept lives in its own private module as plain Rust; the `pub use` list below is
 //! the crate's Rust API (for benchmarks and tests), and the rest of this file is the bindings.
 
 mod counters;
 mod error;
 mod event;
+mod facts;
 mod ids;
 mod lru;
 mod pyjson;
@@ -12,9 +14,11 @@ mod queue;
 mod reader;
 mod redact;
 mod segment;
+mod transcript;
 
 pub use crate::error::{Error, IoFailure};
 pub use crate::event::{encode_json_bytes, EventError};
+pub use crate::facts::fact_id;
 pub use crate::ids::{next_ulid, TsFormatter};
 pub use crate::lru::{LruStats, TtlLru};
 pub use crate::queue::{Config, QueueCore};
@@ -23,6 +27,7 @@ pub use crate::redact::{luhn_valid, Action, Kind, LineInfo, Policy, Redactor as 
 pub use crate::segment::{Checkpoint, CHECKSUM_MISMATCH};
 
 use std::cell::RefCell;
+use std::io::{Read as _, Seek as _};
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,6 +36,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyOSError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
@@ -504,6 +510,199 @@ impl QueueReader {
     }
 }
 
+/// The per-line work of `activitybi import claude-code` (`transcript.rs`), appending to one
+/// queue for one customer.
+#[pyclass(frozen, module = "activitybi._core")]
+struct TranscriptImporter {
+    queue: Py<Queue>,
+    /// The importer, and the buffer files are read into (kept: a fresh one per file costs
+    /// page faults).
+    inner: Mutex<(transcript::Importer, Vec<u8>)>,
+}
+
+/// What a transcript read needs from Python: the rare timestamps and values it reads as
+/// Python does, and the queue's append (size cap, redaction, write).
+struct PyHost<'py, 'q> {
+    py: Python<'py>,
+    queue: &'q Queue,
+}
+
+impl transcript::Host for PyHost<'_, '_> {
+    type Error = PyErr;
+
+    fn parse_time(&mut self, text: &str) -> Option<(i64, String)> {
+        let py = self.py;
+        let read = || -> PyResult<Option<(i64, String)>> {
+            let datetime = py.import(intern!(py, "datetime"))?.getattr("datetime")?;
+            let Ok(ts) = datetime.call_method1("fromisoformat", (text,)) else {
+                return Ok(None);
+            };
+            let field = |name: &str| -> PyResult<i64> { ts.getattr(name)?.extract() };
+            let date = chrono::NaiveDate::from_ymd_opt(
+                field("year")? as i32,
+                field("month")? as u32,
+                field("day")? as u32,
+            );
+            let time = date.and_then(|d| {
+                d.and_hms_micro_opt(
+                    field("hour").ok()? as u32,
+                    field("minute").ok()? as u32,
+                    field("second").ok()? as u32,
+                    field("microsecond").ok()? as u32,
+                )
+            });
+            let Some(time) = time else { return Ok(None) };
+            let offset = ts.call_method0("utcoffset")?;
+            let offset_us = if offset.is_none() {
+                0
+            } else {
+                let part = |name: &str| -> PyResult<i64> { offset.getattr(name)?.extract() };
+                (part("days")? * 86_400 + part("seconds")?) * 1_000_000 + part("microseconds")?
+            };
+            let iso: String = ts.call_method0("isoformat")?.extract()?;
+            Ok(Some((time.and_utc().timestamp_micros() - offset_us, iso)))
+        };
+        read().ok().flatten()
+    }
+
+    fn text_of(&mut self, json: &str) -> String {
+        let py = self.py;
+        let text = || -> PyResult<String> {
+            let value = py.import("orjson")?.call_method1("loads", (json,))?;
+            Ok(value.str()?.to_string())
+        };
+        text().unwrap_or_else(|_| json.to_owned())
+    }
+
+    fn seal(&mut self, buf: &mut Vec<u8>, start: usize, info: &LineInfo) -> PyResult<()> {
+        let max = self.queue.core.config().max_event_bytes();
+        if let Err(e) = event::check_size(buf.len() - start, max) {
+            LocalCounters::add(&self.queue.core.local.rejected, 1);
+            buf.truncate(start);
+            return Err(event_err(e));
+        }
+        if let Some(red) = &self.queue.red {
+            red.redact_line(buf, start, info);
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, lines: &[u8], count: u64) -> PyResult<()> {
+        self.queue.write(self.py, lines, count, false)
+    }
+}
+
+fn opt_str(d: &Bound<'_, PyAny>, key: &str) -> PyResult<Option<String>> {
+    let v = d.get_item(key).ok();
+    Ok(v.and_then(|v| v.extract::<String>().ok()))
+}
+
+#[pymethods]
+impl TranscriptImporter {
+    #[new]
+    #[pyo3(signature = (queue, *, customer, content, prices, cost_source))]
+    fn new(
+        queue: Py<Queue>,
+        customer: String,
+        content: bool,
+        prices: Vec<(String, [f64; 5])>,
+        cost_source: String,
+    ) -> Self {
+        let prices = transcript::Prices::new(prices, cost_source);
+        Self {
+            queue,
+            inner: Mutex::new((
+                transcript::Importer::new(customer, content, prices),
+                Vec::new(),
+            )),
+        }
+    }
+
+    #[pyo3(signature = (path, *, offset, session, project, tools, prompts, settled, ended))]
+    #[allow(clippy::too_many_arguments)]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        path: PathBuf,
+        offset: u64,
+        session: &str,
+        project: &str,
+        tools: &Bound<'py, PyDict>,
+        prompts: &Bound<'py, PyDict>,
+        settled: bool,
+        ended: bool,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let mut state = transcript::FileState::default();
+        for (id, call) in tools.iter() {
+            let call = transcript::ToolCall {
+                tool: opt_str(&call, "tool")?,
+                ts: opt_str(&call, "ts")?,
+                session: opt_str(&call, "session")?,
+                agent: opt_str(&call, "agent")?,
+                project: opt_str(&call, "project")?,
+            };
+            state.tools.insert(id.extract()?, call);
+        }
+        for (digest, n) in prompts.iter() {
+            state.prompts.insert(digest.extract()?, n.extract()?);
+        }
+        // Not `lock`: appends release the GIL, and a thread waiting here holding it would
+        // never let them take it back.
+        let Some(mut inner) = self.inner.try_lock() else {
+            return Err(PyValueError::new_err(
+                "the TranscriptImporter is reading in another thread",
+            ));
+        };
+        let (importer, data) = &mut *inner;
+        data.clear();
+        let mut file = std::fs::File::open(&path)?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        file.read_to_end(data)?;
+        let chunk = transcript::Chunk {
+            data,
+            offset,
+            session,
+            project,
+            settled,
+            ended,
+        };
+        let queue = self.queue.get();
+        let mut host = PyHost { py, queue };
+        let done = importer.read(&chunk, &mut state, &mut host)?;
+        let out = PyDict::new(py);
+        out.set_item("offset", done.offset)?;
+        out.set_item("lines", done.lines)?;
+        out.set_item("bytes", done.bytes)?;
+        out.set_item("events", done.events)?;
+        let rejected = PyList::empty(py);
+        for r in done.rejected {
+            rejected.append((r.offset, r.reason, PyBytes::new(py, r.raw)))?;
+        }
+        out.set_item("rejected", rejected)?;
+        let tools = PyDict::new(py);
+        for (id, call) in state.tools {
+            let d = PyDict::new(py);
+            d.set_item("tool", call.tool)?;
+            d.set_item("ts", call.ts)?;
+            d.set_item("session", call.session)?;
+            d.set_item("agent", call.agent)?;
+            d.set_item("project", call.project)?;
+            tools.set_item(id, d)?;
+        }
+        out.set_item("tools", tools)?;
+        let prompts = PyDict::new(py);
+        for (digest, n) in state.prompts {
+            prompts.set_item(digest, n)?;
+        }
+        out.set_item("prompts", prompts)?;
+        Ok(out)
+    }
+
+    fn __repr__(&self) -> String {
+        "TranscriptImporter(...)".into()
+    }
+}
+
 #[pyclass(frozen, module = "activitybi._core")]
 struct LruCache {
     cache: TtlLru<String, Arc<Py<PyAny>>>,
@@ -593,6 +792,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<QueueReader>()?;
     m.add_class::<LruCache>()?;
     m.add_class::<Redactor>()?;
+    m.add_class::<TranscriptImporter>()?;
     m.add(
         "REDACTION_KINDS",
         PyTuple::new(py, Kind::ALL.iter().map(|k| k.name()))?,

@@ -432,8 +432,23 @@ def test_price_table_override_and_command(
     table.write_bytes(orjson.dumps({"snapshot": "2027-01-01", "models": {"claude-sonnet-4-5": rates}}))
     monkeypatch.setenv("ACTIVITYBI_PRICES", str(table))
     loaded = prices.load()
-    assert loaded.cost("us.anthropic.claude-sonnet-4-5-20250929-v1:0", 1, 1, 1, 1, 1) == 15 / 1e6
-    assert loaded.cost(OPUS, 1, 1, 1, 1, 1) is None and loaded.cost_source == "price_table:2027-01-01"
+    assert loaded.cost_source == "price_table:2027-01-01"
+    split = {"cache_creation": {"ephemeral_1h_input_tokens": 1}}
+    session = tmp_path / "projects" / PROJECT / "s.jsonl"
+    session.parent.mkdir(parents=True)
+    session.write_bytes(
+        b"".join(
+            encode(assistant(n, f"msg_{n}", f"req_{n}", model, usage(1, 1, 2, 1, **split), TEXT))
+            for n, model in enumerate(["us.anthropic.claude-sonnet-4-5-20250929-v1:0", OPUS])
+        )
+    )
+    queue, imp = importer(_home, settle_s=0)  # the override is the table it loads
+    imp.run([session])
+    queue.close()
+    sonnet, opus = by_kind(queued(_home), CALLED_MODEL)
+    assert sonnet["feature_json"]["cost_usd"] == 15 / 1e6  # 1 token at each rate
+    assert sonnet["feature_json"]["cost_source"] == "price_table:2027-01-01"
+    assert "cost_usd" not in opus["feature_json"] and "cost_source" not in opus["feature_json"]
     shown = subprocess.run(
         [sys.executable, "-m", "activitybi", "prices"],
         capture_output=True,

@@ -18,6 +18,7 @@ __all__ = [
     "QueueIOError",
     "QueueReader",
     "Redactor",
+    "TranscriptImporter",
     "__version__",
     "ulid",
 ]
@@ -187,6 +188,64 @@ class QueueReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+@type_check_only
+class TranscriptRead(TypedDict):
+    offset: int
+    """Where the next read starts: after the last whole line, or at the first line of a
+    model response held back (not settled, its last line may still be written)."""
+    lines: int
+    """Whole lines read."""
+    bytes: int
+    """Bytes of those lines."""
+    events: int
+    """Facts appended."""
+    rejected: list[tuple[int, str, bytes]]
+    """Lines that are not a JSON object: ``(file offset, reason, the line)``, to quarantine."""
+    tools: dict[str, dict[str, str | None]]
+    """The file's open tool calls after the read (tool_use id → ``tool``, ``ts``,
+    ``session``, ``agent``, ``project``)."""
+    prompts: dict[str, int]
+    """Times each prompt was asked in the file so far (by ``prompt_digest``)."""
+
+@final
+class TranscriptImporter:
+    """The per-line work of ``activitybi import claude-code``: parses Claude Code transcript
+    lines, makes their ``asked_question``, ``called_model`` and ``called_tool`` facts (the
+    bytes ``activitybi.capture.facts`` would give) and appends them to ``queue`` as
+    ``append`` does (size cap, redaction). ``prices`` is ``(model prefix, (input, output,
+    cache_write_5m, cache_write_1h, cache_read))`` in US dollars per million tokens. One
+    thread at a time: a ``read`` while another runs raises ``ValueError``."""
+
+    def __new__(
+        cls,
+        queue: Queue,
+        *,
+        customer: str,
+        content: bool,
+        prices: list[tuple[str, tuple[float, float, float, float, float]]],
+        cost_source: str,
+    ) -> TranscriptImporter: ...
+    def read(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        offset: int,
+        session: str,
+        project: str,
+        tools: dict[str, dict[str, str | None]],
+        prompts: dict[str, int],
+        settled: bool,
+        ended: bool,
+    ) -> TranscriptRead:
+        """Reads the whole lines of the file from ``offset`` on (a last line without its
+        newline is left for later), given the file's state (``tools``, ``prompts``: left
+        unchanged, the new ones are returned). ``OSError`` when the file cannot be read.
+        ``session`` and ``project`` are for lines without ``sessionId`` or ``cwd``;
+        ``settled``: the file is complete, a response at its end is written out; ``ended``:
+        the session ended, open tool calls are written out as ``no_result``. Raises as
+        ``Queue.append_many`` does; facts appended before the error stay (their ids make a
+        second read harmless)."""
 
 _V = TypeVar("_V")
 

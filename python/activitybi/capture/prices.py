@@ -1,14 +1,15 @@
 """Cost of a model call from a dated price table.
 
-Transcripts carry token counts but no cost, so the cost of a call is computed here, from a
-snapshot of the published prices shipped with the package (`prices.json`) or a file named by
-`ACTIVITYBI_PRICES`. Every figure computed this way says where it came from
+Transcripts carry token counts but no cost, so the importer (in the Rust core) computes the
+cost of a call from a snapshot of the published prices shipped with the package
+(`prices.json`) or a file named by `ACTIVITYBI_PRICES`. Every figure computed this way says
+where it came from
 (`cost_source = "price_table:<snapshot date>"`), so a reader can tell it from a billed one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,46 +42,20 @@ class PriceTable:
     note: str
     models: dict[str, Price]
     path: Path
-    _matches: dict[str, Price | None] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def cost_source(self) -> str:
         """What `feature_json.cost_source` says of a cost computed from this table."""
         return f"price_table:{self.snapshot}"
 
-    def price(self, model: str | None) -> Price | None:
-        """The longest key the model name starts with, ignoring a provider prefix
-        (`us.anthropic.claude-…`, `claude-…@vertex`); None for an unknown model."""
-        if not model:
-            return None
-        if model not in self._matches:
-            start = model.find("claude")
-            name = model[start:] if start >= 0 else model
-            best = max((k for k in self.models if name.startswith(k)), key=len, default=None)
-            self._matches[model] = None if best is None else self.models[best]
-        return self._matches[model]
-
-    def cost(
-        self,
-        model: str | None,
-        input_tokens: int,
-        output_tokens: int,
-        cache_write_5m: int,
-        cache_write_1h: int,
-        cache_read: int,
-    ) -> float | None:
-        """US dollars for one call, or None when the model is not in the table."""
-        p = self.price(model)
-        if p is None:
-            return None
-        total = (
-            input_tokens * p.input
-            + output_tokens * p.output
-            + cache_write_5m * p.cache_write_5m
-            + cache_write_1h * p.cache_write_1h
-            + cache_read * p.cache_read
-        )
-        return round(total / 1_000_000, 9)
+    def rates(self) -> list[tuple[str, tuple[float, float, float, float, float]]]:
+        """Each model prefix with its rates in `RATES` order, for the importer (in the Rust
+        core): a model's price is that of the longest prefix its name starts with, a provider
+        prefix ignored (`us.anthropic.claude-…`, `claude-…@vertex`); an unknown model has no cost."""
+        return [
+            (name, (p.input, p.output, p.cache_write_5m, p.cache_write_1h, p.cache_read))
+            for name, p in self.models.items()
+        ]
 
 
 def _parse(raw: bytes, path: Path) -> PriceTable:
