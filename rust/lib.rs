@@ -5,8 +5,10 @@
 mod counters;
 mod error;
 mod event;
+mod facts;
 mod ids;
 mod lru;
+mod otlp;
 mod pyjson;
 mod queue;
 mod reader;
@@ -15,8 +17,10 @@ mod segment;
 
 pub use crate::error::{Error, IoFailure};
 pub use crate::event::{encode_json_bytes, EventError};
+pub use crate::facts::fact_id;
 pub use crate::ids::{next_ulid, TsFormatter};
 pub use crate::lru::{LruStats, TtlLru};
+pub use crate::otlp::{write_events as write_otlp_events, Malformed, Signal, Written};
 pub use crate::queue::{Config, QueueCore};
 pub use crate::reader::{Batch, Line, ReaderCore};
 pub use crate::redact::{luhn_valid, Action, Kind, LineInfo, Policy, Redactor as RedactorCore};
@@ -42,6 +46,12 @@ create_exception!(
     ActivitybiError,
     PyException,
     "Base class of the errors activitybi raises."
+);
+create_exception!(
+    activitybi._core,
+    MalformedBody,
+    ActivitybiError,
+    "An OTLP export request body that is not the message it should be; nothing was written."
 );
 create_exception!(
     activitybi._core,
@@ -263,6 +273,61 @@ impl Queue {
             self.write(py, &buf, ids.len() as u64, durable)?;
         }
         Ok(ids)
+    }
+
+    /// The facts of one OTLP export request (`signal` `logs` or `traces`, its protobuf
+    /// body), mapped, encoded and redacted in Rust and written at once.
+    #[pyo3(signature = (signal, body, customer, *, capture_content=false))]
+    fn append_otlp(
+        &self,
+        py: Python<'_>,
+        signal: &str,
+        body: &[u8],
+        customer: &str,
+        capture_content: bool,
+    ) -> PyResult<(u64, u64, String)> {
+        let signal = match signal {
+            "logs" => Signal::Logs,
+            "traces" => Signal::Traces,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "signal is 'logs' or 'traces', not {other:?}"
+                )))
+            }
+        };
+        let max = self.core.config().max_event_bytes();
+        let red = self.red.as_ref();
+        let mut buf = Vec::with_capacity(body.len() * 2);
+        let (mut appended, mut rejected) = (0u64, 0u64);
+        let mut reasons: Vec<String> = Vec::new();
+        let mut on_line = |buf: &mut Vec<u8>, line: Written<'_>| {
+            if let Err(e) = event::check_size(buf.len() - line.start, max) {
+                buf.truncate(line.start);
+                rejected += 1;
+                if reasons.len() < 5 {
+                    reasons.push(format!("{}: {e}", line.activity));
+                }
+                return;
+            }
+            appended += 1;
+            if let Some(r) = red {
+                let info = LineInfo {
+                    activity: line.activity.to_owned(),
+                    customer: Some(line.customer),
+                    generated: 1,
+                };
+                r.redact_line(buf, line.start, &info);
+            }
+        };
+        py.detach(|| {
+            otlp::write_events(signal, body, customer, capture_content, &mut buf, &mut on_line)
+        })
+        .map_err(|e| MalformedBody::new_err(e.0))?;
+        LocalCounters::add(&self.core.local.rejected, rejected);
+        if appended > 0 {
+            self.write(py, &buf, appended, false)?;
+        }
+        Ok((appended, rejected, reasons.join("; ")))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -588,6 +653,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Checkpoint", checkpoint)?;
     m.add("ActivitybiError", m.py().get_type::<ActivitybiError>())?;
     m.add("QueueFull", m.py().get_type::<QueueFull>())?;
+    m.add("MalformedBody", m.py().get_type::<MalformedBody>())?;
     m.add("QueueIOError", queue_io_error_type(m.py())?)?;
     m.add_class::<Queue>()?;
     m.add_class::<QueueReader>()?;
