@@ -11,8 +11,9 @@ rounds, the first four taken in turn within each round so that they see the same
   to the vocabulary, deterministic ids, append to a real queue, encode the reply). This is
   the figure the target compares with decoding alone: both start from the payload's bytes
   and neither pays for HTTP;
-- decode + append: decoding, then `Queue.append_many` of the receiver's own events made
-  beforehand: what the receiver would cost if mapping the records were free (its floor);
+- decode + append: decoding, then `Queue.append_many` of the receiver's own lines (JSON
+  bytes, read back from a queue it wrote beforehand): what the receiver would cost if
+  mapping the records were free;
 - the receiver over HTTP (second figure): a real `activitybi collect` process, one
   keep-alive connection, so it adds the client's and the server's HTTP work.
 
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -45,7 +46,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from activitybi import Queue
+from activitybi import Queue, QueueReader
 from activitybi.capture.otlp import Receiver, SeriesState
 
 T0 = 1_795_000_000_000_000_000
@@ -260,15 +261,6 @@ def main() -> None:
 
             return run
 
-        class Keep:
-            """A queue that keeps the receiver's events, for the decode + append floor."""
-
-            def __init__(self) -> None:
-                self.batches: list[list[dict[str, Any]]] = []
-
-            def append_many(self, events: list[dict[str, Any]]) -> None:
-                self.batches.append(events)
-
         http_times = over_http(home, {"/v1/logs": logs, "/v1/traces": spans}, a.repeat)
         size = sum(map(len, logs)) / a.requests / 1024
         print(f"{a.requests} requests x {a.records} records, {size:.0f} KiB each (logs); best of {a.repeat}")
@@ -277,20 +269,26 @@ def main() -> None:
             ("logs", "/v1/logs", logs, decode_logs),
             ("spans", "/v1/traces", spans, decode_spans),
         ):
-            keep = Keep()
-            keeper = Receiver(
-                partial(cast, Queue, keep),
-                max_bytes=64 << 20,
-                capture_content=False,
-                series=SeriesState(None),
+            made = Queue(str(home / f"made-{label}"), max_pending=100 * n)
+            maker = Receiver(
+                lambda made=made: made, max_bytes=64 << 20, capture_content=False, series=SeriesState(None)
             )
-            for payload in payloads:
-                keeper.export(path, payload, "application/x-protobuf", "", "bench@example.com")
+            batches = []
+            with QueueReader(str(home / f"made-{label}")) as reader:
+                for payload in payloads:
+                    maker.export(path, payload, "application/x-protobuf", "", "bench@example.com")
+                    made.flush()
+                    batch, checkpoint = reader.read(max_lines=a.records)
+                    reader.ack(checkpoint)
+                    batches.append(batch)
+            made.close()
 
-            def floor(payloads: list[bytes] = payloads, decode: Any = decode, keep: Keep = keep) -> None:
+            def floor(
+                payloads: list[bytes] = payloads, decode: Any = decode, batches: list[list[bytes]] = batches
+            ) -> None:
                 decode(payloads, False)
-                for events in keep.batches:
-                    floor_queue.append_many(events)
+                for lines in batches:
+                    floor_queue.append_many(lines)
 
             t = best_in_turn(
                 {
