@@ -8,20 +8,47 @@ use blake2::{Blake2b, Digest};
 /// `[customer, kind, key]` as orjson writes it (no spaces, strings escaped as in
 /// [`push_json_str`]).
 pub fn fact_id(customer: &str, kind: &str, key: &str) -> String {
-    let mut array = Vec::with_capacity(customer.len() + kind.len() + key.len() + 16);
-    array.push(b'[');
-    push_json_str(&mut array, customer);
-    array.push(b',');
-    push_json_str(&mut array, kind);
-    array.push(b',');
-    push_json_str(&mut array, key);
-    array.push(b']');
-    let digest = Blake2b::<U16>::digest(&array);
-    let mut id = String::with_capacity(kind.len() + 33);
-    id.push_str(kind);
-    id.push(':');
-    push_hex(&mut id, &digest);
-    id
+    let mut id = Vec::with_capacity(kind.len() + 33);
+    FactIds::new(customer, kind).push(&mut id, key, &mut Vec::new());
+    String::from_utf8(id).expect("ASCII and the kind")
+}
+
+/// [`fact_id`] for many keys of one customer and kind: the hash of the array's head
+/// (`["customer","kind",`) is made once and copied for each key.
+pub(crate) struct FactIds<'a> {
+    kind: &'a str,
+    head: Blake2b<U16>,
+}
+
+impl<'a> FactIds<'a> {
+    pub(crate) fn new(customer: &str, kind: &'a str) -> Self {
+        let mut head = Vec::with_capacity(customer.len() + kind.len() + 8);
+        head.push(b'[');
+        push_json_str(&mut head, customer);
+        head.push(b',');
+        push_json_str(&mut head, kind);
+        head.push(b',');
+        Self {
+            kind,
+            head: Blake2b::<U16>::new_with_prefix(&head),
+        }
+    }
+
+    /// Appends the id of `key` to `out`; `scratch` is working space.
+    pub(crate) fn push(&self, out: &mut Vec<u8>, key: &str, scratch: &mut Vec<u8>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        scratch.clear();
+        push_json_str(scratch, key);
+        scratch.push(b']');
+        let mut hasher = self.head.clone();
+        hasher.update(&scratch[..]);
+        out.extend_from_slice(self.kind.as_bytes());
+        out.push(b':');
+        for b in hasher.finalize() {
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 15)]);
+        }
+    }
 }
 
 /// Lower-case hex of `bytes` (Python's `bytes.hex()`).
@@ -41,8 +68,14 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut from = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let escape: &[u8] = match b {
+    while let Some(at) = bytes[from..]
+        .iter()
+        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    {
+        let i = from + at;
+        out.extend_from_slice(&bytes[from..i]);
+        let b = bytes[i];
+        let short: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
             b'\n' => b"\\n",
@@ -50,16 +83,14 @@ pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
             b'\t' => b"\\t",
             0x08 => b"\\b",
             0x0c => b"\\f",
-            0..=0x1f => b"",
-            _ => continue,
+            _ => b"",
         };
-        out.extend_from_slice(&bytes[from..i]);
-        if escape.is_empty() {
+        if short.is_empty() {
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
             out.push(HEX[usize::from(b & 15)]);
         } else {
-            out.extend_from_slice(escape);
+            out.extend_from_slice(short);
         }
         from = i + 1;
     }

@@ -125,6 +125,12 @@ thread_local! {
     static SCRATCH: RefCell<(Vec<u8>, TsFormatter)> = RefCell::new((Vec::with_capacity(4096), TsFormatter::default()));
 }
 
+thread_local! {
+    /// The lines of one OTLP request, kept between requests (a fresh buffer of that size
+    /// costs a page fault per page).
+    static OTLP_LINES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 fn event_err(e: EventError) -> PyErr {
     match e {
         EventError::Invalid(m) => PyValueError::new_err(m),
@@ -297,36 +303,45 @@ impl Queue {
         };
         let max = self.core.config().max_event_bytes();
         let red = self.red.as_ref();
-        let mut buf = Vec::with_capacity(body.len() * 2);
         let (mut appended, mut rejected) = (0u64, 0u64);
         let mut reasons: Vec<String> = Vec::new();
-        let mut on_line = |buf: &mut Vec<u8>, line: Written<'_>| {
-            if let Err(e) = event::check_size(buf.len() - line.start, max) {
-                buf.truncate(line.start);
-                rejected += 1;
-                if reasons.len() < 5 {
-                    reasons.push(format!("{}: {e}", line.activity));
-                }
-                return;
-            }
-            appended += 1;
-            if let Some(r) = red {
-                let info = LineInfo {
-                    activity: line.activity.to_owned(),
-                    customer: Some(line.customer),
-                    generated: 1,
+        OTLP_LINES.with_borrow_mut(|buf| {
+            buf.clear();
+            let written = {
+                let mut on_line = |buf: &mut Vec<u8>, line: Written<'_>| {
+                    if let Err(e) = event::check_size(buf.len() - line.start, max) {
+                        buf.truncate(line.start);
+                        rejected += 1;
+                        if reasons.len() < 5 {
+                            reasons.push(format!("{}: {e}", line.activity));
+                        }
+                        return;
+                    }
+                    appended += 1;
+                    if let Some(r) = red {
+                        let info = LineInfo {
+                            activity: line.activity.to_owned(),
+                            customer: Some(line.customer),
+                            generated: 1,
+                        };
+                        r.redact_line(buf, line.start, &info);
+                    }
                 };
-                r.redact_line(buf, line.start, &info);
+                py.detach(|| {
+                    otlp::write_events(signal, body, customer, capture_content, buf, &mut on_line)
+                })
+            };
+            let result = match written {
+                Err(e) => Err(MalformedBody::new_err(e.0)),
+                Ok(()) if appended > 0 => self.write(py, buf, appended, false),
+                Ok(()) => Ok(()),
+            };
+            if buf.capacity() > 16 << 20 {
+                *buf = Vec::new();
             }
-        };
-        py.detach(|| {
-            otlp::write_events(signal, body, customer, capture_content, &mut buf, &mut on_line)
-        })
-        .map_err(|e| MalformedBody::new_err(e.0))?;
+            result
+        })?;
         LocalCounters::add(&self.core.local.rejected, rejected);
-        if appended > 0 {
-            self.write(py, &buf, appended, false)?;
-        }
         Ok((appended, rejected, reasons.join("; ")))
     }
 

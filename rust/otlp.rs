@@ -28,7 +28,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc, Weekday};
 use prost::Message;
 
-use crate::facts::{fact_id, push_hex, push_json_str};
+use crate::facts::{push_hex, push_json_str, FactIds};
 
 mod wire {
     //! The subset of opentelemetry-proto's messages the receiver reads.
@@ -190,12 +190,17 @@ pub fn write_events(
     on_line: &mut dyn FnMut(&mut Vec<u8>, Written<'_>),
 ) -> Result<(), Malformed> {
     let start = buf.len();
-    let bytes = Bytes::copy_from_slice(body);
+    // SAFETY: the decoded request's strings are slices of `body` without a copy or a
+    // reference count; the request (private to this function) is dropped before it
+    // returns, so no slice outlives the borrow of `body`.
+    let bytes = Bytes::from_static(unsafe { std::mem::transmute::<&[u8], &'static [u8]>(body) });
     let mut out = Out {
         buf,
         customer,
         on_line,
         seconds: (u64::MAX, String::new()),
+        ids: [ASKED_QUESTION, CALLED_MODEL, CALLED_TOOL].map(|kind| FactIds::new(customer, kind)),
+        scratch: Vec::new(),
     };
     let result = match signal {
         Signal::Logs => wire::LogsRequest::decode(bytes)
@@ -250,7 +255,11 @@ fn dict(kvs: &[KeyValue]) -> Result<Vec<(&str, V<'_>)>, Malformed> {
         if kvs[..i].iter().any(|k| k.key == kv.key) {
             continue;
         }
-        let last = kvs[i..].iter().rev().find(|k| k.key == kv.key).unwrap_or(kv);
+        let last = kvs[i..]
+            .iter()
+            .rev()
+            .find(|k| k.key == kv.key)
+            .unwrap_or(kv);
         out.push((utf8(&kv.key)?, value_of(last)));
     }
     Ok(out)
@@ -360,7 +369,11 @@ fn py_float(s: &str) -> Option<f64> {
                     && b[i - 1].is_ascii_digit()
                     && b.get(i + 1).is_some_and(u8::is_ascii_digit))
         });
-        return if ok { s.replace('_', "").parse().ok() } else { None };
+        return if ok {
+            s.replace('_', "").parse().ok()
+        } else {
+            None
+        };
     }
     s.parse().ok()
 }
@@ -558,7 +571,11 @@ fn write_json(buf: &mut Vec<u8>, v: V<'_>, floats: Floats) -> Result<(), Malform
     Ok(())
 }
 
-fn write_json_dict(buf: &mut Vec<u8>, d: &[(&str, V<'_>)], floats: Floats) -> Result<(), Malformed> {
+fn write_json_dict(
+    buf: &mut Vec<u8>,
+    d: &[(&str, V<'_>)],
+    floats: Floats,
+) -> Result<(), Malformed> {
     buf.push(b'{');
     for (i, (k, item)) in d.iter().enumerate() {
         if i > 0 {
@@ -617,7 +634,9 @@ fn from_isoformat(s: &str) -> Option<NaiveDateTime> {
     let local = date.and_hms_micro_opt(hms[0], hms[1], hms[2], hms[3])?;
     let utc = match offset {
         None | Some(0) => local,
-        Some(us) if us.abs() < 86_400_000_000 => local.checked_sub_signed(TimeDelta::microseconds(us))?,
+        Some(us) if us.abs() < 86_400_000_000 => {
+            local.checked_sub_signed(TimeDelta::microseconds(us))?
+        }
         Some(_) => return None,
     };
     (1..=9999).contains(&utc.year()).then_some(utc)
@@ -651,7 +670,11 @@ fn iso_separator(b: &[u8], at: impl Fn(usize) -> u8) -> Option<usize> {
             if len == 9 {
                 return None;
             }
-            return Some(if len > 10 && at(10).is_ascii_digit() { 8 } else { 10 });
+            return Some(if len > 10 && at(10).is_ascii_digit() {
+                8
+            } else {
+                10
+            });
         }
         return Some(8);
     }
@@ -737,7 +760,11 @@ fn iso_time(t: &[u8]) -> Option<([u32; 4], Option<i64>)> {
 }
 
 /// CPython's `parse_hh_mm_ss_ff`: the values, and whether anything follows them.
-fn hh_mm_ss_ff(at: impl Fn(usize) -> u8 + Copy, start: usize, end: usize) -> Option<(bool, [u32; 4])> {
+fn hh_mm_ss_ff(
+    at: impl Fn(usize) -> u8 + Copy,
+    start: usize,
+    end: usize,
+) -> Option<(bool, [u32; 4])> {
     let mut vals = [0u32; 4];
     let mut p = start;
     let mut separated = true;
@@ -789,7 +816,9 @@ fn ts_of(nanos: u64, stamp: Option<&str>) -> NaiveDateTime {
     }
     if nanos == 0 {
         let now = Utc::now().naive_utc();
-        return now.with_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
+        return now
+            .with_nanosecond(now.nanosecond() / 1000 * 1000)
+            .unwrap_or(now);
     }
     from_nanos(nanos)
 }
@@ -858,6 +887,9 @@ struct Out<'a> {
     on_line: &'a mut dyn FnMut(&mut Vec<u8>, Written<'_>),
     /// The last epoch second written by `ns_ts`, and its text.
     seconds: (u64, String),
+    /// Ids of the three facts' kinds, for this customer.
+    ids: [FactIds<'static>; 3],
+    scratch: Vec<u8>,
 }
 
 impl Out<'_> {
@@ -868,7 +900,15 @@ impl Out<'_> {
             let t = from_nanos(seconds * 1_000_000_000);
             self.seconds = (seconds, t.format("%Y-%m-%dT%H:%M:%S").to_string());
         }
-        format!("{}.{:03}Z", self.seconds.1, nanos % 1_000_000_000 / 1_000_000)
+        let ms = nanos % 1_000_000_000 / 1_000_000;
+        let mut out = String::with_capacity(24);
+        out.push_str(&self.seconds.1);
+        out.push('.');
+        for d in [ms / 100, ms / 10 % 10, ms % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+        out.push('Z');
+        out
     }
 
     /// `_stamp`.
@@ -893,8 +933,14 @@ impl Out<'_> {
     ) -> Result<(), Malformed> {
         let buf = &mut *self.buf;
         let start = buf.len();
-        buf.extend_from_slice(b"{\"activity_id\":");
-        push_json_str(buf, &fact_id(self.customer, activity, key));
+        buf.extend_from_slice(b"{\"activity_id\":\"");
+        match activity {
+            ASKED_QUESTION => self.ids[0].push(buf, key, &mut self.scratch),
+            CALLED_MODEL => self.ids[1].push(buf, key, &mut self.scratch),
+            CALLED_TOOL => self.ids[2].push(buf, key, &mut self.scratch),
+            other => FactIds::new(self.customer, other).push(buf, key, &mut self.scratch),
+        }
+        buf.push(b'"');
         buf.extend_from_slice(b",\"ts\":");
         push_json_str(buf, ts);
         buf.extend_from_slice(b",\"activity\":");
@@ -952,9 +998,17 @@ impl Out<'_> {
         Ok(())
     }
 
-    fn logs(&mut self, request: &wire::LogsRequest, capture_content: bool) -> Result<(), Malformed> {
+    fn logs(
+        &mut self,
+        request: &wire::LogsRequest,
+        capture_content: bool,
+    ) -> Result<(), Malformed> {
         for resource_logs in &request.resource_logs {
-            let resource = resource_logs.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or_default();
+            let resource = resource_logs
+                .resource
+                .as_ref()
+                .map(|r| &r.attributes[..])
+                .unwrap_or_default();
             let resource_session = attr(resource, "session.id");
             // Every resource attribute was decoded: a malformed one refused the request.
             for kv in resource {
@@ -969,7 +1023,12 @@ impl Out<'_> {
         Ok(())
     }
 
-    fn log(&mut self, record: &wire::LogRecord, resource_session: V<'_>, capture_content: bool) -> Result<(), Malformed> {
+    fn log(
+        &mut self,
+        record: &wire::LogRecord,
+        resource_session: V<'_>,
+        capture_content: bool,
+    ) -> Result<(), Malformed> {
         let attrs = &record.attributes[..];
         let named = attr(attrs, "event.name");
         let mut name: Cow<'_, str> = if truthy(named) {
@@ -1024,26 +1083,34 @@ impl Out<'_> {
         match name {
             "user_prompt" => {
                 let key = match text(prompt_id)? {
-                    Some(k) => k.into_owned(),
-                    None => fallback()?,
+                    Some(k) => k,
+                    None => Cow::Owned(fallback()?),
                 };
-                let prompt = if capture_content { t("prompt")? } else { F::Text(None) };
+                let prompt = if capture_content {
+                    t("prompt")?
+                } else {
+                    F::Text(None)
+                };
                 self.event(
                     ASKED_QUESTION,
                     &key,
                     &ts,
                     session,
-                    &[("prompt_length", F::Int(int(attr(attrs, "prompt_length"))?)), ("prompt", prompt)],
+                    &[
+                        ("prompt_length", F::Int(int(attr(attrs, "prompt_length"))?)),
+                        ("prompt", prompt),
+                    ],
                     None,
                 )
             }
             "api_request" => {
                 let key = match text(attr(attrs, "request_id"))? {
-                    Some(k) => k.into_owned(),
-                    None => fallback()?,
+                    Some(k) => k,
+                    None => Cow::Owned(fallback()?),
                 };
                 let query_source = text(attr(attrs, "query_source"))?;
-                let agent = (query_source.as_deref() == Some("subagent")).then(|| Cow::Borrowed("subagent"));
+                let agent = (query_source.as_deref() == Some("subagent"))
+                    .then(|| Cow::Borrowed("subagent"));
                 self.event(
                     CALLED_MODEL,
                     &key,
@@ -1053,8 +1120,14 @@ impl Out<'_> {
                         ("model", t("model")?),
                         ("input_tokens", F::Int(int(attr(attrs, "input_tokens"))?)),
                         ("output_tokens", F::Int(int(attr(attrs, "output_tokens"))?)),
-                        ("cache_creation_input_tokens", F::Int(int(attr(attrs, "cache_creation_tokens"))?)),
-                        ("cache_read_input_tokens", F::Int(int(attr(attrs, "cache_read_tokens"))?)),
+                        (
+                            "cache_creation_input_tokens",
+                            F::Int(int(attr(attrs, "cache_creation_tokens"))?),
+                        ),
+                        (
+                            "cache_read_input_tokens",
+                            F::Int(int(attr(attrs, "cache_read_tokens"))?),
+                        ),
                         ("cost_usd", F::Float(float(attr(attrs, "cost_usd"))?)),
                         ("request_id", F::Text(Some(Cow::Borrowed(&key)))),
                         ("agent", F::Text(agent)),
@@ -1069,8 +1142,8 @@ impl Out<'_> {
             }
             "tool_result" => {
                 let key = match text(attr(attrs, "tool_use_id"))? {
-                    Some(k) => k.into_owned(),
-                    None => fallback()?,
+                    Some(k) => k,
+                    None => Cow::Owned(fallback()?),
                 };
                 let tool = text(attr(attrs, "tool_name"))?;
                 let success = attr(attrs, "success");
@@ -1099,7 +1172,10 @@ impl Out<'_> {
                         ("tool_use_id", F::Text(Some(Cow::Borrowed(&key)))),
                         ("decision_type", t("decision_type")?),
                         ("decision_source", t("decision_source")?),
-                        ("tool_result_size_bytes", F::Int(int(attr(attrs, "tool_result_size_bytes"))?)),
+                        (
+                            "tool_result_size_bytes",
+                            F::Int(int(attr(attrs, "tool_result_size_bytes"))?),
+                        ),
                         ("prompt_id", F::Text(text(prompt_id)?)),
                     ],
                     None,
@@ -1128,7 +1204,11 @@ impl Out<'_> {
 
     fn spans(&mut self, request: &wire::TraceRequest) -> Result<(), Malformed> {
         for resource_spans in &request.resource_spans {
-            let resource = resource_spans.resource.as_ref().map(|r| &r.attributes[..]).unwrap_or_default();
+            let resource = resource_spans
+                .resource
+                .as_ref()
+                .map(|r| &r.attributes[..])
+                .unwrap_or_default();
             for kv in resource {
                 write_json(&mut Vec::new(), value_of(kv), Floats::Queue)?;
             }
@@ -1154,9 +1234,12 @@ impl Out<'_> {
         }
         let start = span.start_time_unix_nano;
         let ts = self.stamp(start, None);
-        let latency = round3(span.end_time_unix_nano.saturating_sub(start) as f64 / 1e6);
+        let latency = latency_ms(span.end_time_unix_nano.saturating_sub(start));
         let session = text(or(
-            or(attr(attrs, "gen_ai.conversation.id"), attr(attrs, "session.id")),
+            or(
+                attr(attrs, "gen_ai.conversation.id"),
+                attr(attrs, "session.id"),
+            ),
             resource_session,
         ))?;
         let agent = text(attr(attrs, "gen_ai.agent.name"))?;
@@ -1164,8 +1247,8 @@ impl Out<'_> {
         let span_key = || format!("{}:{}", hex(&span.trace_id), hex(&span.span_id));
         if model {
             let key = match text(attr(attrs, "gen_ai.response.id"))? {
-                Some(k) => k.into_owned(),
-                None => span_key(),
+                Some(k) => k,
+                None => Cow::Owned(span_key()),
             };
             let cache_creation = or(
                 attr(attrs, "gen_ai.usage.cache_creation.input_tokens"),
@@ -1183,10 +1266,19 @@ impl Out<'_> {
                 &[
                     (
                         "model",
-                        F::Text(text(or(attr(attrs, "gen_ai.response.model"), attr(attrs, "gen_ai.request.model")))?),
+                        F::Text(text(or(
+                            attr(attrs, "gen_ai.response.model"),
+                            attr(attrs, "gen_ai.request.model"),
+                        ))?),
                     ),
-                    ("input_tokens", F::Int(int(attr(attrs, "gen_ai.usage.input_tokens"))?)),
-                    ("output_tokens", F::Int(int(attr(attrs, "gen_ai.usage.output_tokens"))?)),
+                    (
+                        "input_tokens",
+                        F::Int(int(attr(attrs, "gen_ai.usage.input_tokens"))?),
+                    ),
+                    (
+                        "output_tokens",
+                        F::Int(int(attr(attrs, "gen_ai.usage.output_tokens"))?),
+                    ),
                     ("cache_creation_input_tokens", F::Int(int(cache_creation)?)),
                     ("cache_read_input_tokens", F::Int(int(cache_read)?)),
                     ("request_id", F::Text(Some(Cow::Borrowed(&key)))),
@@ -1194,15 +1286,18 @@ impl Out<'_> {
                     ("latency_ms", F::Float(Some(latency))),
                     (
                         "provider",
-                        F::Text(text(or(attr(attrs, "gen_ai.provider.name"), attr(attrs, "gen_ai.system")))?),
+                        F::Text(text(or(
+                            attr(attrs, "gen_ai.provider.name"),
+                            attr(attrs, "gen_ai.system"),
+                        ))?),
                     ),
                 ],
                 None,
             );
         }
         let key = match text(attr(attrs, "gen_ai.tool.call.id"))? {
-            Some(k) => k.into_owned(),
-            None => span_key(),
+            Some(k) => k,
+            None => Cow::Owned(span_key()),
         };
         let tool = match text(attr(attrs, "gen_ai.tool.name"))? {
             Some(t) => t,
@@ -1242,9 +1337,15 @@ fn py_text_lower(v: V<'_>) -> Result<Option<String>, Malformed> {
     Ok(Some(s.to_lowercase()))
 }
 
-/// Python's `round(x, 3)` (correctly rounded, ties to even).
-fn round3(x: f64) -> f64 {
-    format!("{x:.3}").parse().unwrap_or(x)
+/// Python's `round(nanos / 1e6, 3)`: milliseconds to the microsecond. Away from a tie the
+/// microseconds are `nanos / 1000` rounded (the float's error is far below a nanosecond);
+/// at a tie Python rounds the float's exact value, which only the decimal expansion tells.
+fn latency_ms(nanos: u64) -> f64 {
+    let x = nanos as f64 / 1e6;
+    if nanos % 1000 == 500 || nanos >= 1 << 53 {
+        return format!("{x:.3}").parse().unwrap_or(x);
+    }
+    ((nanos + 500) / 1000) as f64 / 1000.0
 }
 
 fn push_key(buf: &mut Vec<u8>, name: &str) {
@@ -1259,9 +1360,15 @@ mod tests {
     #[test]
     fn unknown_events_are_named_verb_noun() {
         assert_eq!(activity_name("api_error"), "otel_api_error");
-        assert_eq!(activity_name("MCP Server.Connection!"), "otel_mcp_server_connection");
+        assert_eq!(
+            activity_name("MCP Server.Connection!"),
+            "otel_mcp_server_connection"
+        );
         assert_eq!(activity_name("***"), "otel_event");
-        assert_eq!(activity_name(&"x".repeat(100)), format!("otel_{}", "x".repeat(80)));
+        assert_eq!(
+            activity_name(&"x".repeat(100)),
+            format!("otel_{}", "x".repeat(80))
+        );
     }
 
     #[test]
@@ -1312,22 +1419,44 @@ mod tests {
     }
 
     #[test]
-    fn round_ties_to_even() {
-        assert_eq!(round3(0.0625), 0.062);
-        assert_eq!(round3(0.0635), 0.064);
-        assert_eq!(round3(5.0), 5.0);
+    fn latency_rounds_as_python() {
+        // round(n / 1e6, 3) in Python.
+        assert_eq!(latency_ms(62_500), 0.062);
+        assert_eq!(latency_ms(63_500), 0.064);
+        assert_eq!(latency_ms(1_234_567_891), 1234.568);
+        assert_eq!(latency_ms(5_000_000), 5.0);
+        assert_eq!(latency_ms(0), 0.0);
+        assert_eq!(latency_ms(2_675_500), 2.675);
     }
 
     #[test]
     fn isoformat_as_python_reads_it() {
         let read = |s: &str| from_isoformat(s).map(isoformat);
-        assert_eq!(read("2026-01-01T10:30:45.1234567Z").as_deref(), Some("2026-01-01T10:30:45.123456"));
-        assert_eq!(read("2026-01-01T10304512").as_deref(), Some("2026-01-01T10:30:45.120000"));
-        assert_eq!(read("2026-W01-1T10").as_deref(), Some("2025-12-29T10:00:00"));
+        assert_eq!(
+            read("2026-01-01T10:30:45.1234567Z").as_deref(),
+            Some("2026-01-01T10:30:45.123456")
+        );
+        assert_eq!(
+            read("2026-01-01T10304512").as_deref(),
+            Some("2026-01-01T10:30:45.120000")
+        );
+        assert_eq!(
+            read("2026-W01-1T10").as_deref(),
+            Some("2025-12-29T10:00:00")
+        );
         assert_eq!(read("2026W011").as_deref(), Some("2025-12-29T00:00:00"));
-        assert_eq!(read("2026-01-01T10:30+02:75").as_deref(), Some("2026-01-01T07:15:00"));
-        assert_eq!(read("2026-01-01 10:00:00+0530").as_deref(), Some("2026-01-01T04:30:00"));
-        assert_eq!(read("2026-01-01é10").as_deref(), Some("2026-01-01T10:00:00"));
+        assert_eq!(
+            read("2026-01-01T10:30+02:75").as_deref(),
+            Some("2026-01-01T07:15:00")
+        );
+        assert_eq!(
+            read("2026-01-01 10:00:00+0530").as_deref(),
+            Some("2026-01-01T04:30:00")
+        );
+        assert_eq!(
+            read("2026-01-01é10").as_deref(),
+            Some("2026-01-01T10:00:00")
+        );
         assert_eq!(read("2026-01-01T10:30:45."), None);
         assert_eq!(read("2026-02-30"), None);
         assert_eq!(read("yesterday"), None);
