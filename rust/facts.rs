@@ -65,13 +65,21 @@ pub fn push_hex(out: &mut String, bytes: &[u8]) {
 /// everything else (DEL and non-ASCII included) as it is.
 pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    const ESCAPED: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 0x20 {
+            table[b] = true;
+            b += 1;
+        }
+        table[b'"' as usize] = true;
+        table[b'\\' as usize] = true;
+        table
+    };
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut from = 0;
-    while let Some(at) = bytes[from..]
-        .iter()
-        .position(|&b| b < 0x20 || b == b'"' || b == b'\\')
-    {
+    while let Some(at) = bytes[from..].iter().position(|&b| ESCAPED[usize::from(b)]) {
         let i = from + at;
         out.extend_from_slice(&bytes[from..i]);
         let b = bytes[i];
