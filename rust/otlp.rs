@@ -335,9 +335,9 @@ fn int(v: V<'_>) -> Result<Option<Int>, Malformed> {
     let t = f.trunc();
     Ok(if !t.is_finite() {
         None
-    } else if t >= -9_223_372_036_854_775_808.0 && t < 9_223_372_036_854_775_808.0 {
+    } else if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&t) {
         Some(Int::Signed(t as i64))
-    } else if t >= 0.0 && t < 18_446_744_073_709_551_616.0 {
+    } else if (0.0..18_446_744_073_709_551_616.0).contains(&t) {
         Some(Int::Unsigned(t as u64))
     } else {
         None
@@ -838,19 +838,6 @@ fn isoformat(t: NaiveDateTime) -> String {
     s
 }
 
-/// A digest of the parts as a JSON array (orjson's), for records without a key of their own.
-fn digest(parts: &[&dyn Fn(&mut Vec<u8>) -> Result<(), Malformed>]) -> Result<String, Malformed> {
-    let mut array = vec![b'['];
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            array.push(b',');
-        }
-        part(&mut array)?;
-    }
-    array.push(b']');
-    Ok(hex(&Blake2b::<U12>::digest(&array)))
-}
-
 /// `otel_<name>`: what an unknown event is recorded as (a verb_noun-shaped name).
 pub fn activity_name(event_name: &str) -> String {
     let mut words = String::with_capacity(event_name.len());
@@ -873,6 +860,9 @@ const CALLED_MODEL: &str = "called_model";
 const CALLED_TOOL: &str = "called_tool";
 const MODEL_OPERATIONS: [&str; 3] = ["chat", "text_completion", "generate_content"];
 const STATUS_CODE_ERROR: i32 = 2;
+
+/// Writes feature_json members of its own (an unknown event's).
+type Members<'a> = &'a dyn Fn(&mut Vec<u8>) -> Result<(), Malformed>;
 
 /// A feature's value.
 enum F<'a> {
@@ -929,7 +919,7 @@ impl Out<'_> {
         ts: &str,
         session: Option<&str>,
         features: &[(&str, F<'_>)],
-        raw_features: Option<&dyn Fn(&mut Vec<u8>) -> Result<(), Malformed>>,
+        raw_features: Option<Members<'_>>,
     ) -> Result<(), Malformed> {
         let buf = &mut *self.buf;
         let start = buf.len();
@@ -1055,28 +1045,24 @@ impl Out<'_> {
             None => text(resource_session)?,
         };
         let prompt_id = attr(attrs, "prompt.id");
+        // The key of a record without its own: a digest of the record (orjson's JSON array
+        // of the session, prompt id, sequence, name and time).
         let fallback = || -> Result<String, Malformed> {
-            let sequence = attr(attrs, "event.sequence");
-            let at = isoformat(ts_of(nanos, when.as_deref()));
-            digest(&[
-                &|b| {
-                    match &session {
-                        Some(s) => push_json_str(b, s),
-                        None => b.extend_from_slice(b"null"),
-                    }
-                    Ok(())
-                },
-                &|b| write_json(b, prompt_id, Floats::Orjson),
-                &|b| write_json(b, sequence, Floats::Orjson),
-                &|b| {
-                    push_json_str(b, name);
-                    Ok(())
-                },
-                &|b| {
-                    push_json_str(b, &at);
-                    Ok(())
-                },
-            ])
+            let mut array = vec![b'['];
+            match &session {
+                Some(s) => push_json_str(&mut array, s),
+                None => array.extend_from_slice(b"null"),
+            }
+            array.push(b',');
+            write_json(&mut array, prompt_id, Floats::Orjson)?;
+            array.push(b',');
+            write_json(&mut array, attr(attrs, "event.sequence"), Floats::Orjson)?;
+            array.push(b',');
+            push_json_str(&mut array, name);
+            array.push(b',');
+            push_json_str(&mut array, &isoformat(ts_of(nanos, when.as_deref())));
+            array.push(b']');
+            Ok(hex(&Blake2b::<U12>::digest(&array)))
         };
         let session = session.as_deref();
         let t = |key: &str| text(attr(attrs, key)).map(F::Text);
@@ -1110,7 +1096,7 @@ impl Out<'_> {
                 };
                 let query_source = text(attr(attrs, "query_source"))?;
                 let agent = (query_source.as_deref() == Some("subagent"))
-                    .then(|| Cow::Borrowed("subagent"));
+                    .then_some(Cow::Borrowed("subagent"));
                 self.event(
                     CALLED_MODEL,
                     &key,

@@ -42,7 +42,7 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from google.protobuf import json_format
@@ -451,11 +451,13 @@ class Receiver:
         """Logs and traces: decoded, mapped, encoded and appended by the Rust core
         (`Queue.append_otlp`). A JSON body is read into the message here and handed over as
         protobuf, so there is one mapping. Returns the records rejected and why."""
-        if path == "/v1/logs":
-            signal, message = "logs", logs_service_pb2.ExportLogsServiceRequest
-        else:
-            signal, message = "traces", trace_service_pb2.ExportTraceServiceRequest
+        signal: Literal["logs", "traces"] = "logs" if path == "/v1/logs" else "traces"
         if kind == JSON:
+            message: type[Message] = (
+                logs_service_pb2.ExportLogsServiceRequest
+                if signal == "logs"
+                else trace_service_pb2.ExportTraceServiceRequest
+            )
             raw = parse(message, raw, kind).SerializeToString()
         try:
             _, rejected, why = self.queue().append_otlp(
