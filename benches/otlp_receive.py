@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -234,15 +234,53 @@ def over_http(home: Path, batches: dict[str, list[bytes]], repeat: int) -> dict[
         proc.wait(20)
 
 
+def given(queue: Queue) -> Callable[[], Queue]:
+    return lambda: queue
+
+
+def in_cpu_time(logs: list[bytes], spans: list[bytes], n: int, repeat: int) -> None:
+    """The Rust path alone (`Queue.append_otlp`, no HTTP layer) against decoding alone, in
+    this thread's CPU time, taken in turn: less disturbed by a loaded machine than wall time."""
+    home = Path(tempfile.mkdtemp(prefix="otlp-cpu-"))
+    try:
+        with Queue(str(home / "queue"), max_pending=100 * repeat * n) as queue:
+            runs: list[tuple[Literal["logs", "traces"], list[bytes], Callable[[list[bytes], bool], None]]] = [
+                ("logs", logs, decode_logs),
+                ("traces", spans, decode_spans),
+            ]
+            for signal, payloads, decode in runs:
+                rust: list[float] = []
+                alone: list[float] = []
+                for _ in range(repeat):
+                    start = time.thread_time()
+                    for p in payloads:
+                        queue.append_otlp(signal, p, "bench@example.com")
+                    rust.append(time.thread_time() - start)
+                    start = time.thread_time()
+                    decode(payloads, False)
+                    alone.append(time.thread_time() - start)
+                ratios = ", ".join(f"{d / r:.2f}x" for r, d in zip(rust, alone, strict=True))
+                print(f"{signal}: append_otlp / decode alone, CPU time, each round: {ratios}")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--records", type=int, default=500)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="only Queue.append_otlp against decoding alone, in CPU time (and for perf record)",
+    )
     a = p.parse_args()
     logs = [log_payload(r, a.records) for r in range(a.requests)]
     spans = [span_payload(r, a.records) for r in range(a.requests)]
     n = a.requests * a.records
+    if a.cpu:
+        return in_cpu_time(logs, spans, n, a.repeat)
     home = Path(tempfile.mkdtemp(prefix="otlp-bench-"))
     try:
         queue = Queue(str(home / "queue"), max_pending=100 * n)
@@ -270,9 +308,7 @@ def main() -> None:
             ("spans", "/v1/traces", spans, decode_spans),
         ):
             made = Queue(str(home / f"made-{label}"), max_pending=100 * n)
-            maker = Receiver(
-                lambda made=made: made, max_bytes=64 << 20, capture_content=False, series=SeriesState(None)
-            )
+            maker = Receiver(given(made), max_bytes=64 << 20, capture_content=False, series=SeriesState(None))
             batches = []
             with QueueReader(str(home / f"made-{label}")) as reader:
                 for payload in payloads:

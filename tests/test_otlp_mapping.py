@@ -221,7 +221,13 @@ def span_request(rng: random.Random, n: int) -> trace_service_pb2.ExportTraceSer
             attributes=attrs,
         )
         if rng.random() < 0.5:
-            span.status.code = rng.choice([0, 1, 2])
+            span.status.code = rng.choice(
+                [
+                    trace_pb2.Status.STATUS_CODE_UNSET,
+                    trace_pb2.Status.STATUS_CODE_OK,
+                    trace_pb2.Status.STATUS_CODE_ERROR,
+                ]
+            )
             span.status.message = rng.choice(["", "timed out"])
         spans.append(span)
     resource = Resource(attributes=[kv("session.id", rng.choice(["res-s", 9]))])
