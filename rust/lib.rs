@@ -20,7 +20,6 @@ pub use crate::event::{encode_json_bytes, EventError};
 pub use crate::facts::fact_id;
 pub use crate::ids::{next_ulid, TsFormatter};
 pub use crate::lru::{LruStats, TtlLru};
-pub use crate::otlp::{write_events as write_otlp_events, Malformed, Signal, Written};
 pub use crate::queue::{Config, QueueCore};
 pub use crate::reader::{Batch, Line, ReaderCore};
 pub use crate::redact::{luhn_valid, Action, Kind, LineInfo, Policy, Redactor as RedactorCore};
@@ -40,6 +39,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::counters::LocalCounters;
+use crate::otlp::{Signal, Written};
 
 create_exception!(
     activitybi._core,
@@ -126,8 +126,8 @@ thread_local! {
 }
 
 thread_local! {
-    /// The lines of one OTLP request, kept between requests (a fresh buffer of that size
-    /// costs a page fault per page).
+    /// The lines of one OTLP request, kept between requests up to 2 MiB (a fresh buffer
+    /// of that size costs a page fault per page).
     static OTLP_LINES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -336,7 +336,7 @@ impl Queue {
                 Ok(()) if appended > 0 => self.write(py, buf, appended, false),
                 Ok(()) => Ok(()),
             };
-            if buf.capacity() > 16 << 20 {
+            if buf.capacity() > 2 << 20 {
                 *buf = Vec::new();
             }
             result

@@ -217,9 +217,7 @@ pub fn write_events(
 }
 
 fn malformed_body(e: prost::DecodeError) -> Malformed {
-    let mut text = e.to_string();
-    text.truncate(200);
-    Malformed(text)
+    Malformed(e.to_string().chars().take(200).collect())
 }
 
 fn malformed_value(e: std::str::Utf8Error) -> Malformed {
