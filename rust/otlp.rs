@@ -15,9 +15,9 @@
 //! (Python's `str()`, `repr` for containers) and `datetime.fromisoformat` as Python does.
 //!
 //! The messages are declared here with prost's derive, with only the fields read, rather
-//! than taken from the `opentelemetry-proto` crate: that crate's message feature brings
-//! tonic in, and its messages build every field (events, links, trace state, a `String`
-//! per key and value). Here unread fields are skipped without being built, and strings are
+//! than taken from the `opentelemetry-proto` crate: that crate depends on the
+//! `opentelemetry` and `opentelemetry_sdk` crates whatever its features, and its messages
+//! build every field (events, links, trace state, a `String` per key and value). Here unread fields are skipped without being built, and strings are
 //! `Bytes` slices of the body (no copy), checked as UTF-8 when read.
 
 use std::borrow::Cow;
