@@ -11,8 +11,9 @@ rounds, the first four taken in turn within each round so that they see the same
   to the vocabulary, deterministic ids, append to a real queue, encode the reply). This is
   the figure the target compares with decoding alone: both start from the payload's bytes
   and neither pays for HTTP;
-- decode + append: decoding, then `Queue.append_many` of the receiver's own events made
-  beforehand: what the receiver would cost if mapping the records were free (its floor);
+- decode + append: decoding, then `Queue.append_many` of the receiver's own lines (JSON
+  bytes, read back from a queue it wrote beforehand): what the receiver would cost if
+  mapping the records were free;
 - the receiver over HTTP (second figure): a real `activitybi collect` process, one
   keep-alive connection, so it adds the client's and the server's HTTP work.
 
@@ -36,7 +37,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal
 
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
@@ -45,7 +46,7 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from activitybi import Queue
+from activitybi import Queue, QueueReader
 from activitybi.capture.otlp import Receiver, SeriesState
 
 T0 = 1_795_000_000_000_000_000
@@ -233,15 +234,53 @@ def over_http(home: Path, batches: dict[str, list[bytes]], repeat: int) -> dict[
         proc.wait(20)
 
 
+def given(queue: Queue) -> Callable[[], Queue]:
+    return lambda: queue
+
+
+def in_cpu_time(logs: list[bytes], spans: list[bytes], n: int, repeat: int) -> None:
+    """The Rust path alone (`Queue.append_otlp`, no HTTP layer) against decoding alone, in
+    this thread's CPU time, taken in turn: less disturbed by a loaded machine than wall time."""
+    home = Path(tempfile.mkdtemp(prefix="otlp-cpu-"))
+    try:
+        with Queue(str(home / "queue"), max_pending=100 * repeat * n) as queue:
+            runs: list[tuple[Literal["logs", "traces"], list[bytes], Callable[[list[bytes], bool], None]]] = [
+                ("logs", logs, decode_logs),
+                ("traces", spans, decode_spans),
+            ]
+            for signal, payloads, decode in runs:
+                rust: list[float] = []
+                alone: list[float] = []
+                for _ in range(repeat):
+                    start = time.thread_time()
+                    for p in payloads:
+                        queue.append_otlp(signal, p, "bench@example.com")
+                    rust.append(time.thread_time() - start)
+                    start = time.thread_time()
+                    decode(payloads, False)
+                    alone.append(time.thread_time() - start)
+                ratios = ", ".join(f"{d / r:.2f}x" for r, d in zip(rust, alone, strict=True))
+                print(f"{signal}: append_otlp / decode alone, CPU time, each round: {ratios}")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=20)
     p.add_argument("--records", type=int, default=500)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="only Queue.append_otlp against decoding alone, in CPU time (and for perf record)",
+    )
     a = p.parse_args()
     logs = [log_payload(r, a.records) for r in range(a.requests)]
     spans = [span_payload(r, a.records) for r in range(a.requests)]
     n = a.requests * a.records
+    if a.cpu:
+        return in_cpu_time(logs, spans, n, a.repeat)
     home = Path(tempfile.mkdtemp(prefix="otlp-bench-"))
     try:
         queue = Queue(str(home / "queue"), max_pending=100 * n)
@@ -260,15 +299,6 @@ def main() -> None:
 
             return run
 
-        class Keep:
-            """A queue that keeps the receiver's events, for the decode + append floor."""
-
-            def __init__(self) -> None:
-                self.batches: list[list[dict[str, Any]]] = []
-
-            def append_many(self, events: list[dict[str, Any]]) -> None:
-                self.batches.append(events)
-
         http_times = over_http(home, {"/v1/logs": logs, "/v1/traces": spans}, a.repeat)
         size = sum(map(len, logs)) / a.requests / 1024
         print(f"{a.requests} requests x {a.records} records, {size:.0f} KiB each (logs); best of {a.repeat}")
@@ -277,20 +307,24 @@ def main() -> None:
             ("logs", "/v1/logs", logs, decode_logs),
             ("spans", "/v1/traces", spans, decode_spans),
         ):
-            keep = Keep()
-            keeper = Receiver(
-                partial(cast, Queue, keep),
-                max_bytes=64 << 20,
-                capture_content=False,
-                series=SeriesState(None),
-            )
-            for payload in payloads:
-                keeper.export(path, payload, "application/x-protobuf", "", "bench@example.com")
+            made = Queue(str(home / f"made-{label}"), max_pending=100 * n)
+            maker = Receiver(given(made), max_bytes=64 << 20, capture_content=False, series=SeriesState(None))
+            batches = []
+            with QueueReader(str(home / f"made-{label}")) as reader:
+                for payload in payloads:
+                    maker.export(path, payload, "application/x-protobuf", "", "bench@example.com")
+                    made.flush()
+                    batch, checkpoint = reader.read(max_lines=a.records)
+                    reader.ack(checkpoint)
+                    batches.append(batch)
+            made.close()
 
-            def floor(payloads: list[bytes] = payloads, decode: Any = decode, keep: Keep = keep) -> None:
+            def floor(
+                payloads: list[bytes] = payloads, decode: Any = decode, batches: list[list[bytes]] = batches
+            ) -> None:
                 decode(payloads, False)
-                for events in keep.batches:
-                    floor_queue.append_many(events)
+                for lines in batches:
+                    floor_queue.append_many(lines)
 
             t = best_in_turn(
                 {

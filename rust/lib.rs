@@ -9,6 +9,7 @@ mod event;
 mod facts;
 mod ids;
 mod lru;
+mod otlp;
 mod pyjson;
 mod queue;
 mod reader;
@@ -42,12 +43,19 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::counters::LocalCounters;
+use crate::otlp::{Signal, Written};
 
 create_exception!(
     activitybi._core,
     ActivitybiError,
     PyException,
     "Base class of the errors activitybi raises."
+);
+create_exception!(
+    activitybi._core,
+    MalformedBody,
+    ActivitybiError,
+    "An OTLP export request body that is not the message it should be; nothing was written."
 );
 create_exception!(
     activitybi._core,
@@ -119,6 +127,12 @@ fn reader_err(py: Python<'_>, e: Error) -> PyErr {
 
 thread_local! {
     static SCRATCH: RefCell<(Vec<u8>, TsFormatter)> = RefCell::new((Vec::with_capacity(4096), TsFormatter::default()));
+}
+
+thread_local! {
+    /// The lines of one OTLP request, kept between requests up to 2 MiB (a fresh buffer
+    /// of that size costs a page fault per page).
+    static OTLP_LINES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn event_err(e: EventError) -> PyErr {
@@ -269,6 +283,70 @@ impl Queue {
             self.write(py, &buf, ids.len() as u64, durable)?;
         }
         Ok(ids)
+    }
+
+    /// The facts of one OTLP export request (`signal` `logs` or `traces`, its protobuf
+    /// body), mapped, encoded and redacted in Rust and written at once.
+    #[pyo3(signature = (signal, body, customer, *, capture_content=false))]
+    fn append_otlp(
+        &self,
+        py: Python<'_>,
+        signal: &str,
+        body: &[u8],
+        customer: &str,
+        capture_content: bool,
+    ) -> PyResult<(u64, u64, String)> {
+        let signal = match signal {
+            "logs" => Signal::Logs,
+            "traces" => Signal::Traces,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "signal is 'logs' or 'traces', not {other:?}"
+                )))
+            }
+        };
+        let max = self.core.config().max_event_bytes();
+        let red = self.red.as_ref();
+        let (mut appended, mut rejected) = (0u64, 0u64);
+        let mut reasons: Vec<String> = Vec::new();
+        OTLP_LINES.with_borrow_mut(|buf| {
+            buf.clear();
+            let written = {
+                let mut on_line = |buf: &mut Vec<u8>, line: Written<'_>| {
+                    if let Err(e) = event::check_size(buf.len() - line.start, max) {
+                        buf.truncate(line.start);
+                        rejected += 1;
+                        if reasons.len() < 5 {
+                            reasons.push(format!("{}: {e}", line.activity));
+                        }
+                        return;
+                    }
+                    appended += 1;
+                    if let Some(r) = red {
+                        let info = LineInfo {
+                            activity: line.activity.to_owned(),
+                            customer: Some(line.customer),
+                            generated: 1,
+                        };
+                        r.redact_line(buf, line.start, &info);
+                    }
+                };
+                py.detach(|| {
+                    otlp::write_events(signal, body, customer, capture_content, buf, &mut on_line)
+                })
+            };
+            let result = match written {
+                Err(e) => Err(MalformedBody::new_err(e.0)),
+                Ok(()) if appended > 0 => self.write(py, buf, appended, false),
+                Ok(()) => Ok(()),
+            };
+            if buf.capacity() > 2 << 20 {
+                *buf = Vec::new();
+            }
+            result
+        })?;
+        LocalCounters::add(&self.core.local.rejected, rejected);
+        Ok((appended, rejected, reasons.join("; ")))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -787,6 +865,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("Checkpoint", checkpoint)?;
     m.add("ActivitybiError", m.py().get_type::<ActivitybiError>())?;
     m.add("QueueFull", m.py().get_type::<QueueFull>())?;
+    m.add("MalformedBody", m.py().get_type::<MalformedBody>())?;
     m.add("QueueIOError", queue_io_error_type(m.py())?)?;
     m.add_class::<Queue>()?;
     m.add_class::<QueueReader>()?;

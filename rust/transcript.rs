@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::facts::fact_id;
+use crate::facts::{fact_id, push_json_str};
 use crate::redact::LineInfo;
 
 /// Longest prompt text kept when content capture is on (characters), as `common.PROMPT_CAP`.
@@ -564,14 +564,14 @@ impl<H: Host> Out<'_, H> {
         let start = self.buf.len();
         let buf = &mut self.buf;
         buf.extend_from_slice(b"{\"activity_id\":");
-        json_string(buf, &fact_id(customer, activity, key));
+        push_json_str(buf, &fact_id(customer, activity, key));
         buf.extend_from_slice(b",\"ts\":");
-        json_string(buf, ts);
+        push_json_str(buf, ts);
         buf.extend_from_slice(b",\"activity\":\"");
         buf.extend_from_slice(activity.as_bytes());
         buf.extend_from_slice(b"\",\"customer\":");
         let at = buf.len() - start;
-        json_string(buf, customer);
+        push_json_str(buf, customer);
         let customer_at = at..buf.len() - start;
         buf.extend_from_slice(b",\"feature_json\":{");
         let mut f = Fields { buf, first: true };
@@ -581,7 +581,7 @@ impl<H: Host> Out<'_, H> {
         buf.extend_from_slice(b"},\"_source\":\"transcript\"");
         if let Some(s) = session {
             buf.extend_from_slice(b",\"_session_id\":");
-            json_string(buf, s);
+            push_json_str(buf, s);
         }
         buf.extend_from_slice(b"}\n");
         let info = LineInfo {
@@ -620,13 +620,13 @@ impl Fields<'_> {
             self.buf.push(b',');
         }
         self.first = false;
-        json_string(self.buf, k);
+        push_json_str(self.buf, k);
         self.buf.push(b':');
     }
 
     fn str(&mut self, k: &str, v: &str) {
         self.key(k);
-        json_string(self.buf, v);
+        push_json_str(self.buf, v);
     }
 
     fn opt_str(&mut self, k: &str, v: Option<&str>) {
@@ -644,21 +644,6 @@ impl Fields<'_> {
     fn float(&mut self, k: &str, v: f64) {
         self.key(k);
         serde_json::to_writer(&mut *self.buf, &v).expect("a finite float serializes");
-    }
-}
-
-/// A JSON string as serde_json writes it; most need no escape, and are copied as they are.
-fn json_string(buf: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
-    // No early exit: the loop vectorizes.
-    let escape = (bytes.iter()).fold(false, |e, &b| e | (b < 0x20) | (b == b'"') | (b == b'\\'));
-    if escape {
-        serde_json::to_writer(&mut *buf, s).expect("a string serializes");
-    } else {
-        buf.reserve(bytes.len() + 2);
-        buf.push(b'"');
-        buf.extend_from_slice(bytes);
-        buf.push(b'"');
     }
 }
 
@@ -688,7 +673,7 @@ fn write_py_json(buf: &mut Vec<u8>, raw: &RawValue) {
                     if i > 0 {
                         buf.push(b',');
                     }
-                    json_string(buf, k);
+                    push_json_str(buf, k);
                     buf.push(b':');
                     write(buf, item);
                 }

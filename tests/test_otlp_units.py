@@ -1,4 +1,5 @@
-"""The OTLP receiver's pieces, in process: cumulative series, event names, body limits."""
+"""The OTLP receiver's pieces, in process: cumulative series, body limits (event names:
+`rust/otlp.rs`'s tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from activitybi.capture.otlp import SERIES_TTL_NS, OtlpError, SeriesState, activity_name, body_bytes
+from activitybi.capture.otlp import SERIES_TTL_NS, OtlpError, SeriesState, body_bytes
 
 
 def test_cumulative_series_become_increases(tmp_path: Path) -> None:
@@ -26,12 +27,6 @@ def test_cumulative_series_become_increases(tmp_path: Path) -> None:
     assert again.delta("k", 2, 6, 4.0) == 1.0
     again.save(now_ns=6 + SERIES_TTL_NS + 1)  # silent for longer than the TTL: forgotten
     assert SeriesState(path).series == {}
-
-
-def test_unknown_events_are_named_verb_noun() -> None:
-    assert activity_name("api_error") == "otel_api_error"
-    assert activity_name("MCP Server.Connection!") == "otel_mcp_server_connection"
-    assert activity_name("***") == "otel_event"
 
 
 def test_body_limits_hold_before_and_after_gzip() -> None:

@@ -6,13 +6,14 @@ Checked against the built module by ``python -m mypy.stubtest activitybi._core``
 import os
 from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Generic, TypedDict, TypeVar, final, type_check_only
+from typing import Any, Generic, Literal, TypedDict, TypeVar, final, type_check_only
 
 __all__ = [
     "REDACTION_KINDS",
     "ActivitybiError",
     "Checkpoint",
     "LruCache",
+    "MalformedBody",
     "Queue",
     "QueueFull",
     "QueueIOError",
@@ -36,6 +37,10 @@ class ActivitybiError(Exception):
 class QueueFull(ActivitybiError):
     """``pending`` (unacknowledged events in the whole queue directory) reached
     ``max_pending``; nothing was written."""
+
+class MalformedBody(ActivitybiError):
+    """An OTLP export request body that is not the message it should be (``Queue.append_otlp``);
+    nothing was written."""
 
 class QueueIOError(ActivitybiError, OSError):
     """A queue write, fdatasync or seal failed (``errno`` as the system gave it). After a
@@ -126,6 +131,13 @@ class Queue:
         durable appends raise before writing anything."""
     def append_many(self, events: Iterable[dict[str, Any] | bytes], *, durable: bool = False) -> list[str]:
         """Write a batch with one copy; all or nothing."""
+    def append_otlp(
+        self, signal: Literal["logs", "traces"], body: bytes, customer: str, *, capture_content: bool = False
+    ) -> tuple[int, int, str]:
+        """Write the facts of one OTLP export request (its protobuf body), mapped to the
+        vocabulary of ``activitybi.capture.facts`` in Rust, as one write. Returns the events
+        appended, the records rejected (over ``max_event_bytes``) and why (at most five
+        reasons). Raises ``MalformedBody`` (nothing written), ``QueueFull``, ``QueueIOError``."""
     def stats(self) -> QueueStats:
         """This handle's counters, the directory's ``pending``, and ``io_error``."""
     def flush(self) -> None:

@@ -34,13 +34,10 @@ CALLED_TOOL = "called_tool"
 
 Stamp = dt.datetime | str
 """A fact's time: a datetime (naive is UTC), or a string already in the queue's form (from
-`iso_ts` or `ns_ts`), which high-volume paths make without a datetime."""
+`iso_ts`), which high-volume paths make without a datetime."""
 
-_EPOCH = dt.datetime(1970, 1, 1)
 _PREFIXES: dict[tuple[str, str], hashlib.blake2b] = {}
 """(customer, kind) → the hash state of `["customer","kind",`, for `_id`."""
-_SECONDS: dict[int, str] = {}
-"""Epoch second → `YYYY-MM-DDTHH:MM:SS`, for `ns_ts` (a batch's records share seconds)."""
 
 
 def fact_id(customer: str, kind: str, *source_key: str) -> str:
@@ -60,18 +57,6 @@ def iso_ts(ts: dt.datetime) -> str:
     if ts.tzinfo is not None and ts.tzinfo is not dt.UTC:
         ts = ts.astimezone(dt.UTC)
     return ts.isoformat(timespec="milliseconds")[:23] + "Z"
-
-
-def ns_ts(nanos: int) -> str:
-    """`iso_ts` of a time in nanoseconds since the epoch (OpenTelemetry's), with no
-    datetime per record: the second's text is cached."""
-    seconds, rest = divmod(nanos, 1_000_000_000)
-    text = _SECONDS.get(seconds)
-    if text is None:
-        if len(_SECONDS) >= 4096:
-            _SECONDS.clear()
-        text = _SECONDS[seconds] = (_EPOCH + dt.timedelta(seconds=seconds)).isoformat()
-    return f"{text}.{rest // 1_000_000:03d}Z"
 
 
 def event(

@@ -9,7 +9,8 @@ gzip or not. Answers follow the OTLP specification: 200 with the `Export…Servi
 bearer token where tokens are configured, 503 with `Retry-After` when the queue is full;
 errors carry a `google.rpc.Status`. The reply is in the request's content type.
 
-The mapping (also in the README):
+The mapping (also in the README). Logs and traces are decoded and mapped by the Rust core
+(`rust/otlp.rs`, through `Queue.append_otlp`); metrics, which keep state per series, here.
 
 - log events by `event.name`: `user_prompt` → `asked_question`; `api_request` →
   `called_model`; `tool_result` → `called_tool`; any other → `otel_<name>` (the name in
@@ -24,8 +25,8 @@ The mapping (also in the README):
 - spans with `gen_ai.operation.name` `chat` (or `text_completion`, `generate_content`) →
   `called_model`, `execute_tool` → `called_tool`; other spans are not recorded.
 
-Every event's activity_id is `facts.fact_id` of the customer and the source's key, so a
-re-sent export adds nothing.
+Every event's activity_id is `facts.fact_id` of the customer and the source's key (the
+Rust core's `fact_id` is byte-identical), so a re-sent export adds nothing.
 """
 
 from __future__ import annotations
@@ -41,29 +42,26 @@ import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
-from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
+from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
-from opentelemetry.proto.resource.v1 import resource_pb2
-from opentelemetry.proto.trace.v1 import trace_pb2
 
 from activitybi import Queue, QueueFull, config
+from activitybi._core import MalformedBody
 from activitybi.capture import facts
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 RECORDED_METRIC = "recorded_metric"
 PATHS = ("/v1/logs", "/v1/metrics", "/v1/traces")
-_MODEL_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
 _UTC0 = dt.datetime(1970, 1, 1)
 _HEX_ID = re.compile(r"^(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})$")
 _IDENTITY = frozenset(
@@ -170,74 +168,6 @@ def parse(message: type[Message], body: bytes, content_type: str) -> Message:
     return request
 
 
-def _views() -> tuple[type[Message], type[Message]]:
-    """Wire-compatible views of the logs and traces export requests, made from
-    opentelemetry-proto's own descriptors with two changes: attributes are a
-    `map<string, bytes>` (a KeyValue is a map entry on the wire) holding each AnyValue's
-    encoding, and an AnyValue or a message we do not read is `bytes`. Reading an attribute
-    through opentelemetry-proto's classes costs about a microsecond (a wrapper per KeyValue
-    and per AnyValue); a map lookup is done in C, and `_any` decodes only what is read."""
-    kept: list[type[Message]] = [
-        logs_service_pb2.ExportLogsServiceRequest,
-        logs_pb2.ResourceLogs,
-        logs_pb2.ScopeLogs,
-        logs_pb2.LogRecord,
-        trace_service_pb2.ExportTraceServiceRequest,
-        trace_pb2.ResourceSpans,
-        trace_pb2.ScopeSpans,
-        trace_pb2.Span,
-        trace_pb2.Status,
-        resource_pb2.Resource,
-    ]
-    package = "activitybi.otlp_view"
-    names = {m.DESCRIPTOR.full_name: m.DESCRIPTOR.name for m in kept}
-    field_type = descriptor_pb2.FieldDescriptorProto
-    file = descriptor_pb2.FileDescriptorProto(name=f"{package}.proto", package=package, syntax="proto3")
-    for message in kept:
-        view = file.message_type.add()
-        message.DESCRIPTOR.CopyToProto(view)
-        view.ClearField("nested_type")
-        view.ClearField("enum_type")
-        for f in view.field:
-            target = f.type_name.lstrip(".")
-            if f.type == field_type.TYPE_ENUM:  # open enums: an int32 on the wire
-                f.type = field_type.TYPE_INT32
-                f.ClearField("type_name")
-            elif target == KeyValue.DESCRIPTOR.full_name:
-                entry = view.nested_type.add(name="AttributesEntry")
-                entry.options.map_entry = True
-                entry.field.add(name="key", number=1, type=field_type.TYPE_STRING, label=f.LABEL_OPTIONAL)
-                entry.field.add(name="value", number=2, type=field_type.TYPE_BYTES, label=f.LABEL_OPTIONAL)
-                f.type_name = f".{package}.{view.name}.AttributesEntry"
-            elif target in names:
-                f.type_name = f".{package}.{names[target]}"
-            elif f.type == field_type.TYPE_MESSAGE:
-                f.type = field_type.TYPE_BYTES
-                f.ClearField("type_name")
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-
-    def view_of(message: type[Message]) -> type[Message]:
-        name = f"{package}.{message.DESCRIPTOR.name}"
-        return message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
-
-    logs = view_of(logs_service_pb2.ExportLogsServiceRequest)
-    return logs, view_of(trace_service_pb2.ExportTraceServiceRequest)
-
-
-_LOGS_VIEW, _TRACES_VIEW = _views()
-
-
-def parse_view(message: type[Message], view: type[Message], body: bytes, content_type: str) -> Any:
-    """The request as its view (see `_views`); JSON goes through the real message first."""
-    if content_type != PROTOBUF:
-        return view.FromString(parse(message, body, content_type).SerializeToString())
-    try:
-        return view.FromString(body)
-    except DecodeError as e:
-        raise OtlpError(400, f"malformed {content_type} body: {str(e)[:200]}") from None
-
-
 def media_type(header: str) -> str:
     return header.partition(";")[0].strip().lower()
 
@@ -254,6 +184,12 @@ def error_reply(status: int, message: str, content_type: str) -> Reply:
     headers = [(b"retry-after", b"1")] if status == 503 else []
     return Reply(status, body, content_type, headers)
 
+
+_RESPONSES: dict[str, tuple[type[Message], str]] = {
+    "/v1/logs": (logs_service_pb2.ExportLogsServiceResponse, "rejected_log_records"),
+    "/v1/metrics": (metrics_service_pb2.ExportMetricsServiceResponse, "rejected_data_points"),
+    "/v1/traces": (trace_service_pb2.ExportTraceServiceResponse, "rejected_spans"),
+}
 
 _RPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
 """HTTP status → google.rpc.Code: INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED,
@@ -290,188 +226,19 @@ def attributes(kvs: Iterable[KeyValue]) -> dict[str, Any]:
     return out
 
 
-def _any(raw: bytes) -> Any:
-    """An attribute's value from its AnyValue's encoding (a view's map value): a string of
-    under 128 bytes (nearly every attribute Claude Code sends) is sliced out of the bytes;
-    anything else is decoded by opentelemetry-proto."""
-    size = len(raw)
-    try:
-        if 1 < size < 130 and raw[0] == 0x0A and raw[1] == size - 2:  # field 1, string_value
-            return raw[2:].decode()
-        return _value(AnyValue.FromString(raw)) if raw else None
-    except (DecodeError, UnicodeDecodeError) as e:
-        raise OtlpError(400, f"malformed attribute value: {str(e)[:200]}") from None
-
-
-def _attr(attrs: Mapping[str, bytes], key: str) -> Any:
-    """One attribute of a view's map, decoded; None when absent. `_any`'s short-string case
-    is repeated here: this runs for every attribute a fact reads."""
-    raw = attrs.get(key)
-    if raw is None:
-        return None
-    size = len(raw)
-    if 1 < size < 130 and raw[0] == 0x0A and raw[1] == size - 2:
-        try:
-            return raw[2:].decode()
-        except UnicodeDecodeError:
-            pass  # `_any` says why
-    return _any(raw)
-
-
-def _int(value: Any) -> int | None:
-    """Claude Code sends numbers as strings too."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        return int(float(value)) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _float(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
 def _text(value: Any) -> str | None:
     return None if value is None or value == "" else str(value)
 
 
-def _ts(nanos: int, stamp: Any = None) -> dt.datetime:
-    """`stamp` (`event.timestamp`, ISO-8601) when given, else the time in nanoseconds."""
-    if isinstance(stamp, str):
-        try:
-            parsed = dt.datetime.fromisoformat(stamp)
-            return parsed.astimezone(dt.UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
-        except ValueError:
-            pass
+def _ts(nanos: int) -> dt.datetime:
+    """A point's time (now when it has none)."""
     if nanos <= 0:
         return dt.datetime.now(dt.UTC).replace(tzinfo=None)
     return _UTC0 + dt.timedelta(microseconds=nanos // 1000)
 
 
-def _stamp(nanos: int, stamp: Any = None) -> str:
-    """`iso_ts(_ts(nanos, stamp))`, with no datetime for a plain time in nanoseconds."""
-    if nanos <= 0 or isinstance(stamp, str):
-        return facts.iso_ts(_ts(nanos, stamp))
-    return facts.ns_ts(nanos)
-
-
-def activity_name(event_name: str) -> str:
-    """`otel_<name>`: what an unknown event is recorded as (a verb_noun-shaped name)."""
-    words = re.sub(r"[^a-z0-9]+", "_", event_name.lower()).strip("_")
-    return f"otel_{words[:80] or 'event'}"
-
-
 def _digest(*parts: Any) -> str:
     return hashlib.blake2b(orjson.dumps(parts, default=str), digest_size=12).hexdigest()
-
-
-# --- logs -----------------------------------------------------------------------------------
-
-
-def _log_event(
-    customer: str, record: Any, resource: Mapping[str, Any], capture_content: bool
-) -> dict[str, Any]:
-    """One log record of a `_LOGS_VIEW` request as a fact (attributes read one by one)."""
-    attrs: Mapping[str, bytes] = record.attributes
-    name = _attr(attrs, "event.name") or record.event_name
-    if not isinstance(name, str) or not name:
-        body = _any(record.body)
-        name = body if isinstance(body, str) and body else "event"
-    name = name.removeprefix("claude_code.")
-    nanos = record.time_unix_nano or record.observed_time_unix_nano
-    when = _attr(attrs, "event.timestamp")
-    ts = _stamp(nanos, when)
-    raw_session = attrs.get("session.id")
-    session = _text(resource.get("session.id") if raw_session is None else _any(raw_session))
-    prompt_id = _attr(attrs, "prompt.id")
-
-    def fallback() -> str:
-        """A key for records without their own: the record itself (same record, same key)."""
-        sequence = _attr(attrs, "event.sequence")
-        return _digest(session, prompt_id, sequence, name, _ts(nanos, when).isoformat())
-
-    if name == "user_prompt":
-        prompt = _attr(attrs, "prompt") if capture_content else None
-        return facts.asked_question(
-            customer=customer,
-            source="otel",
-            ts=ts,
-            prompt_id=_text(prompt_id) or fallback(),
-            session_id=session,
-            prompt_length=_int(_attr(attrs, "prompt_length")),
-            prompt=_text(prompt),
-        )
-    if name == "api_request":
-        query_source = _text(_attr(attrs, "query_source"))
-        return facts.called_model(
-            customer=customer,
-            source="otel",
-            ts=ts,
-            request_id=_text(_attr(attrs, "request_id")) or fallback(),
-            session_id=session,
-            model=_text(_attr(attrs, "model")),
-            input_tokens=_int(_attr(attrs, "input_tokens")),
-            output_tokens=_int(_attr(attrs, "output_tokens")),
-            cache_creation_input_tokens=_int(_attr(attrs, "cache_creation_tokens")),
-            cache_read_input_tokens=_int(_attr(attrs, "cache_read_tokens")),
-            cost_usd=_float(_attr(attrs, "cost_usd")),
-            agent="subagent" if query_source == "subagent" else None,
-            latency_ms=_float(_attr(attrs, "duration_ms")),
-            query_source=query_source,
-            speed=_text(_attr(attrs, "speed")),
-            effort=_text(_attr(attrs, "effort")),
-            prompt_id=_text(prompt_id),
-        )
-    if name == "tool_result":
-        tool = _text(_attr(attrs, "tool_name"))
-        success = _attr(attrs, "success")
-        ok = success is True or str(success).lower() == "true"
-        server = tool.split("__")[1] if tool and tool.startswith("mcp__") and tool.count("__") >= 2 else None
-        return facts.called_tool(
-            customer=customer,
-            source="otel",
-            ts=ts,
-            tool_use_id=_text(_attr(attrs, "tool_use_id")) or fallback(),
-            session_id=session,
-            tool=tool,
-            outcome="ok" if ok else (_text(_attr(attrs, "error")) or "error"),
-            latency_ms=_float(_attr(attrs, "duration_ms")),
-            mcp_server=server,
-            decision_type=_text(_attr(attrs, "decision_type")),
-            decision_source=_text(_attr(attrs, "decision_source")),
-            tool_result_size_bytes=_int(_attr(attrs, "tool_result_size_bytes")),
-            prompt_id=_text(prompt_id),
-        )
-    activity = activity_name(name)
-    return facts.event(
-        activity,
-        activity_id=facts.fact_id(customer, activity, fallback()),
-        customer=customer,
-        source="otel",
-        ts=ts,
-        session_id=session,
-        features={"event_name": name, "attributes": {k: _any(v) for k, v in attrs.items()}},
-    )
-
-
-def log_events(request: Any, customer: str, capture_content: bool) -> Batch:
-    """The facts of a `_LOGS_VIEW` request."""
-    batch = Batch()
-    for resource_logs in request.resource_logs:
-        resource = {k: _any(v) for k, v in resource_logs.resource.attributes.items()}
-        for scope_logs in resource_logs.scope_logs:
-            batch.events.extend(
-                _log_event(customer, record, resource, capture_content) for record in scope_logs.log_records
-            )
-    return batch
 
 
 # --- metrics --------------------------------------------------------------------------------
@@ -633,78 +400,6 @@ def _metric(
         batch.reject(f"{metric.name}: no data")
 
 
-# --- traces ---------------------------------------------------------------------------------
-
-
-def _span_event(customer: str, span: Any, resource: Mapping[str, Any]) -> dict[str, Any] | None:
-    """One span of a `_TRACES_VIEW` request as a fact, or None for a span that is neither."""
-    attrs: Mapping[str, bytes] = span.attributes
-    operation = _attr(attrs, "gen_ai.operation.name")
-    if operation not in _MODEL_OPERATIONS and operation != "execute_tool":
-        return None
-    start = span.start_time_unix_nano
-    ts = _stamp(start)
-    latency = round(max(0, span.end_time_unix_nano - start) / 1e6, 3)
-    session = _text(
-        _attr(attrs, "gen_ai.conversation.id") or _attr(attrs, "session.id") or resource.get("session.id")
-    )
-    agent = _text(_attr(attrs, "gen_ai.agent.name"))
-    if operation in _MODEL_OPERATIONS:
-        return facts.called_model(
-            customer=customer,
-            source="otel",
-            ts=ts,
-            request_id=_text(_attr(attrs, "gen_ai.response.id")) or _span_key(span),
-            session_id=session,
-            model=_text(_attr(attrs, "gen_ai.response.model") or _attr(attrs, "gen_ai.request.model")),
-            input_tokens=_int(_attr(attrs, "gen_ai.usage.input_tokens")),
-            output_tokens=_int(_attr(attrs, "gen_ai.usage.output_tokens")),
-            cache_creation_input_tokens=_int(
-                _attr(attrs, "gen_ai.usage.cache_creation.input_tokens")
-                or _attr(attrs, "gen_ai.usage.cache_creation_input_tokens")
-            ),
-            cache_read_input_tokens=_int(
-                _attr(attrs, "gen_ai.usage.cache_read.input_tokens")
-                or _attr(attrs, "gen_ai.usage.cache_read_input_tokens")
-            ),
-            agent=agent,
-            latency_ms=latency,
-            provider=_text(_attr(attrs, "gen_ai.provider.name") or _attr(attrs, "gen_ai.system")),
-        )
-    status = span.status
-    failed = status.code == trace_pb2.Status.STATUS_CODE_ERROR
-    error = _text(status.message) or _text(_attr(attrs, "error.type")) or "error"
-    return facts.called_tool(
-        customer=customer,
-        source="otel",
-        ts=ts,
-        tool_use_id=_text(_attr(attrs, "gen_ai.tool.call.id")) or _span_key(span),
-        session_id=session,
-        tool=_text(_attr(attrs, "gen_ai.tool.name")) or span.name,
-        outcome=error if failed else "ok",
-        latency_ms=latency,
-        agent=agent,
-    )
-
-
-def _span_key(span: Any) -> str:
-    """The key of a span without a response or tool-call id: its trace and span ids."""
-    return f"{span.trace_id.hex()}:{span.span_id.hex()}"
-
-
-def span_events(request: Any, customer: str) -> Batch:
-    """The facts of a `_TRACES_VIEW` request."""
-    batch = Batch()
-    for resource_spans in request.resource_spans:
-        resource = {k: _any(v) for k, v in resource_spans.resource.attributes.items()}
-        for scope_spans in resource_spans.scope_spans:
-            for span in scope_spans.spans:
-                event = _span_event(customer, span, resource)
-                if event is not None:
-                    batch.events.append(event)
-    return batch
-
-
 # --- the receiver ---------------------------------------------------------------------------
 
 
@@ -733,31 +428,44 @@ class Receiver:
             return error_reply(415, f"unsupported Content-Type {kind!r} ({PROTOBUF} or {JSON})", kind)
         try:
             raw = body_bytes(body, encoding, self.max_bytes)
-            if path == "/v1/logs":
-                logs = parse_view(logs_service_pb2.ExportLogsServiceRequest, _LOGS_VIEW, raw, kind)
-                batch = log_events(logs, customer, self.capture_content)
-                response: Message = logs_service_pb2.ExportLogsServiceResponse()
-                field_name = "rejected_log_records"
-            elif path == "/v1/metrics":
+            if path == "/v1/metrics":
                 request = parse(metrics_service_pb2.ExportMetricsServiceRequest, raw, kind)
                 batch = metric_events(request, customer, self.series)
-                response = metrics_service_pb2.ExportMetricsServiceResponse()
-                field_name = "rejected_data_points"
+                self._append(batch)
+                rejected, why = batch.rejected, "; ".join(batch.reasons)
             else:
-                spans = parse_view(trace_service_pb2.ExportTraceServiceRequest, _TRACES_VIEW, raw, kind)
-                batch = span_events(spans, customer)
-                response = trace_service_pb2.ExportTraceServiceResponse()
-                field_name = "rejected_spans"
-            self._append(batch)
+                rejected, why = self._append_facts(path, raw, kind, customer)
         except OtlpError as e:
             return error_reply(e.status, str(e), kind)
         except QueueFull:
             return error_reply(503, "the queue is full: retry later", kind)
-        if batch.rejected:
+        response_type, field_name = _RESPONSES[path]
+        response = response_type()
+        if rejected:
             partial = response.partial_success  # type: ignore[attr-defined]
-            setattr(partial, field_name, batch.rejected)
-            partial.error_message = "; ".join(batch.reasons)
+            setattr(partial, field_name, rejected)
+            partial.error_message = why
         return Reply(200, encode(response, kind), kind)
+
+    def _append_facts(self, path: str, raw: bytes, kind: str, customer: str) -> tuple[int, str]:
+        """Logs and traces: decoded, mapped, encoded and appended by the Rust core
+        (`Queue.append_otlp`). A JSON body is read into the message here and handed over as
+        protobuf, so there is one mapping. Returns the records rejected and why."""
+        signal: Literal["logs", "traces"] = "logs" if path == "/v1/logs" else "traces"
+        if kind == JSON:
+            message: type[Message] = (
+                logs_service_pb2.ExportLogsServiceRequest
+                if signal == "logs"
+                else trace_service_pb2.ExportTraceServiceRequest
+            )
+            raw = parse(message, raw, kind).SerializeToString()
+        try:
+            _, rejected, why = self.queue().append_otlp(
+                signal, raw, customer, capture_content=self.capture_content
+            )
+        except MalformedBody as e:
+            raise OtlpError(400, f"malformed {kind} body: {e}") from None
+        return rejected, why
 
     def _append(self, batch: Batch) -> None:
         """All at once; when the queue refuses the batch (an event too large), one by one,
