@@ -77,7 +77,8 @@ cohort activity):
   cohort has no features to join on.
 - Cost: no relationship pairs cohort rows with candidates. Each sorts the cohort rows and
   the candidates together (``aggregate_before`` / ``aggregate_after`` as running windows),
-  or picks one candidate per customer.
+  or picks one candidate per customer (the first or last one with ``arg_min_null`` /
+  ``arg_max_null`` over ``(ts, activity_id)``, without sorting the candidates).
 """
 
 from __future__ import annotations
@@ -708,7 +709,7 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     comments below. ``_j{k}`` has at most one row per join key, so the final LEFT JOIN never
     drops or duplicates a cohort row.
     """
-    if a.relationship in _PICKS:
+    if a.relationship in _PICKED:
         return _picked_ctes(k, a)
     part = "PARTITION BY s._entity "
     # Values are read before the window sorts (so the sorts carry them, not feature_json),
@@ -877,31 +878,27 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
 
 
 #: The relationships whose candidate is the customer's first or last one (if any candidate
-#: is before p, the first of all is; the same for the last one after p), and the aggregate
-#: that picks it by ``(ts, activity_id)`` without sorting (``_null``: a NULL value is kept).
-_PICKS = {
-    "first_ever": "arg_min_null",
-    "first_before": "arg_min_null",
-    "last_ever": "arg_max_null",
-    "last_after": "arg_max_null",
-}
+#: is before p, the first of all is; the same for the last one after p).
+_PICKED = frozenset({"first_ever", "first_before", "last_ever", "last_after"})
 
 
 def _picked_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
-    """:func:`_append_ctes` for a relationship of :data:`_PICKS`: ``_j{k}`` is the picked
-    candidate per customer, its stream columns picked first and its values read from them
-    (one row per customer, not one per candidate). Its occurrence is 1 (first) or the
-    count (last); the next occurrence's ts is that of the second (first) or none (last)."""
-    pick = _PICKS[a.relationship]
+    """:func:`_append_ctes` for a relationship of :data:`_PICKED`: ``_j{k}`` is the first
+    or last candidate per customer by ``(ts, activity_id)``, picked by an aggregate rather
+    than a sort (``_null``: a NULL value is kept, not skipped). Its stream columns are
+    picked, then its values read from them: once per customer, not once per candidate.
+    Its occurrence is 1 (first) or the count (last); its next one is the second (first)
+    or none (last)."""
+    first = a.relationship.startswith("first_")
     key = "(s.ts, s.activity_id)"
     read = {"ts"} | {"feature_json" for c in a.columns if c.feature is not None}
-    read |= {c.column for c in a.columns if c.column is not None and c.column not in _DERIVED}
-    first = pick == "arg_min_null"
+    read |= {c.column for c in a.columns if c.column is not None}
+    pick = "arg_min_null" if first else "arg_max_null"
     picked = [f"{pick}(s.{c}, {key}) AS {c}" for c in _PHYSICAL_COLUMNS if c in read]
-    if any(c.column == "activity_occurrence" for c in a.columns):
-        picked.append(f"{'1' if first else 'count(*)'} AS _occ")
-    if any(c.column == "activity_repeated_at" for c in a.columns):
-        picked.append(f"{f'arg_min(s.ts, {key}, 2)[2]' if first else 'CAST(NULL AS TIMESTAMP)'} AS _next")
+    if "activity_occurrence" in read:
+        picked.append("1 AS _occ" if first else "count(*) AS _occ")
+    if "activity_repeated_at" in read:
+        picked.append(f"arg_min(s.ts, {key}, 2)[2] AS _next" if first else "CAST(NULL AS TIMESTAMP) AS _next")
     cte = _cat(
         f"_j{k} AS (SELECT f._entity, f.ts, ",
         _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns))),
