@@ -898,7 +898,9 @@ def _picked_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     if "activity_occurrence" in read:
         picked.append("1 AS _occ" if first else "count(*) AS _occ")
     if "activity_repeated_at" in read:
-        picked.append(f"arg_min(s.ts, {key}, 2)[2] AS _next" if first else "CAST(NULL AS TIMESTAMP) AS _next")
+        # The cast is for Snowflake, whose MIN_BY(.., 2) is an ARRAY of VARIANT values.
+        second = f"CAST(arg_min(s.ts, {key}, 2)[2] AS TIMESTAMP)"
+        picked.append(f"{second if first else 'CAST(NULL AS TIMESTAMP)'} AS _next")
     cte = _cat(
         f"_j{k} AS (SELECT f._entity, f.ts, ",
         _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns))),
