@@ -184,6 +184,22 @@ def test_nth_is_the_overall_occurrence(
     assert by_id(rows, "page_id") == expected
 
 
+def test_occurrence_and_repeated_at_of_a_first_or_last_append(con: duckdb.DuckDBPyConnection) -> None:
+    # alice's pages: a02 first (the next, a03/a04, at 01-02 09:00), a08 last (the 6th, no next).
+    derived = (col("activity_occurrence", "occ", "integer"), col("activity_repeated_at", "next", "timestamp"))
+    got = {
+        rel: [(r["id"], r["occ"], r["next"]) for r in run(con, signups(pages(rel, *derived)), A)]
+        for rel in ("first_ever", "last_ever", "first_before", "last_after")
+    }
+    first, last = (1, T(2024, 1, 2, 9)), (6, None)
+    assert got == {
+        "first_ever": [("a01", *first), ("a05", *first)],
+        "last_ever": [("a01", *last), ("a05", *last)],
+        "first_before": [("a01", None, None), ("a05", *first)],  # a02 is at a01's ts
+        "last_after": [("a01", *last), ("a05", *last)],
+    }
+
+
 def test_aggregate_windows_are_strict(con: duckdb.DuckDBPyConnection) -> None:
     count = {"column": "activity_id", "agg": "count"}
     spec = signups(
@@ -896,10 +912,18 @@ def _oracle(events: list[Ev], customer: str, spec: dict[str, Any]) -> list[tuple
             key=lambda e: (e.ts, e.activity_id),
         )
 
-    def value(e: Ev | None, c: dict[str, Any]) -> Any:
+    def value(e: Ev | None, c: dict[str, Any], of: list[Ev]) -> Any:
+        """Column or feature ``c`` of row ``e`` of ``of`` (its activity, after filters)."""
         if e is None:
             return None
-        return x(e) if "feature" in c else getattr(e, c["column"])
+        if "feature" in c:
+            return x(e)
+        if c["column"] == "activity_occurrence":
+            return of.index(e) + 1
+        if c["column"] == "activity_repeated_at":
+            later = of[of.index(e) + 1 :]
+            return later[0].ts if later else None
+        return getattr(e, c["column"])
 
     co = spec["cohort"]
     src = rows(co["activity"], co["filters"])
@@ -931,7 +955,7 @@ def _oracle(events: list[Ev], customer: str, spec: dict[str, Any]) -> list[tuple
             win = [j for j in cands if inside(j)]
             if rel.startswith("aggregate_"):
                 for c in a["columns"]:
-                    vals = [value(j, c) for j in win]
+                    vals = [value(j, c, cands) for j in win]
                     nn = [v for v in vals if v is not None]
                     row.append(_AGG_MODEL[c["agg"]](nn))
                 continue
@@ -943,7 +967,7 @@ def _oracle(events: list[Ev], customer: str, spec: dict[str, Any]) -> list[tuple
             else:
                 n = a["nth"]
                 chosen = cands[n - 1] if n <= len(cands) and inside(cands[n - 1]) else None
-            row += [value(chosen, c) for c in a["columns"]]
+            row += [value(chosen, c, cands) for c in a["columns"]]
         out.append(tuple(row))
     return out
 
@@ -1004,6 +1028,11 @@ def _specs(draw: st.DrawFn) -> dict[str, Any]:
                 col("ts", f"a{k}_ts", "timestamp"),
                 feat("x", f"a{k}_x", "integer"),
             ]
+            if draw(st.booleans()):
+                columns += [
+                    col("activity_occurrence", f"a{k}_occ", "integer"),
+                    col("activity_repeated_at", f"a{k}_next", "timestamp"),
+                ]
         append: dict[str, Any] = {
             "activity": draw(st.sampled_from(ACTS)),
             "relationship": rel,

@@ -77,7 +77,8 @@ cohort activity):
   cohort has no features to join on.
 - Cost: no relationship pairs cohort rows with candidates. Each sorts the cohort rows and
   the candidates together (``aggregate_before`` / ``aggregate_after`` as running windows),
-  or picks one candidate per customer.
+  or picks one candidate per customer (the first or last one with ``arg_min_null`` /
+  ``arg_max_null`` over ``(ts, activity_id)``, without sorting the candidates).
 """
 
 from __future__ import annotations
@@ -703,11 +704,13 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     """CTEs of append ``k``, its output expressions, and its LEFT JOIN clause.
 
     ``_a{k}`` holds the appended activity's rows (after its filters) with their occurrence
-    ``_occ`` (and ``_rocc`` from the end) and the typed values ``_v0..``. No relationship
-    joins every cohort row to every candidate when it can be avoided (a customer may have
-    many thousands of both): see the comments below. ``_j{k}`` has at most one row per join
-    key, so the final LEFT JOIN never drops or duplicates a cohort row.
+    ``_occ`` and the typed values ``_v0..``. No relationship joins every cohort row to every
+    candidate when it can be avoided (a customer may have many thousands of both): see the
+    comments below. ``_j{k}`` has at most one row per join key, so the final LEFT JOIN never
+    drops or duplicates a cohort row.
     """
+    if a.relationship in _PICKED:
+        return _picked_ctes(k, a)
     part = "PARTITION BY s._entity "
     # Values are read before the window sorts (so the sorts carry them, not feature_json),
     # but for the derived columns, which the windows compute.
@@ -732,37 +735,20 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         else ""
     )
     base = _cat(
-        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, f._count - f._occ + 1 AS _rocc, ",
+        f"_a{k} AS (SELECT f._entity, f.ts, f.activity_id, f._occ, ",
         values,
         " FROM (SELECT s._entity, s.ts, s.activity_id",
         inner,
         ", row_number() OVER (",
         part,
         _ORDER.format(r="s"),
-        ") AS _occ, count(*) OVER (",
-        part.rstrip(),
-        f") AS _count{nxt} FROM ",
+        f") AS _occ{nxt} FROM ",
         _candidates(a, "s"),
         ") AS f)",
     )
-    # With join conditions, ``_entity`` is the customer and the joined values together (a
-    # struct), in the candidates and in the cohort rows ``_k{k}``: every partition and join
-    # on ``_entity`` below then holds them equal. A NULL value matches nothing.
     cohort = f"_k{k}" if a.join else "_cohort"
     if a.join:
-        keys = _join(
-            ", ",
-            (
-                _cat(f"m{i} := ", _feature_expr(j.cohort_feature or j.feature, j.type, "c"))
-                for i, j in enumerate(a.join)
-            ),
-        )
-        base = _cat(
-            base,
-            f",\n_k{k} AS (SELECT c.* REPLACE (struct_pack(e := c._entity, ",
-            keys,
-            ") AS _entity) FROM _cohort AS c)",
-        )
+        base = _cat(base, _keyed_cohort(k, a))
     rel = a.relationship
     name = f"_j{k}"
     n = len(a.columns)
@@ -843,23 +829,14 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         return _cat(base, cte), outs, join
 
     outs = [_Q(f"{name}._v{i}") for i in range(n)]
-    # One candidate per customer, and the window tested in the final join: every *_ever and
-    # nth_* relationship, and first_before / last_after (if any candidate is before p, the
-    # first candidate of all is; the same for the last one after p).
-    single: _Q | None = None
     if rel.startswith("nth_"):
-        single = _cat("a._occ = ", _bind(a.nth))
-    elif rel in ("first_ever", "first_before"):
-        single = _Q("a._occ = 1")
-    elif rel in ("last_ever", "last_after"):
-        single = _Q("a._rocc = 1")
-    if single is not None:
-        cte = _cat(f",\n{name} AS (SELECT a._entity, a.ts, {vcols} FROM _a{k} AS a WHERE ", single, ")")
-        join = by_entity
-        if not rel.endswith("_ever"):
-            join += f" AND {_window(rel, name, 'c')}"
-        if a.join:
-            cte, join = _per_row(k, cte, _window(rel, "e", "c"))
+        # The n-th candidate, one per customer (see _single_join).
+        cte = _cat(
+            f",\n{name} AS (SELECT a._entity, a.ts, {vcols} FROM _a{k} AS a WHERE a._occ = ",
+            _bind(a.nth),
+            ")",
+        )
+        cte, join = _single_join(k, a, cte)
         return _cat(base, cte), outs, join
 
     # first_after, first_in_between, last_before, last_in_between: cohort anchors and
@@ -898,6 +875,72 @@ def _append_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
         f"WHERE p._row IS NOT NULL AND {_window(rel, 'a', 'p')})"
     )
     return _cat(base, cte), outs, by_row
+
+
+#: The relationships whose candidate is the customer's first or last one (if any candidate
+#: is before p, the first of all is; the same for the last one after p).
+_PICKED = frozenset({"first_ever", "first_before", "last_ever", "last_after"})
+
+
+def _picked_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
+    """:func:`_append_ctes` for a relationship of :data:`_PICKED`: ``_j{k}`` is the first
+    or last candidate per customer by ``(ts, activity_id)``, picked by an aggregate rather
+    than a sort (``_null``: a NULL value is kept, not skipped). Its stream columns are
+    picked, then its values read from them: once per customer, not once per candidate.
+    Its occurrence is 1 (first) or the count (last); its next one is the second (first)
+    or none (last)."""
+    first = a.relationship.startswith("first_")
+    key = "(s.ts, s.activity_id)"
+    read = {"ts"} | {"feature_json" for c in a.columns if c.feature is not None}
+    read |= {c.column for c in a.columns if c.column is not None}
+    pick = "arg_min_null" if first else "arg_max_null"
+    picked = [f"{pick}(s.{c}, {key}) AS {c}" for c in _PHYSICAL_COLUMNS if c in read]
+    if "activity_occurrence" in read:
+        picked.append("1 AS _occ" if first else "count(*) AS _occ")
+    if "activity_repeated_at" in read:
+        # The cast is for Snowflake, whose MIN_BY(.., 2) is an ARRAY of VARIANT values.
+        second = f"CAST(arg_min(s.ts, {key}, 2)[2] AS TIMESTAMP)"
+        picked.append(f"{second if first else 'CAST(NULL AS TIMESTAMP)'} AS _next")
+    cte = _cat(
+        f"_j{k} AS (SELECT f._entity, f.ts, ",
+        _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns))),
+        f" FROM (SELECT s._entity, {', '.join(picked)} FROM ",
+        _candidates(a, "s"),
+        " GROUP BY s._entity) AS f)",
+    )
+    if a.join:
+        cte = _cat(cte, _keyed_cohort(k, a))
+    cte, join = _single_join(k, a, cte)
+    return cte, [_Q(f"_j{k}._v{i}") for i in range(len(a.columns))], join
+
+
+def _single_join(k: int, a: Append, cte: _Q) -> tuple[_Q, str]:
+    """The join of an append ``_j{k}`` with one candidate per customer (its ``_entity``):
+    the relationship's window is tested on it in the join."""
+    join = f"LEFT JOIN _j{k} ON _j{k}._entity = c._entity"
+    if a.join:
+        return _per_row(k, cte, _window(a.relationship, "e", "c"))
+    if not a.relationship.endswith("_ever"):
+        join += f" AND {_window(a.relationship, f'_j{k}', 'c')}"
+    return cte, join
+
+
+def _keyed_cohort(k: int, a: Append) -> _Q:
+    """``_k{k}``: the cohort rows, ``_entity`` made the customer and the cohort's values of
+    the append's join conditions together (a struct), as in :func:`_candidates`: every
+    partition and join on ``_entity`` then holds them equal. A NULL value matches nothing."""
+    keys = _join(
+        ", ",
+        (
+            _cat(f"m{i} := ", _feature_expr(j.cohort_feature or j.feature, j.type, "c"))
+            for i, j in enumerate(a.join)
+        ),
+    )
+    return _cat(
+        f",\n_k{k} AS (SELECT c.* REPLACE (struct_pack(e := c._entity, ",
+        keys,
+        ") AS _entity) FROM _cohort AS c)",
+    )
 
 
 def _candidates(a: Append, s: str) -> _Q:
