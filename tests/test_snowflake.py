@@ -1449,6 +1449,71 @@ def test_snowflake_form_keeps_try_cast_and_binds_the_same_values() -> None:
         to_snowflake(sql, [("x' OR '1'='1" if v == "dotted.key" else v) for v in values])
 
 
+SNOWFLAKE_UNMODELLED = frozenset({"OBJECT_CONSTRUCT_KEEP_NULL", "ARRAY_TO_STRING"})
+"""Real Snowflake functions a sqlglot the project admits (>= 25) may not model, so parse
+as ``exp.Anonymous``: the two that `activitybi.query.dialect` writes by name
+(``exp.Anonymous``), not through a sqlglot class: OBJECT_CONSTRUCT_KEEP_NULL (a struct join
+key's JSON text) and ARRAY_TO_STRING (a running listagg), both in Snowflake's function
+reference. Any other unknown function is one Snowflake may lack."""
+
+
+def _not_snowflake(snow_sql: str) -> list[str]:
+    """What a Snowflake statement uses that Snowflake does not have: a function sqlglot
+    does not know (outside :data:`SNOWFLAKE_UNMODELLED`; DuckDB's ``arg_min_null`` passes
+    through transpilation unchanged), or a row value as a function argument (DuckDB's
+    ``arg_min(x, (ts, activity_id))``, whose MIN_BY form Snowflake rejects). fakesnow runs
+    both, on DuckDB, so only the text tells."""
+    import sqlglot
+    from sqlglot import expressions as exp
+
+    tree = sqlglot.parse_one(snow_sql, read="snowflake")
+    found = [
+        f"{f.name.upper()}()"
+        for f in tree.find_all(exp.Anonymous)
+        if f.name.upper() not in SNOWFLAKE_UNMODELLED
+    ]
+    found += [
+        f"a row value in {t.parent.sql(dialect='snowflake')}"
+        for t in tree.find_all(exp.Tuple)
+        if isinstance(t.parent, exp.Func)
+    ]
+    return sorted(set(found))
+
+
+def test_snowflake_forms_use_only_snowflake_sql() -> None:
+    """The Snowflake form of every template (every dataset spec of the parity cases) and
+    of every conformance case uses only what Snowflake has."""
+    from activitybi.query import templates
+    from tests.test_dataset_conformance import CASES
+
+    bound = {p.id: templates.get(p.values[0]).bind(p.values[1], PARITY_CUSTOMER) for p in _parity_cases()}
+    for name, c in CASES.items():
+        spec = {"cohort": c["cohort"], "appends": c["appends"]}
+        bound[f"corpus {name}"] = templates.get("dataset").bind({"spec": spec}, PARITY_CUSTOMER)
+    assert len(bound) > len(templates.TEMPLATES) + len(CASES)
+    wrong = {}
+    for label, (sql, values) in bound.items():
+        snow_sql, _ = templates.for_warehouse(sql, values, "snowflake")
+        if found := _not_snowflake(snow_sql):
+            wrong[label] = found
+    assert not wrong, wrong
+
+
+def test_the_snowflake_check_rejects_duckdb_only_functions() -> None:
+    """The check above fails on the form first_ever had (DuckDB's arg_min_null over a
+    (ts, activity_id) key), and on MIN_BY with that key."""
+    from activitybi.query.dialect import to_snowflake
+
+    picked = "SELECT s._entity, {}(s.link, (s.ts, s.activity_id)) AS link FROM _s AS s GROUP BY s._entity"
+    snow_sql, _ = to_snowflake(picked.format("arg_min_null"), [])
+    assert _not_snowflake(snow_sql) == [
+        "ARG_MIN_NULL()",
+        "a row value in ARG_MIN_NULL(s.link, (s.ts, s.activity_id))",
+    ]
+    snow_sql, _ = to_snowflake(picked.format("arg_min"), [])
+    assert _not_snowflake(snow_sql) == ["a row value in MIN_BY(s.link, (s.ts, s.activity_id))"]
+
+
 class Killed(BaseException):
     """The process dies here (nothing catches it)."""
 

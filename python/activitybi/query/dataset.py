@@ -77,8 +77,9 @@ cohort activity):
   cohort has no features to join on.
 - Cost: no relationship pairs cohort rows with candidates. Each sorts the cohort rows and
   the candidates together (``aggregate_before`` / ``aggregate_after`` as running windows),
-  or picks one candidate per customer (the first or last one with ``arg_min_null`` /
-  ``arg_max_null`` over ``(ts, activity_id)``, without sorting the candidates).
+  or picks one candidate per customer (the first or last one: the customer's min or max
+  ts, then the smallest or largest ``activity_id`` at that ts, without sorting the
+  candidates).
 """
 
 from __future__ import annotations
@@ -884,29 +885,33 @@ _PICKED = frozenset({"first_ever", "first_before", "last_ever", "last_after"})
 
 def _picked_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     """:func:`_append_ctes` for a relationship of :data:`_PICKED`: ``_j{k}`` is the first
-    or last candidate per customer by ``(ts, activity_id)``, picked by an aggregate rather
-    than a sort (``_null``: a NULL value is kept, not skipped). Its stream columns are
-    picked, then its values read from them: once per customer, not once per candidate.
-    Its occurrence is 1 (first) or the count (last); its next one is the second (first)
-    or none (last)."""
+    or last candidate per customer by ``(ts, activity_id)``, found without sorting the
+    candidates: ``_m{k}`` has each customer's first (last) ts, and of the candidates at
+    that ts (one, or a few ties) the smallest (largest) ``activity_id`` is the one. Plain
+    aggregates and a join, which DuckDB and Snowflake both run as written. Its values are
+    read from that one row. Its occurrence is 1 (first) or the count (last); its next one
+    is the second smallest ts (first) or none (last)."""
     first = a.relationship.startswith("first_")
-    key = "(s.ts, s.activity_id)"
-    read = {"ts"} | {"feature_json" for c in a.columns if c.feature is not None}
+    read = {"activity_id"} | {"feature_json" for c in a.columns if c.feature is not None}
     read |= {c.column for c in a.columns if c.column is not None}
-    pick = "arg_min_null" if first else "arg_max_null"
-    picked = [f"{pick}(s.{c}, {key}) AS {c}" for c in _PHYSICAL_COLUMNS if c in read]
+    stats = [f"{'min' if first else 'max'}(s.ts) AS ts"]
     if "activity_occurrence" in read:
-        picked.append("1 AS _occ" if first else "count(*) AS _occ")
+        stats.append("1 AS _occ" if first else "count(*) AS _occ")
     if "activity_repeated_at" in read:
         # The cast is for Snowflake, whose MIN_BY(.., 2) is an ARRAY of VARIANT values.
-        second = f"CAST(arg_min(s.ts, {key}, 2)[2] AS TIMESTAMP)"
-        picked.append(f"{second if first else 'CAST(NULL AS TIMESTAMP)'} AS _next")
+        second = "CAST(arg_min(s.ts, s.ts, 2)[2] AS TIMESTAMP)"
+        stats.append(f"{second if first else 'CAST(NULL AS TIMESTAMP)'} AS _next")
+    columns = "".join(f", s.{c}" for c in _PHYSICAL_COLUMNS if c in read and c != "ts")
     cte = _cat(
-        f"_j{k} AS (SELECT f._entity, f.ts, ",
-        _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns))),
-        f" FROM (SELECT s._entity, {', '.join(picked)} FROM ",
+        f"_m{k} AS (SELECT s._entity, {', '.join(stats)} FROM ",
         _candidates(a, "s"),
-        " GROUP BY s._entity) AS f)",
+        " GROUP BY s._entity)",
+        f",\n_j{k} AS (SELECT f._entity, f.ts, ",
+        _join(", ", (_cat(_source_expr(col, "f"), f" AS _v{i}") for i, col in enumerate(a.columns))),
+        f" FROM (SELECT m.*{columns}, row_number() OVER (PARTITION BY m._entity ORDER BY "
+        f"s.activity_id{'' if first else ' DESC'}) AS _r FROM _m{k} AS m JOIN (SELECT s.* FROM ",
+        _candidates(a, "s"),
+        ") AS s ON s._entity = m._entity AND s.ts = m.ts) AS f WHERE f._r = 1)",
     )
     if a.join:
         cte = _cat(cte, _keyed_cohort(k, a))
