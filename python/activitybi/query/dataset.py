@@ -898,7 +898,8 @@ def _picked_ctes(k: int, a: Append) -> tuple[_Q, list[_Q], str]:
     if "activity_occurrence" in read:
         stats.append("1 AS _occ" if first else "count(*) AS _occ")
     if "activity_repeated_at" in read:
-        # The cast is for Snowflake, whose MIN_BY(.., 2) is an ARRAY of VARIANT values.
+        # The second smallest ts is the second candidate's, whatever the order of ties. The
+        # cast is for Snowflake, whose MIN_BY(.., 2) is an ARRAY of VARIANT values.
         second = "CAST(arg_min(s.ts, s.ts, 2)[2] AS TIMESTAMP)"
         stats.append(f"{second if first else 'CAST(NULL AS TIMESTAMP)'} AS _next")
     columns = "".join(f", s.{c}" for c in _PHYSICAL_COLUMNS if c in read and c != "ts")
