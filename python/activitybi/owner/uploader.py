@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -27,7 +28,7 @@ import orjson
 
 from activitybi import QueueReader, config, ulid
 from activitybi.events import Rejected, StreamRow, to_row
-from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, TransientError, Warehouse
+from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, Staged, TransientError, Warehouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,6 +83,17 @@ class UploadStats:
     drift_reasons: dict[str, int] = field(default_factory=dict)
     last_error: str | None = None
     last_commit: float | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """Lines read from the queue (and those that failed their checksum), the checkpoint
+    just after them, and the warehouse's own parse of them when it made one."""
+
+    lines: list[bytes]
+    damaged: list[tuple[str, bytes]]
+    checkpoint: Checkpoint
+    staged: Staged | None
 
 
 def _merge(a: Checkpoint | None, b: Checkpoint | None) -> Checkpoint:
@@ -207,12 +219,22 @@ class Uploader:
             self._quarantine(bad)
         return rows
 
-    def step(self) -> int:
-        """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
-        start = self._start_checkpoint()
+    def _fetch(self, start: Checkpoint) -> Batch:
+        """Reads the batch after `start` and, when the warehouse parses lines itself,
+        stages it. Touches no state of the uploader: `drain` runs it for the next batch
+        while this one loads."""
         lines, damaged, checkpoint = self.reader.read_batch(
             start, max_lines=self.batch_lines, max_bytes=self.batch_bytes
         )
+        wh, staged = self.warehouse, None
+        if self.sink is wh and isinstance(wh, LineLoader) and len(lines) >= self.bulk_lines:
+            staged = wh.stage(lines)
+        return Batch(lines, damaged, checkpoint, staged)
+
+    def _upload(self, batch: Batch) -> int:
+        """Loads a fetched batch with its checkpoint, then acknowledges it in the queue;
+        returns the lines consumed (0 when the queue was drained)."""
+        lines, damaged, checkpoint, staged = batch.lines, batch.damaged, batch.checkpoint, batch.staged
         if not lines and not damaged:
             self._caught_up_at, self._behind = time.time(), False
             return 0
@@ -220,8 +242,7 @@ class Uploader:
         if damaged:  # failed their checksum: never loaded, kept with the reason
             self._quarantine(damaged)
         wh = self.warehouse
-        if self.sink is wh and isinstance(wh, LineLoader) and len(lines) >= self.bulk_lines:
-            staged = self._retrying("stage", lambda: wh.stage(lines))
+        if staged is not None and isinstance(wh, LineLoader):
             indexed = self._parse(lines, staged.slow)
             try:
                 inserted = self._retrying(
@@ -245,15 +266,26 @@ class Uploader:
         self.stats.last_commit = time.time()
         return len(lines) + len(damaged)
 
+    def step(self) -> int:
+        """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
+        return self._upload(self._fetch(self._start_checkpoint()))
+
     def drain(self, on_batch: Callable[[int], None] | None = None) -> UploadStats:
-        """Uploads everything in the queue now, then returns."""
-        while not self.stop.is_set():
-            n = self.step()
-            if on_batch:
-                on_batch(n)
-            if n == 0:
-                break
-        return self.stats
+        """Uploads everything in the queue now, then returns. The next batch is read and
+        staged on a second thread while this one loads (the queue's reader and DuckDB
+        release the GIL); batches still commit and acknowledge one by one, in order."""
+        with ThreadPoolExecutor(1, thread_name_prefix="activitybi-fetch") as ahead:
+            upcoming = ahead.submit(self._fetch, self._start_checkpoint())
+            while not self.stop.is_set():
+                batch = upcoming.result()
+                if batch.lines or batch.damaged:
+                    upcoming = ahead.submit(self._fetch, batch.checkpoint)
+                n = self._upload(batch)
+                if on_batch:
+                    on_batch(n)
+                if n == 0:
+                    break
+        return self.stats  # a batch fetched ahead and not loaded is read again next time
 
     def close(self) -> None:
         self.reader.close()
