@@ -32,6 +32,9 @@ from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, Staged
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BATCH_LINES = 122_880
+"""DuckDB's row group: a transaction that fills one writes it to the file once, where a
+smaller one goes through the write-ahead log and is written again at the checkpoint."""
 BULK_LINES = 2_000
 """From this many lines a batch is parsed by the warehouse itself (`LineLoader`); below it,
 staging (a temporary file, one long statement) costs more than the drift rule in Python,
@@ -110,8 +113,8 @@ class Uploader:
         warehouse: Warehouse,
         *,
         quarantine_file: Path | None = None,
-        batch_lines: int = 50_000,
-        batch_bytes: int = 16 * 1024 * 1024,
+        batch_lines: int = BATCH_LINES,
+        batch_bytes: int = 48 * 1024 * 1024,
         stop: threading.Event | None = None,
         sink: Sink | None = None,
         bulk_lines: int = BULK_LINES,
