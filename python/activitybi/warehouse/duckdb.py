@@ -56,7 +56,8 @@ _COLS = ", ".join(LOADED_COLUMNS)
 
 def _stream_insert(insert: str, select: str) -> str:
     """The statement that stores the stream rows `select` gives (its columns and `_n`, the
-    line's place in the batch), keyed by (customer or anonymous id, activity_id).
+    line's place in the batch, in that order), keyed by (customer or anonymous id,
+    activity_id).
 
     `INSERT` fails on any id already taken (in the table or twice in the batch), which is
     rare (a re-read after a crash, several sources of one fact), and then `UPSERT` runs: a
@@ -67,7 +68,7 @@ def _stream_insert(insert: str, select: str) -> str:
     keyed = f"SELECT *, coalesce(customer, anonymous_customer_id, '') AS _customer_key FROM ({select})"
     head = f"INSERT INTO claude_stream ({_COLS}, _customer_key) SELECT {_COLS}, _customer_key FROM ({keyed})"
     if insert == "INSERT":
-        return f"{head} ORDER BY _n"
+        return head
     rank = source_rank_sql
     return f"""{head}
 QUALIFY row_number() OVER (PARTITION BY _customer_key, activity_id ORDER BY {rank("_source")} DESC, _n) = 1
@@ -328,9 +329,8 @@ class DuckDBWarehouse:
             if not rows:
                 return self._insert(select, None, plain, queue_id, checkpoint)
             batch = _stream_table(plain, [n for n, _ in rows])
-            return self._insert(
-                f"{select} UNION ALL SELECT {_COLS}, _n FROM _batch", batch, plain, queue_id, checkpoint
-            )
+            both = f"SELECT * FROM ({select} UNION ALL SELECT {_COLS}, _n FROM _batch) ORDER BY _n"
+            return self._insert(both, batch, plain, queue_id, checkpoint)
         finally:
             with contextlib.suppress(duckdb.Error):
                 self.con.unregister("_staged")
