@@ -217,26 +217,29 @@ class DuckDBWarehouse:
         return names
 
     def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int:
-        select = f"SELECT {_COLS}, _n FROM _batch" if rows else None
-        return self._insert(select, _stream_table(rows) if rows else None, rows, queue_id, checkpoint)
+        if not rows:
+            return self._insert(None, {}, rows, queue_id, checkpoint)
+        return self._insert(
+            f"SELECT {_COLS}, _n FROM _batch", {"_batch": _stream_table(rows)}, rows, queue_id, checkpoint
+        )
 
     def _insert(
         self,
         select: str | None,
-        batch: pa.Table | None,
+        tables: dict[str, pa.Table],
         rows: Sequence[StreamRow],
         queue_id: str,
         checkpoint: Checkpoint | None,
     ) -> int:
-        """Stores the stream rows of `select` (which may read `batch` as `_batch`), the
+        """Stores the stream rows of `select` (which may read `tables` by their names), the
         insight atoms among `rows` and the checkpoint in one transaction; returns the stream
         rows inserted or replaced (see `_stream_insert`)."""
         try:
-            return self._transaction("INSERT", select, batch, rows, queue_id, checkpoint)
+            return self._transaction("INSERT", select, tables, rows, queue_id, checkpoint)
         except duckdb.ConstraintException:
             pass
         try:
-            return self._transaction("UPSERT", select, batch, rows, queue_id, checkpoint)
+            return self._transaction("UPSERT", select, tables, rows, queue_id, checkpoint)
         except (
             duckdb.ConversionException,
             duckdb.ConstraintException,
@@ -249,7 +252,7 @@ class DuckDBWarehouse:
         self,
         insert: str,
         select: str | None,
-        batch: pa.Table | None,
+        tables: dict[str, pa.Table],
         rows: Sequence[StreamRow],
         queue_id: str,
         checkpoint: Checkpoint | None,
@@ -259,8 +262,8 @@ class DuckDBWarehouse:
         con.begin()
         try:
             inserted = 0
-            if batch is not None:
-                con.register("_batch", batch)
+            for name, table in tables.items():
+                con.register(name, table)
             if select is not None:
                 inserted = int(con.execute(_stream_insert(insert, select)).fetchone()[0])  # type: ignore[index]
             if atoms:
@@ -281,7 +284,7 @@ class DuckDBWarehouse:
             con.rollback()
             raise
         finally:
-            for name in ("_batch", "_atoms"):
+            for name in [*tables, "_atoms"]:
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
         return inserted
@@ -323,17 +326,12 @@ class DuckDBWarehouse:
         plain = [r for _, r in rows]
         if not staged.clean:
             return self.load(plain, queue_id, checkpoint)
-        self.con.register("_staged", staged.rows)
-        try:
-            select = f"SELECT {_COLS}, _n FROM _staged"
-            if not rows:
-                return self._insert(select, None, plain, queue_id, checkpoint)
-            batch = _stream_table(plain, [n for n, _ in rows])
-            both = f"SELECT * FROM ({select} UNION ALL SELECT {_COLS}, _n FROM _batch) ORDER BY _n"
-            return self._insert(both, batch, plain, queue_id, checkpoint)
-        finally:
-            with contextlib.suppress(duckdb.Error):
-                self.con.unregister("_staged")
+        select = f"SELECT {_COLS}, _n FROM _staged"
+        if not rows:
+            return self._insert(select, {"_staged": staged.rows}, plain, queue_id, checkpoint)
+        both = f"SELECT * FROM ({select} UNION ALL SELECT {_COLS}, _n FROM _batch) ORDER BY _n"
+        tables = {"_staged": staged.rows, "_batch": _stream_table(plain, [n for n, _ in rows])}
+        return self._insert(both, tables, plain, queue_id, checkpoint)
 
     def refresh_context(self) -> None:
         folder = resources.files("activitybi") / "ddl" / self.kind
