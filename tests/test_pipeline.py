@@ -94,22 +94,22 @@ def test_upload_loads_everything_once_with_insights(qdir: Path, wh: DuckDBWareho
         assert r.pending() == 0
 
 
-class CountingFetches(Uploader):
-    fetches = 0
+class CountingReads(Uploader):
+    reads = 0
 
-    def _fetch(self, start: Checkpoint) -> Batch:
-        self.fetches += 1
-        return super()._fetch(start)
+    def _read(self, start: Checkpoint) -> Batch:
+        self.reads += 1
+        return super()._read(start)
 
 
-def test_a_batch_fetched_ahead_and_not_loaded_is_read_again(qdir: Path, wh: DuckDBWarehouse) -> None:
+def test_a_batch_read_ahead_and_not_loaded_is_read_again(qdir: Path, wh: DuckDBWarehouse) -> None:
     """`drain` reads and stages the next batch while one loads; stopped after the first
-    batch, it leaves the one it fetched ahead unacknowledged, and the next drain loads it."""
+    batch, it leaves the one it read ahead unacknowledged, and the next drain loads it."""
     with Queue(str(qdir)) as q:
         ids = q.append_many([{"activity": "asked_question", "customer": f"c{i}"} for i in range(250)])
-    up = CountingFetches(qdir, wh, batch_lines=100, bulk_lines=1)  # bulk_lines=1: all staged
+    up = CountingReads(qdir, wh, batch_lines=100, bulk_lines=1)  # bulk_lines=1: all staged
     first = up.drain(on_batch=lambda n: up.stop.set())
-    assert first.loaded == 100 and up.fetches == 2 and count(wh) == 100 and up.pending() == 150
+    assert first.loaded == 100 and up.reads == 2 and count(wh) == 100 and up.pending() == 150
     up.stop.clear()
     assert up.drain().loaded == 250 and up.stats.duplicates == 0
     up.close()

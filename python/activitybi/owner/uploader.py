@@ -222,21 +222,24 @@ class Uploader:
             self._quarantine(bad)
         return rows
 
-    def _fetch(self, start: Checkpoint) -> Batch:
-        """Reads the batch after `start` and, when the warehouse parses lines itself,
-        stages it. Touches no state of the uploader: `drain` runs it for the next batch
-        while this one loads."""
+    def _read(self, start: Checkpoint) -> Batch:
+        """The batch after `start`, not staged yet."""
         lines, damaged, checkpoint = self.reader.read_batch(
             start, max_lines=self.batch_lines, max_bytes=self.batch_bytes
         )
-        wh, staged = self.warehouse, None
-        if self.sink is wh and isinstance(wh, LineLoader) and len(lines) >= self.bulk_lines:
-            staged = wh.stage(lines)
-        return Batch(lines, damaged, checkpoint, staged)
+        return Batch(lines, damaged, checkpoint, None)
+
+    def _stage(self, batch: Batch) -> Batch:
+        """The batch with the warehouse's own parse of it, when the warehouse parses lines
+        itself. Touches no state of the uploader: `drain` runs it on a second thread."""
+        wh = self.warehouse
+        if self.sink is wh and isinstance(wh, LineLoader) and len(batch.lines) >= self.bulk_lines:
+            batch.staged = wh.stage(batch.lines)
+        return batch
 
     def _upload(self, batch: Batch) -> int:
-        """Loads a fetched batch with its checkpoint, then acknowledges it in the queue;
-        returns the lines consumed (0 when the queue was drained)."""
+        """Loads a batch (staged or not) with its checkpoint, then acknowledges it in the
+        queue; returns the lines consumed (0 when the queue was drained)."""
         lines, damaged, checkpoint, staged = batch.lines, batch.damaged, batch.checkpoint, batch.staged
         if not lines and not damaged:
             self._caught_up_at, self._behind = time.time(), False
@@ -271,24 +274,25 @@ class Uploader:
 
     def step(self) -> int:
         """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
-        return self._upload(self._fetch(self._start_checkpoint()))
+        return self._upload(self._stage(self._read(self._start_checkpoint())))
 
     def drain(self, on_batch: Callable[[int], None] | None = None) -> UploadStats:
-        """Uploads everything in the queue now, then returns. The next batch is read and
-        staged on a second thread while this one loads (the queue's reader and DuckDB
-        release the GIL); batches still commit and acknowledge one by one, in order."""
-        with ThreadPoolExecutor(1, thread_name_prefix="activitybi-fetch") as ahead:
-            upcoming = ahead.submit(self._fetch, self._start_checkpoint())
+        """Uploads everything in the queue now, then returns. A second thread stages each
+        batch (DuckDB parses it, releasing the GIL) while this one loads the batch before
+        and reads the batch after; batches still commit and acknowledge one by one, in
+        order, and a batch read or staged ahead but not loaded is read again next time."""
+        with ThreadPoolExecutor(1, thread_name_prefix="activitybi-stage") as stager:
+            staging = stager.submit(self._stage, self._read(self._start_checkpoint()))
             while not self.stop.is_set():
-                batch = upcoming.result()
+                batch = staging.result()
                 if batch.lines or batch.damaged:
-                    upcoming = ahead.submit(self._fetch, batch.checkpoint)
+                    staging = stager.submit(self._stage, self._read(batch.checkpoint))
                 n = self._upload(batch)
                 if on_batch:
                     on_batch(n)
                 if n == 0:
                     break
-        return self.stats  # a batch fetched ahead and not loaded is read again next time
+        return self.stats
 
     def close(self) -> None:
         self.reader.close()
