@@ -282,12 +282,15 @@ class Uploader:
         and reads the batch after; batches still commit and acknowledge one by one, in
         order, and a batch read or staged ahead but not loaded is read again next time."""
         with ThreadPoolExecutor(1, thread_name_prefix="activitybi-stage") as stager:
-            staging = stager.submit(self._stage, self._read(self._start_checkpoint()))
+            last_read = self._read(self._start_checkpoint())
+            staging = stager.submit(self._stage, last_read)
             while not self.stop.is_set():
+                ahead = self._read(last_read.checkpoint) if last_read.lines or last_read.damaged else None
                 batch = staging.result()
-                if batch.lines or batch.damaged:
-                    staging = stager.submit(self._stage, self._read(batch.checkpoint))
+                if ahead is not None:
+                    last_read, staging = ahead, stager.submit(self._stage, ahead)
                 n = self._upload(batch)
+                del batch  # its lines are not kept while the next batch is read
                 if on_batch:
                     on_batch(n)
                 if n == 0:
