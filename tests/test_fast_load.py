@@ -150,3 +150,20 @@ def test_lines_already_loaded_are_skipped_after_a_crash(tmp_path: Path, already:
     assert wh.load_staged(staged, [], "q", {"seg": 1}) == (0 if already else len(CLEAN))
     assert wh.checkpoint("q") == {"seg": 1}
     wh.close()
+
+
+def test_an_uploader_restarted_on_a_stored_checkpoint_loads_the_rest(tmp_path: Path) -> None:
+    """The second uploader starts from the checkpoint the first one stored (read on the
+    warehouse's connection) and goes on through the fast path."""
+    qdir = tmp_path / "queue"
+    qdir.mkdir()
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    wh.init()
+    for _ in range(2):
+        lines = [line(customer=f"c{i}") for i in range(5)]
+        (qdir / f"{ulid()}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+        up = Uploader(qdir, wh, quarantine_file=tmp_path / "q.jsonl", bulk_lines=1)
+        assert up.drain().loaded == 5
+        up.close()
+    assert wh.execute("SELECT count(*) FROM claude_stream").rows == [(10,)]
+    wh.close()

@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from activitybi import Queue, QueueReader, ulid
-from activitybi.owner.uploader import Uploader
-from activitybi.warehouse import TransientError
+from activitybi.owner.uploader import Batch, Uploader
+from activitybi.warehouse import Checkpoint, TransientError
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
 
@@ -92,6 +92,28 @@ def test_upload_loads_everything_once_with_insights(qdir: Path, wh: DuckDBWareho
     assert wh.checkpoint(up.queue_id) is not None
     with QueueReader(str(qdir)) as r:
         assert r.pending() == 0
+
+
+class CountingReads(Uploader):
+    reads = 0
+
+    def _read(self, start: Checkpoint) -> Batch:
+        self.reads += 1
+        return super()._read(start)
+
+
+def test_a_batch_read_ahead_and_not_loaded_is_read_again(qdir: Path, wh: DuckDBWarehouse) -> None:
+    """`drain` reads and stages the next batch while one loads; stopped after the first
+    batch, it leaves the one it read ahead unacknowledged, and the next drain loads it."""
+    with Queue(str(qdir)) as q:
+        ids = q.append_many([{"activity": "asked_question", "customer": f"c{i}"} for i in range(250)])
+    up = CountingReads(qdir, wh, batch_lines=100, bulk_lines=1)  # bulk_lines=1: all staged
+    first = up.drain(on_batch=lambda n: up.stop.set())
+    assert first.loaded == 100 and up.reads == 2 and count(wh) == 100 and up.pending() == 150
+    up.stop.clear()
+    assert up.drain().loaded == 250 and up.stats.duplicates == 0
+    up.close()
+    assert {r[0] for r in wh.execute("SELECT activity_id FROM claude_stream").rows} == set(ids)
 
 
 def test_corrupt_line_is_quarantined_and_neighbours_load(

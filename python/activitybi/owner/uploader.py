@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -27,10 +28,13 @@ import orjson
 
 from activitybi import QueueReader, config, ulid
 from activitybi.events import Rejected, StreamRow, to_row
-from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, TransientError, Warehouse
+from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, Staged, TransientError, Warehouse
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+BATCH_LINES = 122_880
+"""DuckDB's row group: a transaction that fills one writes it to the file once, where a
+smaller one goes through the write-ahead log and is written again at the checkpoint."""
 BULK_LINES = 2_000
 """From this many lines a batch is parsed by the warehouse itself (`LineLoader`); below it,
 staging (a temporary file, one long statement) costs more than the drift rule in Python,
@@ -84,6 +88,17 @@ class UploadStats:
     last_commit: float | None = None
 
 
+@dataclass(slots=True)
+class Batch:
+    """Lines read from the queue (and those that failed their checksum), the checkpoint
+    just after them, and the warehouse's own parse of them when it made one."""
+
+    lines: list[bytes]
+    damaged: list[tuple[str, bytes]]
+    checkpoint: Checkpoint
+    staged: Staged | None
+
+
 def _merge(a: Checkpoint | None, b: Checkpoint | None) -> Checkpoint:
     out = dict(a or {})
     for k, v in (b or {}).items():
@@ -98,8 +113,8 @@ class Uploader:
         warehouse: Warehouse,
         *,
         quarantine_file: Path | None = None,
-        batch_lines: int = 50_000,
-        batch_bytes: int = 16 * 1024 * 1024,
+        batch_lines: int = BATCH_LINES,
+        batch_bytes: int = 48 * 1024 * 1024,
         stop: threading.Event | None = None,
         sink: Sink | None = None,
         bulk_lines: int = BULK_LINES,
@@ -207,12 +222,25 @@ class Uploader:
             self._quarantine(bad)
         return rows
 
-    def step(self) -> int:
-        """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
-        start = self._start_checkpoint()
+    def _read(self, start: Checkpoint) -> Batch:
+        """The batch after `start`, not staged yet."""
         lines, damaged, checkpoint = self.reader.read_batch(
             start, max_lines=self.batch_lines, max_bytes=self.batch_bytes
         )
+        return Batch(lines, damaged, checkpoint, None)
+
+    def _stage(self, batch: Batch) -> Batch:
+        """The batch with the warehouse's own parse of it, when the warehouse parses lines
+        itself. Touches no state of the uploader: `drain` runs it on a second thread."""
+        wh = self.warehouse
+        if self.sink is wh and isinstance(wh, LineLoader) and len(batch.lines) >= self.bulk_lines:
+            batch.staged = wh.stage(batch.lines)
+        return batch
+
+    def _upload(self, batch: Batch) -> int:
+        """Loads a batch (staged or not) with its checkpoint, then acknowledges it in the
+        queue; returns the lines consumed (0 when the queue was drained)."""
+        lines, damaged, checkpoint, staged = batch.lines, batch.damaged, batch.checkpoint, batch.staged
         if not lines and not damaged:
             self._caught_up_at, self._behind = time.time(), False
             return 0
@@ -220,8 +248,7 @@ class Uploader:
         if damaged:  # failed their checksum: never loaded, kept with the reason
             self._quarantine(damaged)
         wh = self.warehouse
-        if self.sink is wh and isinstance(wh, LineLoader) and len(lines) >= self.bulk_lines:
-            staged = self._retrying("stage", lambda: wh.stage(lines))
+        if staged is not None and isinstance(wh, LineLoader):
             indexed = self._parse(lines, staged.slow)
             try:
                 inserted = self._retrying(
@@ -245,14 +272,29 @@ class Uploader:
         self.stats.last_commit = time.time()
         return len(lines) + len(damaged)
 
+    def step(self) -> int:
+        """Uploads one batch; returns the lines consumed (0 when the queue is drained)."""
+        return self._upload(self._stage(self._read(self._start_checkpoint())))
+
     def drain(self, on_batch: Callable[[int], None] | None = None) -> UploadStats:
-        """Uploads everything in the queue now, then returns."""
-        while not self.stop.is_set():
-            n = self.step()
-            if on_batch:
-                on_batch(n)
-            if n == 0:
-                break
+        """Uploads everything in the queue now, then returns. A second thread stages each
+        batch (DuckDB parses it, releasing the GIL) while this one loads the batch before
+        and reads the batch after; batches still commit and acknowledge one by one, in
+        order, and a batch read or staged ahead but not loaded is read again next time."""
+        with ThreadPoolExecutor(1, thread_name_prefix="activitybi-stage") as stager:
+            last_read = self._read(self._start_checkpoint())
+            staging = stager.submit(self._stage, last_read)
+            while not self.stop.is_set():
+                ahead = self._read(last_read.checkpoint) if last_read.lines or last_read.damaged else None
+                batch = staging.result()
+                if ahead is not None:
+                    last_read, staging = ahead, stager.submit(self._stage, ahead)
+                n = self._upload(batch)
+                del batch  # its lines are not kept while the next batch is read
+                if on_batch:
+                    on_batch(n)
+                if n == 0:
+                    break
         return self.stats
 
     def close(self) -> None:

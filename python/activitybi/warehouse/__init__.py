@@ -54,10 +54,13 @@ class Sink(Protocol):
 @dataclass(slots=True)
 class Staged:
     """A batch of queue lines the warehouse has parsed itself: `slow` are the indices of the
-    lines it left for the Python drift rule, `clean` how many it kept."""
+    lines it left for the Python drift rule, `clean` how many it kept, `rows` those lines as
+    the warehouse parsed them (its own form, for `load_staged`). Self-contained, so that the
+    next batch can be staged while this one loads."""
 
     slow: list[int]
     clean: int
+    rows: Any = None
 
 
 @runtime_checkable
@@ -65,14 +68,14 @@ class LineLoader(Protocol):
     """A warehouse that parses clean lines itself, in bulk (the uploader's fast path)."""
 
     def stage(self, lines: Sequence[bytes]) -> Staged:
-        """Parses the lines that need no drift handling and keeps them for the next
-        `load_staged`."""
+        """Parses the lines that need no drift handling. Safe to call from another thread
+        while a load runs (the uploader stages the next batch meanwhile)."""
 
     def load_staged(
         self, staged: Staged, rows: Sequence[tuple[int, StreamRow]], queue_id: str, checkpoint: Checkpoint
     ) -> int:
         """Like `load`, with the staged lines and `rows` (each with its line index) inserted
-        in line order. Raises DataError when a row is refused; the staged lines then stay."""
+        in line order. Raises DataError when a row is refused (nothing is stored then)."""
 
 
 class Warehouse(Protocol):

@@ -56,7 +56,8 @@ _COLS = ", ".join(LOADED_COLUMNS)
 
 def _stream_insert(insert: str, select: str) -> str:
     """The statement that stores the stream rows `select` gives (its columns and `_n`, the
-    line's place in the batch), keyed by (customer or anonymous id, activity_id).
+    line's place in the batch, in that order), keyed by (customer or anonymous id,
+    activity_id).
 
     `INSERT` fails on any id already taken (in the table or twice in the batch), which is
     rare (a re-read after a crash, several sources of one fact), and then `UPSERT` runs: a
@@ -67,7 +68,7 @@ def _stream_insert(insert: str, select: str) -> str:
     keyed = f"SELECT *, coalesce(customer, anonymous_customer_id, '') AS _customer_key FROM ({select})"
     head = f"INSERT INTO claude_stream ({_COLS}, _customer_key) SELECT {_COLS}, _customer_key FROM ({keyed})"
     if insert == "INSERT":
-        return f"{head} ORDER BY _n"
+        return head
     rank = source_rank_sql
     return f"""{head}
 QUALIFY row_number() OVER (PARTITION BY _customer_key, activity_id ORDER BY {rank("_source")} DESC, _n) = 1
@@ -100,7 +101,6 @@ def _stream_table(rows: Sequence[StreamRow], places: Sequence[int] | None = None
     return pa.table({c: pa.array(v, type=_STREAM_TYPES.get(c, pa.string())) for c, v in columns.items()})
 
 
-_STAGED = "_activitybi_staged"
 _TEXT = ("customer", "anonymous_customer_id", "link", "_session_id", "_source")
 _JSON_COLUMNS = ", ".join(f"{c}: 'JSON'" for c in LOADED_COLUMNS)
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%gZ"
@@ -111,13 +111,13 @@ _CLEAN = " AND ".join(
         "regexp_matches(activity[2:-2], '[!-~]')",
         f"activity <> '\"{INSIGHT_ACTIVITY}\"'",
         "regexp_full_match(ts, '\"[1-9][0-9]{3}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}[.][0-9]{3}Z\"')",
-        f"try_strptime(ts[2:-2], '{_TS_FORMAT}') IS NOT NULL",
+        "parsed_ts IS NOT NULL",
         *(f"coalesce(starts_with({c}, '\"'), true)" for c in _TEXT),
-        "coalesce(regexp_full_match(revenue_impact, '-?[0-9]{1,15}([.][0-9]{1,17})?'), true)",
+        "(revenue_impact IS NULL OR regexp_full_match(revenue_impact, '-?[0-9]{1,15}([.][0-9]{1,17})?'))",
         "coalesce(starts_with(feature_json, '{') AND NOT contains(substr(feature_json, 2), '{')"
         " AND NOT contains(feature_json, 'NaN') AND NOT contains(feature_json, 'Infinity')"
         " AND NOT regexp_matches(feature_json, '[0-9]{17}|[eE][+-]?[0-9]{3}')"
-        " AND list_unique(json_keys(feature_json)) = len(json_keys(feature_json)), true)",
+        " AND list_unique(feature_keys) = len(feature_keys), true)",
     ]
 )
 """A line DuckDB loads itself has each known key with a value of the type the stream row
@@ -131,17 +131,19 @@ _TEXT_SELECT = ", ".join(
     f"CASE WHEN contains({c}, '\\') THEN {c}->>'$' ELSE {c}[2:-2] END AS {c}" for c in _TEXT
 )
 _STAGE_SQL = f"""
-CREATE OR REPLACE TEMP TABLE {_STAGED} AS
 SELECT coalesce({_CLEAN}, false) AS clean, 1 + {_SIZE} AS size,
-    activity_id[2:-2] AS activity_id, try_strptime(ts[2:-2], '{_TS_FORMAT}') AS ts,
+    activity_id[2:-2] AS activity_id, parsed_ts AS ts,
     activity[2:-2] AS activity, feature_json, try_cast(revenue_impact AS DOUBLE) AS revenue_impact,
     {_TEXT_SELECT}
-FROM read_json($path, format = 'newline_delimited', ignore_errors = true,
-    columns = {{{_JSON_COLUMNS}}})
+FROM (
+    SELECT *, try_strptime(ts[2:-2], '{_TS_FORMAT}') AS parsed_ts, json_keys(feature_json) AS feature_keys
+    FROM read_json($path, format = 'newline_delimited', ignore_errors = true, columns = {{{_JSON_COLUMNS}}})
+)
 """
-"""The batch, one row per line in line order (DuckDB preserves insertion order, so the
-temporary table's rowid is the line's index); the values are read as clean lines have
-them (strings without escapes, where told so)."""
+"""The batch, one row per line in line order (DuckDB preserves insertion order, and no
+setting here turns that off); the values are read as clean lines have them (strings
+without escapes, where told so). The inner query works out once what both the test and
+the row need: the parsed `ts` and the keys of `feature_json`."""
 
 
 def _stage_text(lines: Sequence[bytes]) -> tuple[bytes, set[int]]:
@@ -215,26 +217,29 @@ class DuckDBWarehouse:
         return names
 
     def load(self, rows: Sequence[StreamRow], queue_id: str, checkpoint: Checkpoint | None) -> int:
-        select = f"SELECT {_COLS}, _n FROM _batch" if rows else None
-        return self._insert(select, _stream_table(rows) if rows else None, rows, queue_id, checkpoint)
+        if not rows:
+            return self._insert(None, {}, rows, queue_id, checkpoint)
+        return self._insert(
+            f"SELECT {_COLS}, _n FROM _batch", {"_batch": _stream_table(rows)}, rows, queue_id, checkpoint
+        )
 
     def _insert(
         self,
         select: str | None,
-        batch: pa.Table | None,
+        tables: dict[str, pa.Table],
         rows: Sequence[StreamRow],
         queue_id: str,
         checkpoint: Checkpoint | None,
     ) -> int:
-        """Stores the stream rows of `select` (which may read `batch` as `_batch`), the
+        """Stores the stream rows of `select` (which may read `tables` by their names), the
         insight atoms among `rows` and the checkpoint in one transaction; returns the stream
         rows inserted or replaced (see `_stream_insert`)."""
         try:
-            return self._transaction("INSERT", select, batch, rows, queue_id, checkpoint)
+            return self._transaction("INSERT", select, tables, rows, queue_id, checkpoint)
         except duckdb.ConstraintException:
             pass
         try:
-            return self._transaction("UPSERT", select, batch, rows, queue_id, checkpoint)
+            return self._transaction("UPSERT", select, tables, rows, queue_id, checkpoint)
         except (
             duckdb.ConversionException,
             duckdb.ConstraintException,
@@ -247,7 +252,7 @@ class DuckDBWarehouse:
         self,
         insert: str,
         select: str | None,
-        batch: pa.Table | None,
+        tables: dict[str, pa.Table],
         rows: Sequence[StreamRow],
         queue_id: str,
         checkpoint: Checkpoint | None,
@@ -257,8 +262,8 @@ class DuckDBWarehouse:
         con.begin()
         try:
             inserted = 0
-            if batch is not None:
-                con.register("_batch", batch)
+            for name, table in tables.items():
+                con.register(name, table)
             if select is not None:
                 inserted = int(con.execute(_stream_insert(insert, select)).fetchone()[0])  # type: ignore[index]
             if atoms:
@@ -279,55 +284,54 @@ class DuckDBWarehouse:
             con.rollback()
             raise
         finally:
-            for name in ("_batch", "_atoms"):
+            for name in [*tables, "_atoms"]:
                 with contextlib.suppress(duckdb.Error):
                     con.unregister(name)
         return inserted
 
     def stage(self, lines: Sequence[bytes]) -> Staged:
-        """DuckDB's own reader parses the batch into a temporary table and keeps the clean
-        lines; the rest are left to the drift rule in Python.
+        """DuckDB's own reader parses the batch, on a cursor of its own (so that a load may
+        run meanwhile), and keeps the clean lines as an Arrow table with `_n`, each line's
+        index; the rest are left to the drift rule in Python.
 
         DuckDB ignores keys it was not asked for, so a line counts as clean only when its
         length is that of its known keys and values as DuckDB writes them again: values are
         never longer written again (numbers keep their text, strings lose escapes at most),
         so any other key, a duplicate, whitespace or an escape makes the line longer."""
+        everything = Staged(list(range(len(lines))), 0)
         buf, suspects = _stage_text(lines)
-        with tempfile.NamedTemporaryFile(suffix=".ndjson", dir=self._stage_dir) as f:
+        with (
+            tempfile.NamedTemporaryFile(suffix=".ndjson", dir=self._stage_dir) as f,
+            self.con.cursor() as cur,
+        ):
             f.write(buf)
             f.flush()
             try:
-                self.con.execute(_STAGE_SQL, {"path": f.name})
+                got = cur.sql(_STAGE_SQL, params={"path": f.name}).to_arrow_table()
             except duckdb.Error:  # a line past DuckDB's object size, say: Python judges all
-                return Staged(list(range(len(lines))), 0)
-        got = self.con.execute(f"SELECT clean, size FROM {_STAGED} ORDER BY rowid").fetchnumpy()
+                return everything
+        if got.num_rows != len(lines):  # never expected; then Python judges all
+            return everything
         sizes = np.fromiter(map(len, lines), np.int64, len(lines))
-        if len(got["clean"]) != len(lines):  # never expected; then Python judges all
-            return Staged(list(range(len(lines))), 0)
-        clean = got["clean"] & (got["size"] == sizes)
+        clean = got["clean"].to_numpy() & (got["size"].to_numpy() == sizes)
         if suspects:
             clean[sorted(suspects)] = False
-        slow = np.flatnonzero(~clean)
-        demoted = np.flatnonzero(~clean & got["clean"])
-        if len(demoted):
-            self.con.execute(
-                f"UPDATE {_STAGED} SET clean = false WHERE list_contains($n, rowid)", {"n": demoted.tolist()}
-            )
-        return Staged(slow.tolist(), len(lines) - len(slow))
+        kept = np.flatnonzero(clean)
+        rows = got.drop_columns(["clean", "size"]).filter(clean).append_column("_n", pa.array(kept))
+        return Staged(np.flatnonzero(~clean).tolist(), len(kept), rows)
 
     def load_staged(
         self, staged: Staged, rows: Sequence[tuple[int, StreamRow]], queue_id: str, checkpoint: Checkpoint
     ) -> int:
         plain = [r for _, r in rows]
-        if not staged.clean:  # the staged table may be another batch's: leave it
+        if not staged.clean:
             return self.load(plain, queue_id, checkpoint)
-        select = f"SELECT {_COLS}, rowid AS _n FROM {_STAGED} WHERE clean"  # _n: the line's index
+        select = f"SELECT {_COLS}, _n FROM _staged"
         if not rows:
-            return self._insert(select, None, plain, queue_id, checkpoint)
-        batch = _stream_table(plain, [n for n, _ in rows])
-        return self._insert(
-            f"{select} UNION ALL SELECT {_COLS}, _n FROM _batch", batch, plain, queue_id, checkpoint
-        )
+            return self._insert(select, {"_staged": staged.rows}, plain, queue_id, checkpoint)
+        both = f"SELECT * FROM ({select} UNION ALL SELECT {_COLS}, _n FROM _batch) ORDER BY _n"
+        tables = {"_staged": staged.rows, "_batch": _stream_table(plain, [n for n, _ in rows])}
+        return self._insert(both, tables, plain, queue_id, checkpoint)
 
     def refresh_context(self) -> None:
         folder = resources.files("activitybi") / "ddl" / self.kind
