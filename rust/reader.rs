@@ -61,6 +61,34 @@ impl Batch {
         })
     }
 
+    /// The bytes `write_events` writes: every `Line::Event`, a newline between two.
+    pub fn events_len(&self) -> usize {
+        let (bytes, count) = self
+            .lines
+            .iter()
+            .filter(|e| e.rejected.is_none())
+            .fold((0, 0), |(b, n), e| (b + e.end - e.start, n + 1));
+        bytes + count.max(1) - 1
+    }
+
+    /// Writes the `Line::Event`s joined by newlines into `out` (`events_len` long), one copy
+    /// for the whole batch; returns where each ends in it (the offset of its newline).
+    pub fn write_events(&self, out: &mut [u8]) -> Vec<i64> {
+        let mut ends = Vec::with_capacity(self.lines.len());
+        let mut at = 0;
+        for e in self.lines.iter().filter(|e| e.rejected.is_none()) {
+            if !ends.is_empty() {
+                out[at] = b'\n';
+                at += 1;
+            }
+            out[at..at + e.end - e.start].copy_from_slice(&self.data[e.start..e.end]);
+            at += e.end - e.start;
+            ends.push(at as i64);
+        }
+        debug_assert_eq!(at, out.len());
+        ends
+    }
+
     /// The checkpoint just after the last line.
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
@@ -309,6 +337,39 @@ mod tests {
         (0..n)
             .map(|i| format!(r#"{{"activity":"a","i":{i},"s":"é\tx"}}"#))
             .collect()
+    }
+
+    /// The events of a batch as one buffer are its `Line::Event`s joined by newlines,
+    /// rejected lines left out, and each ends where `write_events` says.
+    #[test]
+    fn events_are_written_joined() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &lines(4));
+        let seg = segment::list(dir.path()).unwrap().remove(0);
+        let mut data = fs::read(&seg.path).unwrap();
+        let second = memchr::memchr(b'\n', &data).unwrap() + 30;
+        data[second] ^= 1;
+        fs::write(&seg.path, &data).unwrap();
+        let r = ReaderCore::open(dir.path()).unwrap();
+        for max_lines in [1, 2, 4] {
+            let batch = r.read(&Checkpoint::new(), max_lines, 1 << 20).unwrap();
+            let events: Vec<&[u8]> = batch
+                .lines()
+                .filter_map(|l| match l {
+                    Line::Event(b) => Some(b),
+                    Line::Rejected(..) => None,
+                })
+                .collect();
+            let mut out = vec![0; batch.events_len()];
+            let ends = batch.write_events(&mut out);
+            assert_eq!(out, events.join(&b'\n'));
+            let mut start = 0;
+            for (end, event) in ends.iter().zip(&events) {
+                assert_eq!(&out[start..*end as usize], *event);
+                start = *end as usize + 1;
+            }
+            assert_eq!(ends.len(), events.len());
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@ rule in Python loads, for every kind of line, and leaves the rare ones to Python
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from activitybi import ulid
 from activitybi.events import StreamRow
 from activitybi.owner.uploader import Uploader
-from activitybi.warehouse import Checkpoint, LineLoader
+from activitybi.warehouse import Checkpoint, LineLoader, Lines
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
 TS = "2026-03-04T05:06:07.089Z"
@@ -79,6 +81,11 @@ class PythonOnly:
         return self.wh.checkpoint(queue_id)
 
 
+def joined(lines: list[bytes]) -> Lines:
+    """The lines as `QueueReader.read_block` hands them out."""
+    return Lines(b"\n".join(lines), array("q", [end - 1 for end in accumulate(len(x) + 1 for x in lines)]))
+
+
 def upload(tmp: Path, lines: list[bytes], fast: bool) -> tuple[set[tuple[Any, ...]], list[Any], Any]:
     qdir = tmp / "queue"
     qdir.mkdir(parents=True)
@@ -124,7 +131,7 @@ def test_clean_lines_are_parsed_by_duckdb_and_the_rest_left_to_python(tmp_path: 
     wh.init()
     assert isinstance(wh, LineLoader)
     lines = CLEAN + SLOW + BAD + [b"", b'{"activity_id":"cr","activity":"a\rb","ts":"' + TS.encode() + b'"}']
-    staged = wh.stage(lines)
+    staged = wh.stage(joined(lines))
     assert staged.slow == list(range(len(CLEAN), len(lines)))
     assert staged.clean == len(CLEAN)
     wh.close()
@@ -144,9 +151,9 @@ def test_lines_already_loaded_are_skipped_after_a_crash(tmp_path: Path, already:
     wh = DuckDBWarehouse(tmp_path / "w.duckdb")
     wh.init()
     if already:  # a crash after the commit and before the queue's ack re-reads the batch
-        staged = wh.stage(lines)
+        staged = wh.stage(joined(lines))
         assert wh.load_staged(staged, [], "q", {}) == len(CLEAN)
-    staged = wh.stage(lines)
+    staged = wh.stage(joined(lines))
     assert wh.load_staged(staged, [], "q", {"seg": 1}) == (0 if already else len(CLEAN))
     assert wh.checkpoint("q") == {"seg": 1}
     wh.close()

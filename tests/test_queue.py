@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from activitybi import Queue, QueueFull, QueueReader, ulid
+from activitybi.warehouse import Lines
 from tests.conftest import run_python
 
 
@@ -274,6 +275,31 @@ def test_reader_sees_open_segments_and_acks(qdir: Path) -> None:
         more = q.append({"activity": "later"})
         lines, _ = r.read()
         assert [orjson.loads(x)["activity_id"] for x in lines] == [more]
+
+
+def test_read_block_is_the_lines_of_read_joined(qdir: Path) -> None:
+    """Across sealed and open segments, in batches cut by lines or by bytes, a block holds
+    what `read` returns, joined by newlines, and ends at the same checkpoint."""
+    with Queue(str(qdir), rotate_bytes=2048) as q, QueueReader(str(qdir)) as r:
+        q.append_many([{"activity": "a", "i": i, "s": "é" * (i % 7)} for i in range(200)])
+        q.append({"activity": "in the open segment"})
+        for limits in ({"max_lines": 1}, {"max_lines": 37}, {"max_bytes": 1000}, {}):
+            cp = r.acked()
+            seen: list[bytes] = []
+            while True:
+                lines, want_cp = r.read(cp, **limits)
+                block, ends, rejected, block_cp = r.read_block(cp, **limits)
+                assert (block, list(Lines(block, ends)), rejected, block_cp) == (
+                    b"\n".join(lines),
+                    lines,
+                    [],
+                    want_cp,
+                ), limits
+                if not lines:
+                    break
+                seen += lines
+                cp = block_cp
+            assert sorted(orjson.loads(x)["activity"] for x in seen) == ["a"] * 200 + ["in the open segment"]
 
 
 def test_only_one_reader(qdir: Path) -> None:

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from array import array
 from pathlib import Path
 
 import orjson
@@ -17,6 +18,7 @@ import pytest
 import activitybi
 from activitybi import ActivitybiError, Queue, QueueFull, QueueIOError, QueueReader, _core
 from activitybi.owner.uploader import Uploader
+from activitybi.warehouse import Lines
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
 
@@ -171,22 +173,27 @@ def test_flipped_byte_goes_to_quarantine_with_its_reason(qdir: Path, tmp_path: P
         assert r.pending() == 0
 
 
-def test_read_batch_separates_rejected_lines(qdir: Path) -> None:
+def test_read_block_separates_rejected_lines(qdir: Path) -> None:
     with Queue(str(qdir)) as q:
-        q.append_many([{"activity": "a", "i": i} for i in range(3)])
+        q.append_many([{"activity": "a", "i": i} for i in range(4)])
     (seg,) = qdir.glob("*.ndjson")
     data = bytearray(seg.read_bytes())
-    data[-5] ^= 0x01  # inside the last line's payload
+    raw = bytes(data).splitlines()[2]
+    data[bytes(data).index(raw) + len(raw) - 3] ^= 0x01  # inside the third line's payload
     seg.write_bytes(bytes(data))
+    damaged = bytes(data).splitlines()[2]
     with QueueReader(str(qdir)) as r:
-        lines, rejected, cp = r.read_batch()
-        assert [orjson.loads(x)["i"] for x in lines] == [0, 1]
-        ((why, raw),) = rejected
-        assert why == "checksum mismatch" and raw == bytes(data).splitlines()[2]
-        with pytest.raises(ActivitybiError, match=r"checksum mismatch.*read_batch"):
+        block, ends, rejected, cp = r.read_block()
+        lines = list(Lines(block, ends))
+        assert block == b"\n".join(lines) and [orjson.loads(x)["i"] for x in lines] == [0, 1, 3]
+        assert rejected == [("checksum mismatch", damaged)] and cp == {seg.stem: len(data)}
+        with pytest.raises(ActivitybiError, match=r"checksum mismatch.*read_block"):
             r.read()  # never hands a damaged line over as an event, never skips one silently
-        assert r.read(max_lines=2) == (lines, {seg.stem: bytes(data).index(raw)})
-        assert r.ack(cp) == 3
+        before = {seg.stem: bytes(data).index(damaged)}
+        assert r.read(max_lines=2) == (lines[:2], before)
+        assert r.read_block(max_lines=2) == (b"\n".join(lines[:2]), ends[:2], [], before)
+        assert r.read_block(before) == (lines[2], array("q", [len(lines[2])]), rejected, cp)
+        assert r.ack(cp) == 4
 
 
 def test_segments_without_checksums_are_still_read(qdir: Path) -> None:
@@ -196,5 +203,6 @@ def test_segments_without_checksums_are_still_read(qdir: Path) -> None:
     with Queue(str(qdir)) as q:
         new = q.append({"activity": "new"})
     with QueueReader(str(qdir)) as r:
-        lines, rejected, _ = r.read_batch()
+        block, ends, rejected, _ = r.read_block()
+        lines = list(Lines(block, ends))
         assert [orjson.loads(x)["activity_id"] for x in lines] == ["o1", new] and rejected == []

@@ -4,6 +4,7 @@ Checked against the built module by ``python -m mypy.stubtest activitybi._core``
 """
 
 import os
+from array import array
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Generic, Literal, TypedDict, TypeVar, final, type_check_only
@@ -158,7 +159,7 @@ class QueueReader:
     """The single consumer of a queue directory (an exclusive lock; a second one raises
     ``BlockingIOError``). Yields complete lines only, from sealed and open segments.
 
-    Lines of checksummed segments are verified: ``read_batch`` returns those that fail
+    Lines of checksummed segments are verified: ``read_block`` returns those that fail
     apart, with the reason ``"checksum mismatch"``; segments written before checksums
     (stems of 26 characters, without ``-v2``) are read unverified."""
 
@@ -177,16 +178,18 @@ class QueueReader:
         """Complete lines after ``checkpoint`` (default: the acknowledged one), in a stable
         order (segments by name, then offset), without their newline or checksum; and the
         checkpoint just after the last line returned. Raises ``ActivitybiError`` when a line
-        fails its check (nothing is skipped silently): ``read_batch`` returns such lines apart."""
-    def read_batch(
+        fails its check (nothing is skipped silently): ``read_block`` returns such lines apart."""
+    def read_block(
         self,
         checkpoint: Checkpoint | None = None,
         *,
         max_lines: int = 10_000,
         max_bytes: int = 8 * 1024 * 1024,
-    ) -> tuple[list[bytes], list[tuple[str, bytes]], Checkpoint]:
-        """As ``read``, but the lines that fail their check come apart as
-        ``(reason, line as on disk)``; the checkpoint is past both kinds."""
+    ) -> tuple[bytes, array[int], list[tuple[str, bytes]], Checkpoint]:
+        """As ``read``, as one buffer: the lines joined by ``\\n`` (``b"\\n".join`` of them),
+        where each ends in it (``array("q")``: line ``i`` is ``block[ends[i-1] + 1 : ends[i]]``,
+        from 0 for the first), the lines that fail their check apart as ``(reason, line as on
+        disk)``, and the checkpoint, past both kinds."""
     def ack(self, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` durably, count its lines off ``pending``, delete sealed
         segments it fully covers. Returns the number of lines newly acknowledged."""

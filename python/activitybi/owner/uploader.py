@@ -28,7 +28,16 @@ import orjson
 
 from activitybi import QueueReader, config, ulid
 from activitybi.events import Rejected, StreamRow, to_row
-from activitybi.warehouse import Checkpoint, DataError, LineLoader, Sink, Staged, TransientError, Warehouse
+from activitybi.warehouse import (
+    Checkpoint,
+    DataError,
+    LineLoader,
+    Lines,
+    Sink,
+    Staged,
+    TransientError,
+    Warehouse,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,7 +102,7 @@ class Batch:
     """Lines read from the queue (and those that failed their checksum), the checkpoint
     just after them, and the warehouse's own parse of them when it made one."""
 
-    lines: list[bytes]
+    lines: Lines
     damaged: list[tuple[str, bytes]]
     checkpoint: Checkpoint
     staged: Staged | None
@@ -202,16 +211,17 @@ class Uploader:
             half = len(rows) // 2
             return self._load(rows[:half], None) + self._load(rows[half:], checkpoint)
 
-    def _parse(self, lines: Sequence[bytes], which: Iterable[int]) -> list[tuple[int, StreamRow]]:
+    def _parse(self, lines: Lines, which: Iterable[int]) -> list[tuple[int, StreamRow]]:
         """The drift rule for the lines at `which`: their rows, with the line index; the
         lines it rejects go to quarantine, and drift is counted."""
         rows: list[tuple[int, StreamRow]] = []
         bad: list[tuple[str, bytes]] = []
         for i in which:
+            line = lines[i]
             try:
-                row = to_row(lines[i])
+                row = to_row(line)
             except Rejected as e:
-                bad.append((str(e), lines[i]))
+                bad.append((str(e), line))
                 continue
             rows.append((i, row))
             if row.drift:
@@ -224,10 +234,10 @@ class Uploader:
 
     def _read(self, start: Checkpoint) -> Batch:
         """The batch after `start`, not staged yet."""
-        lines, damaged, checkpoint = self.reader.read_batch(
+        data, ends, damaged, checkpoint = self.reader.read_block(
             start, max_lines=self.batch_lines, max_bytes=self.batch_bytes
         )
-        return Batch(lines, damaged, checkpoint, None)
+        return Batch(Lines(data, ends), damaged, checkpoint, None)
 
     def _stage(self, batch: Batch) -> Batch:
         """The batch with the warehouse's own parse of it, when the warehouse parses lines

@@ -7,7 +7,8 @@ point leaves every event loaded exactly once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol, runtime_checkable
@@ -51,6 +52,25 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Lines:
+    """Queue lines as `QueueReader.read_block` hands them out: one buffer, the lines joined
+    by newlines, and where each ends in it. A line is cut out only where it is needed alone
+    (the drift rule, quarantine); the warehouse reads the buffer as it is."""
+
+    data: bytes
+    ends: array[int]
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> bytes:
+        return self.data[self.ends[i - 1] + 1 if i else 0 : self.ends[i]]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.data.split(b"\n") if self.ends else ())
+
+
 @dataclass(slots=True)
 class Staged:
     """A batch of queue lines the warehouse has parsed itself: `slow` are the indices of the
@@ -67,7 +87,7 @@ class Staged:
 class LineLoader(Protocol):
     """A warehouse that parses clean lines itself, in bulk (the uploader's fast path)."""
 
-    def stage(self, lines: Sequence[bytes]) -> Staged:
+    def stage(self, lines: Lines) -> Staged:
         """Parses the lines that need no drift handling. Safe to call from another thread
         while a load runs (the uploader stages the next batch meanwhile)."""
 

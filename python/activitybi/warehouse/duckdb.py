@@ -27,6 +27,7 @@ from activitybi.events import INSIGHT_ACTIVITY, LOADED_COLUMNS, StreamRow
 from activitybi.warehouse import (
     Checkpoint,
     DataError,
+    Lines,
     Params,
     QueryResult,
     QueryStopped,
@@ -146,16 +147,18 @@ without escapes, where told so). The inner query works out once what both the te
 the row need: the parsed `ts` and the keys of `feature_json`."""
 
 
-def _stage_text(lines: Sequence[bytes]) -> tuple[bytes, set[int]]:
+def _stage_text(lines: Lines, sizes: np.ndarray) -> tuple[bytes, list[int]]:
     """The batch as NDJSON for DuckDB, and the lines it must not judge: an escaped NUL, or a
     line that would not stay one line (empty, or with a carriage return). Those are written
     as `0`, which is never clean. (A line that is not UTF-8 DuckDB reads as NULL: not clean.)"""
-    buf = b"\n".join(lines)
-    suspects: set[int] = set()
-    if b"\r" in buf or b"\\u0000" in buf or not all(lines):
-        suspects = {i for i, line in enumerate(lines) if b"\r" in line or b"\\u0000" in line or not line}
-        buf = b"\n".join(b"0" if i in suspects else line for i, line in enumerate(lines))
-    return buf, suspects
+    buf = lines.data
+    if b"\r" not in buf and b"\\u0000" not in buf and sizes.all():
+        return buf, []
+    every = list(lines)
+    suspects = [i for i, line in enumerate(every) if b"\r" in line or b"\\u0000" in line or not line]
+    for i in suspects:
+        every[i] = b"0"
+    return b"\n".join(every), suspects
 
 
 def _atom_table(atoms: list[dict[str, Any]]) -> pa.Table:
@@ -289,7 +292,7 @@ class DuckDBWarehouse:
                     con.unregister(name)
         return inserted
 
-    def stage(self, lines: Sequence[bytes]) -> Staged:
+    def stage(self, lines: Lines) -> Staged:
         """DuckDB's own reader parses the batch, on a cursor of its own (so that a load may
         run meanwhile), and keeps the clean lines as an Arrow table with `_n`, each line's
         index; the rest are left to the drift rule in Python.
@@ -299,7 +302,9 @@ class DuckDBWarehouse:
         never longer written again (numbers keep their text, strings lose escapes at most),
         so any other key, a duplicate, whitespace or an escape makes the line longer."""
         everything = Staged(list(range(len(lines))), 0)
-        buf, suspects = _stage_text(lines)
+        ends = np.frombuffer(lines.ends, np.int64)
+        sizes = np.diff(ends, prepend=-1) - 1
+        buf, suspects = _stage_text(lines, sizes)
         with (
             tempfile.NamedTemporaryFile(suffix=".ndjson", dir=self._stage_dir) as f,
             self.con.cursor() as cur,
@@ -312,10 +317,8 @@ class DuckDBWarehouse:
                 return everything
         if got.num_rows != len(lines):  # never expected; then Python judges all
             return everything
-        sizes = np.fromiter(map(len, lines), np.int64, len(lines))
         clean = got["clean"].to_numpy() & (got["size"].to_numpy() == sizes)
-        if suspects:
-            clean[sorted(suspects)] = False
+        clean[suspects] = False
         kept = np.flatnonzero(clean)
         rows = got.drop_columns(["clean", "size"]).filter(clean).append_column("_n", pa.array(kept))
         return Staged(np.flatnonzero(~clean).tolist(), len(kept), rows)
