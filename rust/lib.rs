@@ -455,6 +455,15 @@ impl Redactor {
     }
 }
 
+/// What `QueueReader.read_block` returns: the verified lines joined, where each ends (an
+/// `array('q')`), the rejected lines, the checkpoint.
+type Block<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyAny>,
+    Bound<'py, PyList>,
+    Checkpoint,
+);
+
 #[pyclass(frozen, module = "activitybi._core")]
 struct QueueReader {
     inner: Mutex<Option<ReaderCore>>,
@@ -548,12 +557,7 @@ impl QueueReader {
         checkpoint: Option<Checkpoint>,
         max_lines: usize,
         max_bytes: usize,
-    ) -> PyResult<(
-        Bound<'py, PyBytes>,
-        Bound<'py, PyAny>,
-        Bound<'py, PyList>,
-        Checkpoint,
-    )> {
+    ) -> PyResult<Block<'py>> {
         let batch = self.batch(py, checkpoint, max_lines, max_bytes)?;
         let mut ends = Vec::new();
         let block = PyBytes::new_with(py, batch.events_len(), |out| {
