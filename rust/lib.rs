@@ -456,10 +456,11 @@ impl Redactor {
 }
 
 /// What `QueueReader.read_block` returns: the verified lines joined, where each ends (an
-/// `array('q')`), the rejected lines, the checkpoint.
+/// `array('q')`), the irregular ones among them, the rejected lines, the checkpoint.
 type Block<'py> = (
     Bound<'py, PyBytes>,
     Bound<'py, PyAny>,
+    Vec<usize>,
     Bound<'py, PyList>,
     Checkpoint,
 );
@@ -548,8 +549,8 @@ impl QueueReader {
     }
 
     /// The batch as one buffer: the verified lines joined by newlines (copied once, without
-    /// the GIL), where each ends in it (an `array('q')`), the lines that failed their check
-    /// apart, and the checkpoint.
+    /// the GIL), where each ends in it (an `array('q')`), which are irregular (see
+    /// `reader::irregular_lines`), the lines that failed their check apart, the checkpoint.
     #[pyo3(signature = (checkpoint=None, *, max_lines=10_000, max_bytes=8*1024*1024))]
     fn read_block<'py>(
         &self,
@@ -559,9 +560,13 @@ impl QueueReader {
         max_bytes: usize,
     ) -> PyResult<Block<'py>> {
         let batch = self.batch(py, checkpoint, max_lines, max_bytes)?;
-        let mut ends = Vec::new();
+        let (mut ends, mut irregular) = (Vec::new(), Vec::new());
         let block = PyBytes::new_with(py, batch.events_len(), |out| {
-            ends = py.detach(|| batch.write_events(out));
+            (ends, irregular) = py.detach(|| {
+                let ends = batch.write_events(out);
+                let irregular = reader::irregular_lines(out, &ends);
+                (ends, irregular)
+            });
             Ok(())
         })?;
         let raw: Vec<u8> = ends.iter().flat_map(|e| e.to_ne_bytes()).collect();
@@ -575,7 +580,7 @@ impl QueueReader {
                 rejected.append((why, PyBytes::new(py, b)))?;
             }
         }
-        Ok((block, ends, rejected, batch.into_checkpoint()))
+        Ok((block, ends, irregular, rejected, batch.into_checkpoint()))
     }
 
     fn ack(&self, py: Python<'_>, checkpoint: Checkpoint) -> PyResult<u64> {

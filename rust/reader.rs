@@ -99,6 +99,27 @@ impl Batch {
     }
 }
 
+/// The lines of `block` (each ending at its `ends` entry) that are empty or hold a carriage
+/// return or an escaped NUL (`\u0000`): those a JSON-lines reader may not read as one line
+/// with the same text, which the uploader leaves to Python. Found in one pass of the block.
+pub fn irregular_lines(block: &[u8], ends: &[i64]) -> Vec<usize> {
+    let line_of = |at: usize| ends.partition_point(|&e| (e as usize) < at);
+    let mut found: Vec<usize> = memchr::memchr_iter(b'\r', block)
+        .chain(memchr::memmem::find_iter(block, br"\u0000"))
+        .map(line_of)
+        .collect();
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        if end as usize == start {
+            found.push(i);
+        }
+        start = end as usize + 1;
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 fn open_segment(dir: &Path, seg: &Segment) -> io::Result<Option<(File, bool)>> {
     // A segment listed as open may have been sealed (renamed) since the listing.
     let tries = if seg.sealed {
@@ -196,12 +217,13 @@ impl ReaderCore {
             };
             let start = from.get(&seg.stem).copied().unwrap_or(0);
             let budget = max_bytes.saturating_sub(batch.data.len());
-            let mut data = segment::read_lines_from(&file, start, sealed, budget)?;
-            let checked = segment::is_checksummed(&seg.stem);
             let base = batch.data.len();
+            let read = segment::read_lines_into(&file, start, sealed, budget, &mut batch.data)?;
+            let data = &mut batch.data[base..];
+            let checked = segment::is_checksummed(&seg.stem);
             let first = batch.lines.len();
             let mut offset = 0;
-            for nl in memchr::memchr_iter(b'\n', &data) {
+            for nl in memchr::memchr_iter(b'\n', data) {
                 if batch.lines.len() >= max_lines {
                     break;
                 }
@@ -229,14 +251,12 @@ impl ReaderCore {
                 }
             }
             let mut end = start + offset as u64;
-            if offset > 0 {
-                batch.data.extend_from_slice(&data[..offset]);
-            }
+            batch.data.truncate(base + offset);
             // A sealed segment ends with a newline (sealing cuts it there): bytes after the
             // last one are a damaged line, handed out as rejected so that it is not stuck.
             if sealed
                 && batch.lines.len() < max_lines
-                && offset == data.len()
+                && offset == read
                 && !segment::ends_with_newline(&file)?
             {
                 let len = file.metadata()?.len();
@@ -370,6 +390,29 @@ mod tests {
             }
             assert_eq!(ends.len(), events.len());
         }
+    }
+
+    #[test]
+    fn irregular_lines_are_found() {
+        let lines: [&[u8]; 7] = [
+            b"{}",
+            b"",
+            br#"{"a":"\u0000"}"#,
+            b"{\r}",
+            b"{}",
+            br#"{"b":"\\u0001"}"#,
+            b"",
+        ];
+        let block = lines.join(&b'\n');
+        let mut ends = Vec::new();
+        let mut at = 0;
+        for l in lines {
+            at += l.len();
+            ends.push(at as i64);
+            at += 1;
+        }
+        assert_eq!(irregular_lines(&block, &ends), [1, 2, 3, 6]);
+        assert_eq!(irregular_lines(b"", &[]), Vec::<usize>::new());
     }
 
     #[test]

@@ -281,17 +281,18 @@ def test_read_block_is_the_lines_of_read_joined(qdir: Path) -> None:
     """Across sealed and open segments, in batches cut by lines or by bytes, a block holds
     what `read` returns, joined by newlines, and ends at the same checkpoint."""
     with Queue(str(qdir), rotate_bytes=2048) as q, QueueReader(str(qdir)) as r:
-        q.append_many([{"activity": "a", "i": i, "s": "é" * (i % 7)} for i in range(200)])
+        q.append_many([{"activity": "a", "i": i, "s": "nul \x00" if i % 7 == 3 else "é"} for i in range(200)])
         q.append({"activity": "in the open segment"})
         for limits in ({"max_lines": 1}, {"max_lines": 37}, {"max_bytes": 1000}, {}):
             cp = r.acked()
             seen: list[bytes] = []
             while True:
                 lines, want_cp = r.read(cp, **limits)
-                block, ends, rejected, block_cp = r.read_block(cp, **limits)
-                assert (block, list(Lines(block, ends)), rejected, block_cp) == (
+                block, ends, irregular, rejected, block_cp = r.read_block(cp, **limits)
+                assert (block, list(Lines(block, ends, irregular)), irregular, rejected, block_cp) == (
                     b"\n".join(lines),
                     lines,
+                    [i for i, line in enumerate(lines) if b"\\u0000" in line],
                     [],
                     want_cp,
                 ), limits

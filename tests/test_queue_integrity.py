@@ -183,16 +183,16 @@ def test_read_block_separates_rejected_lines(qdir: Path) -> None:
     seg.write_bytes(bytes(data))
     damaged = bytes(data).splitlines()[2]
     with QueueReader(str(qdir)) as r:
-        block, ends, rejected, cp = r.read_block()
-        lines = list(Lines(block, ends))
+        block, ends, irregular, rejected, cp = r.read_block()
+        lines = list(Lines(block, ends, irregular))
         assert block == b"\n".join(lines) and [orjson.loads(x)["i"] for x in lines] == [0, 1, 3]
         assert rejected == [("checksum mismatch", damaged)] and cp == {seg.stem: len(data)}
         with pytest.raises(ActivitybiError, match=r"checksum mismatch.*read_block"):
             r.read()  # never hands a damaged line over as an event, never skips one silently
         before = {seg.stem: bytes(data).index(damaged)}
         assert r.read(max_lines=2) == (lines[:2], before)
-        assert r.read_block(max_lines=2) == (b"\n".join(lines[:2]), ends[:2], [], before)
-        assert r.read_block(before) == (lines[2], array("q", [len(lines[2])]), rejected, cp)
+        assert r.read_block(max_lines=2) == (b"\n".join(lines[:2]), ends[:2], [], [], before)
+        assert r.read_block(before) == (lines[2], array("q", [len(lines[2])]), [], rejected, cp)
         assert r.ack(cp) == 4
 
 
@@ -203,6 +203,6 @@ def test_segments_without_checksums_are_still_read(qdir: Path) -> None:
     with Queue(str(qdir)) as q:
         new = q.append({"activity": "new"})
     with QueueReader(str(qdir)) as r:
-        block, ends, rejected, _ = r.read_block()
-        lines = list(Lines(block, ends))
+        block, ends, irregular, rejected, _ = r.read_block()
+        lines = list(Lines(block, ends, irregular))
         assert [orjson.loads(x)["activity_id"] for x in lines] == ["o1", new] and rejected == []

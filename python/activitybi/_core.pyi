@@ -185,11 +185,14 @@ class QueueReader:
         *,
         max_lines: int = 10_000,
         max_bytes: int = 8 * 1024 * 1024,
-    ) -> tuple[bytes, array[int], list[tuple[str, bytes]], Checkpoint]:
-        """As ``read``, as one buffer: the lines joined by ``\\n`` (``b"\\n".join`` of them),
-        where each ends in it (``array("q")``: line ``i`` is ``block[ends[i-1] + 1 : ends[i]]``,
-        from 0 for the first), the lines that fail their check apart as ``(reason, line as on
-        disk)``, and the checkpoint, past both kinds."""
+    ) -> tuple[bytes, array[int], list[int], list[tuple[str, bytes]], Checkpoint]:
+        """As ``read``, as one buffer: ``(block, ends, irregular, rejected, checkpoint)``.
+        ``block`` is the lines joined by ``\\n`` (``b"\\n".join`` of them); ``ends`` where each
+        ends in it (``array("q")``: line ``i`` is ``block[ends[i-1] + 1 : ends[i]]``, from 0
+        for the first); ``irregular`` the indices of the lines that are empty or hold a
+        carriage return or an escaped NUL (``\\u0000``), which a JSON-lines reader may not
+        read as one line with the same text; ``rejected`` the lines that fail their check, as
+        ``(reason, line as on disk)``; the checkpoint is past both kinds."""
     def ack(self, checkpoint: Checkpoint) -> int:
         """Store ``checkpoint`` durably, count its lines off ``pending``, delete sealed
         segments it fully covers. Returns the number of lines newly acknowledged."""

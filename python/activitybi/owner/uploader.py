@@ -234,10 +234,10 @@ class Uploader:
 
     def _read(self, start: Checkpoint) -> Batch:
         """The batch after `start`, not staged yet."""
-        data, ends, damaged, checkpoint = self.reader.read_block(
+        data, ends, irregular, damaged, checkpoint = self.reader.read_block(
             start, max_lines=self.batch_lines, max_bytes=self.batch_bytes
         )
-        return Batch(Lines(data, ends), damaged, checkpoint, None)
+        return Batch(Lines(data, ends, irregular), damaged, checkpoint, None)
 
     def _stage(self, batch: Batch) -> Batch:
         """The batch with the warehouse's own parse of it, when the warehouse parses lines

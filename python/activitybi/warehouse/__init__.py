@@ -55,11 +55,13 @@ class Sink(Protocol):
 @dataclass(frozen=True, slots=True)
 class Lines:
     """Queue lines as `QueueReader.read_block` hands them out: one buffer, the lines joined
-    by newlines, and where each ends in it. A line is cut out only where it is needed alone
-    (the drift rule, quarantine); the warehouse reads the buffer as it is."""
+    by newlines, where each ends in it, and which are irregular (empty, or with a carriage
+    return or an escaped NUL). A line is cut out only where it is needed alone (the drift
+    rule, quarantine); the warehouse reads the buffer as it is."""
 
     data: bytes
     ends: array[int]
+    irregular: list[int]
 
     def __len__(self) -> int:
         return len(self.ends)

@@ -147,18 +147,16 @@ without escapes, where told so). The inner query works out once what both the te
 the row need: the parsed `ts` and the keys of `feature_json`."""
 
 
-def _stage_text(lines: Lines, sizes: np.ndarray) -> tuple[bytes, list[int]]:
-    """The batch as NDJSON for DuckDB, and the lines it must not judge: an escaped NUL, or a
-    line that would not stay one line (empty, or with a carriage return). Those are written
-    as `0`, which is never clean. (A line that is not UTF-8 DuckDB reads as NULL: not clean.)"""
-    buf = lines.data
-    if b"\r" not in buf and b"\\u0000" not in buf and sizes.all():
-        return buf, []
+def _stage_text(lines: Lines) -> bytes:
+    """The batch as NDJSON for DuckDB. Its irregular lines DuckDB must not judge (a line with
+    an escaped NUL, or one that would not stay one line): they are written as `0`, which is
+    never clean. (A line that is not UTF-8 DuckDB reads as NULL: not clean.)"""
+    if not lines.irregular:
+        return lines.data
     every = list(lines)
-    suspects = [i for i, line in enumerate(every) if b"\r" in line or b"\\u0000" in line or not line]
-    for i in suspects:
+    for i in lines.irregular:
         every[i] = b"0"
-    return b"\n".join(every), suspects
+    return b"\n".join(every)
 
 
 def _atom_table(atoms: list[dict[str, Any]]) -> pa.Table:
@@ -302,9 +300,7 @@ class DuckDBWarehouse:
         never longer written again (numbers keep their text, strings lose escapes at most),
         so any other key, a duplicate, whitespace or an escape makes the line longer."""
         everything = Staged(list(range(len(lines))), 0)
-        ends = np.frombuffer(lines.ends, np.int64)
-        sizes = np.diff(ends, prepend=-1) - 1
-        buf, suspects = _stage_text(lines, sizes)
+        buf = _stage_text(lines)
         with (
             tempfile.NamedTemporaryFile(suffix=".ndjson", dir=self._stage_dir) as f,
             self.con.cursor() as cur,
@@ -317,8 +313,9 @@ class DuckDBWarehouse:
                 return everything
         if got.num_rows != len(lines):  # never expected; then Python judges all
             return everything
+        sizes = np.diff(np.frombuffer(lines.ends, np.int64), prepend=-1) - 1
         clean = got["clean"].to_numpy() & (got["size"].to_numpy() == sizes)
-        clean[suspects] = False
+        clean[lines.irregular] = False
         kept = np.flatnonzero(clean)
         rows = got.drop_columns(["clean", "size"]).filter(clean).append_column("_n", pa.array(kept))
         return Staged(np.flatnonzero(~clean).tolist(), len(kept), rows)
