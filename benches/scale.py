@@ -563,6 +563,10 @@ def report(timings: dict[str, list[Timing]], pop: Population) -> float:
     return worst
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
@@ -577,7 +581,7 @@ def main() -> None:
     args = ap.parse_args()
     home = args.keep or Path(tempfile.mkdtemp(prefix="abi-scale-"))
     try:
-        print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(f"load average {load_average()}")
         pop = population(args.events, args.customers, args.heavy, args.seed)
         end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(
             days=1
@@ -596,15 +600,14 @@ def main() -> None:
             f"warehouse file {size / 2**30:.2f} GiB ({size / filled.events:.0f} bytes/event)"
         )
         refresh = refresh_context(home)
+        snapshots = len(os.listdir(config.Home(home).context))
         print(
-            f"owner context refresh (context_cache + {len(os.listdir(config.Home(home).context)):,} snapshots): "
+            f"owner context refresh (context_cache + {snapshots:,} snapshots): "
             f"{refresh.seconds:.1f} s, peak RSS {refresh.peak_rss / 2**20:,.0f} MiB"
         )
         timings = measure(home, pop, filled, args.reps)
         report(timings, pop)
-        print(
-            f"p95 of {args.reps} alternating runs each; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
-        )
+        print(f"p95 of {args.reps} alternating runs each; load average {load_average()}")
     finally:
         if args.keep is None:
             shutil.rmtree(home, ignore_errors=True)
