@@ -50,6 +50,10 @@ from activitybi.memory.journal import MemoryJournal
 from activitybi.query import templates
 from activitybi.warehouse.duckdb import DuckDBWarehouse
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benches/: the loader's baseline
+
+from load_throughput import read_json_once
+
 HEAVY = "heavy-automation@scale.example"
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -349,40 +353,53 @@ class Owned:
     """One run of an owner's job in a process of its own."""
 
     seconds: float
+    cpu: float  # user + system seconds
     peak_rss: int  # bytes
 
 
 def run_owner(home: Path, args: list[str]) -> Owned:
-    """`python -m activitybi ARGS` with `home` as ACTIVITYBI_HOME; wall time and peak RSS."""
+    """`python ARGS` with `home` as ACTIVITYBI_HOME; wall and CPU time, peak RSS."""
     env = {**os.environ, config.HOME_ENV: str(home)}
     t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "activitybi", *args], env=env)
+    proc = subprocess.Popen([sys.executable, *args], env=env)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
-        raise RuntimeError(f"activitybi {' '.join(args)} exited with {proc.returncode}")
-    return Owned(seconds, usage.ru_maxrss * 1024)
+        raise RuntimeError(f"python {' '.join(args)[:80]} exited with {proc.returncode}")
+    return Owned(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
+
+
+def upload(home: Path) -> Owned:
+    """`activitybi upload --once`: the owner's drain of the whole queue."""
+    return run_owner(home, ["-m", "activitybi", "upload", "--once", "--quiet"])
+
+
+REFRESH = """
+from activitybi import config
+from activitybi.owner.loop import refresh_context
+from activitybi.warehouse.duckdb import DuckDBWarehouse
+wh = DuckDBWarehouse.open_default()
+wh.con.execute("SET enable_progress_bar = false")
+refresh_context(wh, config.Home.current().context)
+wh.close()
+"""
 
 
 def refresh_context(home: Path) -> Owned:
-    """The owner's periodic context refresh (context_cache and the snapshots), in a process
-    of its own like the owner's."""
-    code = (
-        "from activitybi import config\n"
-        "from activitybi.owner.loop import refresh_context\n"
-        "from activitybi.warehouse.duckdb import DuckDBWarehouse\n"
-        "wh = DuckDBWarehouse.open_default()\n"
-        "refresh_context(wh, config.Home.current().context)\n"
-        "wh.close()\n"
-    )
-    env = {**os.environ, config.HOME_ENV: str(home)}
-    t = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError("the context refresh failed")
-    return Owned(time.perf_counter() - t, usage.ru_maxrss * 1024)
+    """The owner's periodic context refresh (context_cache, then the snapshots get_context
+    reads), in a process of its own like the owner's."""
+    return run_owner(home, ["-c", REFRESH])
+
+
+def keep_segments(home: Path) -> list[str]:
+    """Hard links to the queue's segments (the uploader deletes what it acknowledged), for
+    the `read_json` baseline of the same lines."""
+    raw = home / "raw"
+    raw.mkdir()
+    for segment in sorted(config.Home(home).queue.glob("*.ndjson")):
+        os.link(segment, raw / segment.name)
+    return sorted(str(p) for p in raw.glob("*.ndjson"))
 
 
 @dataclass
@@ -523,6 +540,7 @@ def measure(home: Path, pop: Population, filled: Filled, reps: int) -> dict[str,
         memory_limit=settings.query_memory_limit,
         threads=settings.query_threads,
     )
+    wh.con.execute("SET enable_progress_bar = false")
     out: dict[str, list[Timing]] = {}
     try:
         for customer in (pop.heavy, pop.typical):
@@ -592,13 +610,23 @@ def main() -> None:
             f"in {filled.seconds:.1f} s: "
             + ", ".join(f"{a} {n / filled.events:.1%}" for a, n in filled.activities.most_common())
         )
-        load = run_owner(home, ["upload", "--once", "--quiet"])
+        segments = keep_segments(home)
+        load = upload(home)
         size = config.Home(home).warehouse.stat().st_size
         print(
             f"load (activitybi upload --once, its own process): {load.seconds:.1f} s, "
-            f"{filled.events / load.seconds:,.0f} events/s, owner peak RSS {load.peak_rss / 2**20:,.0f} MiB; "
+            f"{filled.events / load.seconds:,.0f} events/s ({filled.events / load.cpu:,.0f} per CPU second), "
+            f"owner peak RSS {load.peak_rss / 2**20:,.0f} MiB; "
             f"warehouse file {size / 2**30:.2f} GiB ({size / filled.events:.0f} bytes/event)"
         )
+        wall, cpu = read_json_once(segments, home / "read_json.duckdb")
+        print(
+            f"  DuckDB's own read_json of the same lines: {filled.events / wall:,.0f} events/s "
+            f"({filled.events / cpu:,.0f} per CPU second): the owner at {wall / load.seconds:.0%} of it "
+            f"(CPU: {cpu / load.cpu:.0%})"
+        )
+        shutil.rmtree(home / "raw")
+        (home / "read_json.duckdb").unlink()
         refresh = refresh_context(home)
         snapshots = len(os.listdir(config.Home(home).context))
         print(
