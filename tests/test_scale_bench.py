@@ -56,7 +56,8 @@ def test_scale_bench_end_to_end(
 
     for name in [*templates.TEMPLATES, "get_context"]:  # heavy and typical: two ratios each
         assert re.search(rf"^{name}(?: +[\d.]+ +[\d.]+ +[\d.]+x +[\d,]+){{2}}$", out, re.M), name
-    assert re.search(r"load .*: [\d.]+ s, [\d,]+ events/s, owner peak RSS [\d,]+ MiB; warehouse file", out)
+    assert re.search(r"load .*: [\d.]+ s, [\d,]+ events/s .* owner peak RSS [\d,]+ MiB; warehouse file", out)
+    assert re.search(r"read_json of the same lines: [\d,]+ events/s .* the owner at \d+% of it", out)
 
     pop = scale.population(EVENTS, CUSTOMERS, HEAVY, seed=14)
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
