@@ -317,19 +317,15 @@ def stream(pop: Population, days: int, end: dt.datetime, seed: int) -> Iterator[
 
 @dataclass
 class Filled:
-    first_day: dt.date
     events: int = 0
     seconds: float = 0.0
     activities: Counter[str] = field(default_factory=Counter)
-    insights: dict[str, Counter[tuple[str, str]]] = field(default_factory=dict)
-    """customer -> (subject, metric) -> atoms, for insight_history's parameters."""
 
 
 def fill(home: Path, pop: Population, days: int, end: dt.datetime, seed: int) -> Filled:
     """Appends the stream to `home`'s queue, and each insight to its customer's journal."""
     journal = MemoryJournal(config.Home(home).memory)
-    done = Filled((end - dt.timedelta(days=days)).date())
-    watched = {pop.heavy, pop.typical}
+    done = Filled()
     t = time.perf_counter()
     with Queue(str(config.Home(home).queue), max_pending=int(pop.totals.sum()) + 1) as q:
         for events in stream(pop, days, end, seed):
@@ -338,11 +334,9 @@ def fill(home: Path, pop: Population, days: int, end: dt.datetime, seed: int) ->
             for e in events:
                 done.activities[e["activity"]] += 1
                 if e["activity"] == INSIGHT_ACTIVITY:
-                    f, who = e["feature_json"], e["customer"]
-                    atom = {"atom_id": e["activity_id"], "customer_id": who, "ts": e["ts"][:-1], **f}
-                    journal.append(who, atom)
-                    if who in watched:
-                        done.insights.setdefault(who, Counter())[f["subject"], f["metric"]] += 1
+                    who = e["customer"]
+                    atom = {"atom_id": e["activity_id"], "customer_id": who, "ts": e["ts"][:-1]}
+                    journal.append(who, {**atom, **e["feature_json"]})
             done.events += len(events)
     done.seconds = time.perf_counter() - t
     return done
@@ -462,14 +456,15 @@ def _columns(sql: str, table: tuple[str, ...]) -> list[str]:
 
 def case(name: str, customer: str, insight: tuple[str, str], start: dt.date) -> Case:
     """The template bound for `customer`, and a scan of the columns it reads: `min` of each
-    over the same customer's rows in the same `since` window."""
+    over the same customer's rows in the same `since` window, the customer found by the
+    table's key column (which DuckDB filters in the scan itself)."""
     template = templates.get(name)
     params = params_for(name, insight, start)
     sql, values = template.bind(params, customer)
     atoms = "insight_atoms" in sql
-    table, who = ("insight_atoms", templates.MY_ATOMS) if atoms else ("claude_stream", templates.MINE)
+    table, where = ("insight_atoms", "customer_id = ?") if atoms else ("claude_stream", "_customer_key = ?")
     columns = _columns(sql, ATOM_COLUMNS if atoms else STREAM_COLUMNS)
-    where, scan_values = who.replace("$customer", "?"), [customer]
+    scan_values: list[Any] = [customer]
     if any(p.name == "since" for p in template.params):
         where += " AND ts >= ?"
         scan_values.append(templates.check_params(template, params)["since"])
@@ -514,8 +509,8 @@ def time_context(home: Path, wh: DuckDBWarehouse, customer: str, reps: int) -> T
     h = config.Home(home)
     since = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=30)
     scan = (
-        f"SELECT min(ts), min(activity), min(_session_id), min(feature_json) FROM claude_stream "
-        f"WHERE {templates.MINE.replace('$customer', '?')} AND ts >= ?"
+        "SELECT min(ts), min(activity), min(_session_id), min(feature_json) FROM claude_stream "
+        "WHERE _customer_key = ? AND ts >= ?"
     )
     size = len(ContextService(MemoryJournal(h.memory), h.context).get(customer))
     wh.execute(scan, [customer, since])
@@ -531,7 +526,7 @@ def time_context(home: Path, wh: DuckDBWarehouse, customer: str, reps: int) -> T
     return Timing("get_context", p95(ours), p95(base), size)
 
 
-def measure(home: Path, pop: Population, filled: Filled, reps: int) -> dict[str, list[Timing]]:
+def measure(home: Path, pop: Population, reps: int) -> dict[str, list[Timing]]:
     """Every template and get_context, for the heavy and the typical customer."""
     settings = config.settings()
     wh = DuckDBWarehouse(
@@ -543,11 +538,15 @@ def measure(home: Path, pop: Population, filled: Filled, reps: int) -> dict[str,
     wh.con.execute("SET enable_progress_bar = false")
     out: dict[str, list[Timing]] = {}
     try:
+        first_day = wh.execute("SELECT min(ts)::DATE FROM claude_stream").rows[0][0]
         for customer in (pop.heavy, pop.typical):
-            seen = filled.insights.get(customer) or Counter({("repo", "open_prs"): 0})
-            insight = seen.most_common(1)[0][0]
+            insight = wh.execute(  # the customer's most frequent insight, for insight_history
+                "SELECT subject, metric FROM insight_atoms WHERE customer_id = ? "
+                "GROUP BY ALL ORDER BY count(*) DESC, subject, metric LIMIT 1",
+                [customer],
+            ).rows or [("repo", "open_prs")]
             out[customer] = [
-                time_case(wh, case(name, customer, insight, filled.first_day), reps)
+                time_case(wh, case(name, customer, tuple(insight[0]), first_day), reps)
                 for name in templates.TEMPLATES
             ]
             out[customer].append(time_context(home, wh, customer, reps))
@@ -585,6 +584,41 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def build(home: Path, pop: Population, days: int, seed: int) -> None:
+    """The warehouse as the owner builds it: the stream generated into the queue, uploaded
+    (against DuckDB's own read_json of the same lines), the context refreshed."""
+    end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(days=1)
+    filled = fill(home, pop, days, end, seed)
+    print(
+        f"generated {filled.events:,} events for {len(pop.customers):,} customers over {days} days "
+        f"in {filled.seconds:.1f} s: "
+        + ", ".join(f"{a} {n / filled.events:.1%}" for a, n in filled.activities.most_common())
+    )
+    segments = keep_segments(home)
+    load = upload(home)
+    size = config.Home(home).warehouse.stat().st_size
+    print(
+        f"load (activitybi upload --once, its own process): {load.seconds:.1f} s, "
+        f"{filled.events / load.seconds:,.0f} events/s ({filled.events / load.cpu:,.0f} per CPU second), "
+        f"owner peak RSS {load.peak_rss / 2**20:,.0f} MiB; "
+        f"warehouse file {size / 2**30:.2f} GiB ({size / filled.events:.0f} bytes/event)"
+    )
+    wall, cpu = read_json_once(segments, home / "read_json.duckdb")
+    print(
+        f"  DuckDB's own read_json of the same lines: {filled.events / wall:,.0f} events/s "
+        f"({filled.events / cpu:,.0f} per CPU second): the owner at {wall / load.seconds:.0%} of it "
+        f"(CPU: {cpu / load.cpu:.0%})"
+    )
+    shutil.rmtree(home / "raw")
+    (home / "read_json.duckdb").unlink()
+    refresh = refresh_context(home)
+    snapshots = len(os.listdir(config.Home(home).context))
+    print(
+        f"owner context refresh (context_cache + {snapshots:,} snapshots): "
+        f"{refresh.seconds:.1f} s, peak RSS {refresh.peak_rss / 2**20:,.0f} MiB"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
@@ -596,45 +630,21 @@ def main() -> None:
     ap.add_argument(
         "--keep", type=Path, help="build the warehouse here and keep it (default: a temporary dir)"
     )
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the queries only, on the warehouse a run with the same sizes and --keep built",
+    )
     args = ap.parse_args()
+    if args.reuse and args.keep is None:
+        ap.error("--reuse needs --keep DIR")
     home = args.keep or Path(tempfile.mkdtemp(prefix="abi-scale-"))
     try:
         print(f"load average {load_average()}")
         pop = population(args.events, args.customers, args.heavy, args.seed)
-        end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0) - dt.timedelta(
-            days=1
-        )
-        filled = fill(home, pop, args.days, end, args.seed)
-        print(
-            f"generated {filled.events:,} events for {len(pop.customers):,} customers over {args.days} days "
-            f"in {filled.seconds:.1f} s: "
-            + ", ".join(f"{a} {n / filled.events:.1%}" for a, n in filled.activities.most_common())
-        )
-        segments = keep_segments(home)
-        load = upload(home)
-        size = config.Home(home).warehouse.stat().st_size
-        print(
-            f"load (activitybi upload --once, its own process): {load.seconds:.1f} s, "
-            f"{filled.events / load.seconds:,.0f} events/s ({filled.events / load.cpu:,.0f} per CPU second), "
-            f"owner peak RSS {load.peak_rss / 2**20:,.0f} MiB; "
-            f"warehouse file {size / 2**30:.2f} GiB ({size / filled.events:.0f} bytes/event)"
-        )
-        wall, cpu = read_json_once(segments, home / "read_json.duckdb")
-        print(
-            f"  DuckDB's own read_json of the same lines: {filled.events / wall:,.0f} events/s "
-            f"({filled.events / cpu:,.0f} per CPU second): the owner at {wall / load.seconds:.0%} of it "
-            f"(CPU: {cpu / load.cpu:.0%})"
-        )
-        shutil.rmtree(home / "raw")
-        (home / "read_json.duckdb").unlink()
-        refresh = refresh_context(home)
-        snapshots = len(os.listdir(config.Home(home).context))
-        print(
-            f"owner context refresh (context_cache + {snapshots:,} snapshots): "
-            f"{refresh.seconds:.1f} s, peak RSS {refresh.peak_rss / 2**20:,.0f} MiB"
-        )
-        timings = measure(home, pop, filled, args.reps)
-        report(timings, pop)
+        if not args.reuse:
+            build(home, pop, args.days, args.seed)
+        report(measure(home, pop, args.reps), pop)
         print(f"p95 of {args.reps} alternating runs each; load average {load_average()}")
     finally:
         if args.keep is None:

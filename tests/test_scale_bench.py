@@ -92,6 +92,13 @@ def test_scale_bench_end_to_end(
         con.close()
     assert not list((home / "queue").glob("*.ndjson"))  # every segment loaded and acknowledged
 
+    monkeypatch.setattr(sys, "argv", [*sys.argv, "--reuse"])  # the queries again, on the same warehouse
+    scale.main()
+    again = capsys.readouterr().out
+    assert "generated" not in again and re.search(
+        r"^get_context(?: +[\d.]+ +[\d.]+ +[\d.]+x +[\d,]+){2}$", again, re.M
+    )
+
 
 def counts_of(con: duckdb.DuckDBPyConnection, activity: str) -> int:
     return int(con.execute("SELECT count(*) FROM claude_stream WHERE activity = ?", [activity]).fetchone()[0])  # type: ignore[index]
