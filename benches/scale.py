@@ -56,6 +56,7 @@ from load_throughput import read_json_once
 
 HEAVY = "heavy-automation@scale.example"
 NS = 1_000_000_000
+EPOCH = dt.datetime(1970, 1, 1)
 DAY_NS = 86_400 * NS
 MODELS = (  # name, weight, US dollars per million input / output tokens
     ("claude-sonnet-4-5", 0.6, 3.0, 15.0),
@@ -153,6 +154,11 @@ def _profile(rng: random.Random, i: int) -> Profile:
     return Profile(model, projects, rng.choice((-8, -5, 0, 1, 2, 5, 8, 9)))
 
 
+def stamp(nanos: int) -> str:
+    """The queue's timestamp text of a time in nanoseconds since the epoch."""
+    return facts.iso_ts(EPOCH + dt.timedelta(microseconds=nanos // 1000))
+
+
 def _uid(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128)))
 
@@ -170,7 +176,7 @@ def _session(customer: str, profile: Profile, t: int, n: int, rng: random.Random
             facts.asked_question(
                 customer=customer,
                 source="hook",
-                ts=facts.ns_ts(t),
+                ts=stamp(t),
                 prompt_id=_uid(rng),
                 session_id=sid,
                 prompt_length=int(rng.lognormvariate(5.0, 1.0)) + 1,
@@ -190,7 +196,7 @@ def _session(customer: str, profile: Profile, t: int, n: int, rng: random.Random
                 facts.called_model(
                     customer=customer,
                     source="otel",
-                    ts=facts.ns_ts(t),
+                    ts=stamp(t),
                     request_id=f"req_{rng.getrandbits(96):024x}",
                     session_id=sid,
                     model=model,
@@ -214,7 +220,7 @@ def _session(customer: str, profile: Profile, t: int, n: int, rng: random.Random
                     facts.called_tool(
                         customer=customer,
                         source="mcp" if server == "activitybi" else "hook",
-                        ts=facts.ns_ts(t),
+                        ts=stamp(t),
                         tool_use_id=f"toolu_{rng.getrandbits(96):024x}",
                         session_id=sid,
                         tool=f"mcp__{server}__{tool}" if server else tool,
@@ -241,7 +247,7 @@ def _insight(customer: str, sid: str, t: int, rng: random.Random) -> dict[str, A
     return {
         "activity": INSIGHT_ACTIVITY,
         "activity_id": ulid(),
-        "ts": facts.ns_ts(t),
+        "ts": stamp(t),
         "customer": customer,
         "feature_json": {
             "subject": rng.choice(SUBJECTS),
@@ -274,7 +280,7 @@ def _metrics(customer: str, profile: Profile, day_ns: int, rng: random.Random) -
                 activity_id=facts.fact_id(customer, RECORDED_METRIC, series, str(t + i)),
                 customer=customer,
                 source="otel",
-                ts=facts.ns_ts(t + i * 1_000_000),
+                ts=stamp(t + i * 1_000_000),
                 session_id=None,
                 features={
                     "name": name,
