@@ -44,7 +44,7 @@ import numpy as np
 from activitybi import Queue, config, ulid
 from activitybi.capture import facts
 from activitybi.capture.otlp import RECORDED_METRIC
-from activitybi.events import INSIGHT_ACTIVITY
+from activitybi.events import INSIGHT_ACTIVITY, LOADED_COLUMNS
 from activitybi.memory.context import ContextService
 from activitybi.memory.journal import MemoryJournal
 from activitybi.query import templates
@@ -76,19 +76,7 @@ ERRORS = ("error: timeout", "error: permission denied", "error: not found", "err
 SUBJECTS = ("repo", "team", "deploy", "preferences", "budget", "oncall")
 METRICS = ("weekly_cost_usd", "p95_build_s", "open_prs", "preferred_model", "language", "error_rate")
 
-STREAM_COLUMNS = (
-    "activity_id",
-    "ts",
-    "customer",
-    "activity",
-    "anonymous_customer_id",
-    "feature_json",
-    "revenue_impact",
-    "link",
-    "_session_id",
-    "_source",
-    "_ingested_at",
-)
+STREAM_COLUMNS = (*LOADED_COLUMNS, "_ingested_at")
 ATOM_COLUMNS = ("atom_id", "customer_id", "subject", "metric", "value", "provenance_query_hash", "ts")
 
 
