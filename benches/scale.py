@@ -7,17 +7,19 @@ heavy (`--heavy` events, an automation running every day). The events are built 
 capture paths' own builders (`activitybi.capture.facts`) and appended, one day at a time
 (streaming: memory stays flat), to a real queue; insights also go to the customers'
 journals, as `log_insight` writes them. The owner then loads the queue the way it does
-in production: `activitybi upload --once` in a process of its own (throughput and peak RSS
-measured on that process), and the owner's context refresh writes the snapshots
-`get_context` reads.
+in production: `activitybi upload --once` in a process of its own (throughput, CPU time and
+peak RSS measured on that process; DuckDB's `read_json` of the same lines is its baseline),
+and the owner's context refresh writes the snapshots `get_context` reads.
 
 Then, for the heavy customer and a typical one (the median size), every SafeSQL template
 (with realistic parameters) and `get_context` (a cold build) is timed against a plain
-DuckDB scan of the same columns of that customer's rows (the same customer filter and the
-same `since` window, reading each column with `min`: no JSON parsing, no grouping). Runs
-alternate and the p95 of each counts; the ratio is template p95 / scan p95 (target <= 3x).
+DuckDB scan of the same columns of that customer's rows (the customer found by its key
+column, the same `since` window, each column read with `min`: no JSON parsing, no
+grouping). Runs alternate and the p95 of each counts; the ratio is template p95 / scan p95
+(target <= 3x).
 
 Run: python benches/scale.py [--events N] [--customers C] [--heavy H] [--days D] [--reps R]
+     [--keep DIR [--reuse]]   (--reuse: time the queries again on the warehouse kept in DIR)
 """
 
 from __future__ import annotations
