@@ -172,7 +172,10 @@ _BUCKET_START = (
 )
 """The start of `ts`'s bucket: the unit is bound, and Snowflake truncates only to a
 constant unit, so each allowed unit is a branch."""
-MINE = "coalesce(customer, anonymous_customer_id) = $customer"
+MINE = "(customer = $customer OR (customer IS NULL AND anonymous_customer_id = $customer))"
+"""`coalesce(customer, anonymous_customer_id) = $customer`, written so that DuckDB pushes it
+into the table scan: a customer's query then reads its own rows' other columns, not every
+customer's (at 10,000,000 events, 25x faster for a typical customer; docs/benchmarks.md)."""
 MY_ATOMS = "customer_id = $customer"
 FAILED = "(feature_json->>'outcome' IS NOT NULL AND feature_json->>'outcome' <> 'ok')"
 """A tool call that failed: its outcome is known and is not `ok`. A call whose source did
