@@ -556,9 +556,9 @@ def test_customer_is_required() -> None:
         with pytest.raises(DatasetSpecError, match="customer"):
             build_dataset_sql(spec, bad)  # type: ignore[arg-type]
     sql, params = build_dataset_sql(spec, A)
-    assert sql.count("coalesce(customer, anonymous_customer_id) = ?") == 1
+    assert sql.count("(customer = ? OR (customer IS NULL AND anonymous_customer_id = ?))") == 1
     assert sql.count("claude_stream") == 1  # the one read of the stream is the filtered one
-    assert params[0] == A
+    assert params[:2] == [A, A]
 
 
 def test_table_is_whitelisted() -> None:

@@ -7,7 +7,8 @@ names from a whitelist, generated names (``_a0``, ``_v1``), output aliases match
 from whitelists. Every value -- the customer, activity names, feature paths, filter values,
 ``nth``, listagg delimiters -- is a ``?`` parameter. The same shape of spec therefore gives
 byte-identical SQL, whatever the values. Every read of the stream is restricted to
-``coalesce(customer, anonymous_customer_id) = ?``; the one entry point without a customer,
+``coalesce(customer, anonymous_customer_id) = ?`` (written ``customer = ? OR (customer IS NULL
+AND anonymous_customer_id = ?)``, which DuckDB pushes into the table scan); the one entry point without a customer,
 ``build_stream_dataset_sql``, is the operator's ``activitybi dataset`` command on the
 warehouse, and no tool reaches it.
 
@@ -1011,7 +1012,14 @@ def build_dataset_sql(
         _check_text(customer, "customer", _MAX_CUSTOMER)
     except ValueError as e:
         raise DatasetSpecError(f"customer: {e}") from None
-    return _build(spec, _cat("WHERE coalesce(customer, anonymous_customer_id) = ", _bind(customer)), table)
+    mine = _cat(
+        "WHERE (customer = ",
+        _bind(customer),
+        " OR (customer IS NULL AND anonymous_customer_id = ",
+        _bind(customer),
+        "))",
+    )
+    return _build(spec, mine, table)
 
 
 def build_stream_dataset_sql(
