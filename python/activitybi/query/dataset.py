@@ -7,10 +7,10 @@ names from a whitelist, generated names (``_a0``, ``_v1``), output aliases match
 from whitelists. Every value -- the customer, activity names, feature paths, filter values,
 ``nth``, listagg delimiters -- is a ``?`` parameter. The same shape of spec therefore gives
 byte-identical SQL, whatever the values. Every read of the stream is restricted to
-``coalesce(customer, anonymous_customer_id) = ?`` (written ``customer = ? OR (customer IS NULL
-AND anonymous_customer_id = ?)``, which DuckDB pushes into the table scan); the one entry point without a customer,
-``build_stream_dataset_sql``, is the operator's ``activitybi dataset`` command on the
-warehouse, and no tool reaches it.
+``coalesce(customer, anonymous_customer_id) = ?`` (written ``customer = ? OR (customer IS
+NULL AND anonymous_customer_id = ?)``, which DuckDB pushes into the table scan); the one
+entry point without a customer, ``build_stream_dataset_sql``, is the operator's
+``activitybi dataset`` command on the warehouse, and no tool reaches it.
 
 Rules (those of ``shared/conformance/activityschema/README.md``; ``p`` = cohort row, ``j`` =
 candidate row of the appended activity, same customer; ``p.next`` = the next occurrence of the
