@@ -359,17 +359,24 @@ mod tests {
             .collect()
     }
 
+    /// Flips one bit inside the second line of the directory's first segment (its checksum
+    /// then fails); returns the segment and its bytes as now on disk.
+    fn flip_a_byte_of_the_second_line(dir: &Path) -> (segment::Segment, Vec<u8>) {
+        let seg = segment::list(dir).unwrap().remove(0);
+        let mut data = fs::read(&seg.path).unwrap();
+        let second = memchr::memchr(b'\n', &data).unwrap() + 30;
+        data[second] ^= 1;
+        fs::write(&seg.path, &data).unwrap();
+        (seg, data)
+    }
+
     /// The events of a batch as one buffer are its `Line::Event`s joined by newlines,
     /// rejected lines left out, and each ends where `write_events` says.
     #[test]
     fn events_are_written_joined() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &lines(4));
-        let seg = segment::list(dir.path()).unwrap().remove(0);
-        let mut data = fs::read(&seg.path).unwrap();
-        let second = memchr::memchr(b'\n', &data).unwrap() + 30;
-        data[second] ^= 1;
-        fs::write(&seg.path, &data).unwrap();
+        flip_a_byte_of_the_second_line(dir.path());
         let r = ReaderCore::open(dir.path()).unwrap();
         for max_lines in [1, 2, 4] {
             let batch = r.read(&Checkpoint::new(), max_lines, 1 << 20).unwrap();
@@ -491,11 +498,7 @@ mod tests {
     fn rejected_lines_advance_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &lines(3));
-        let seg = segment::list(dir.path()).unwrap().remove(0);
-        let mut data = fs::read(&seg.path).unwrap();
-        let second = memchr::memchr(b'\n', &data).unwrap() + 30;
-        data[second] ^= 1;
-        fs::write(&seg.path, &data).unwrap();
+        let (seg, data) = flip_a_byte_of_the_second_line(dir.path());
         let r = ReaderCore::open(dir.path()).unwrap();
         let batch = r.read(&Checkpoint::new(), 10, 1 << 20).unwrap();
         let kinds: Vec<bool> = batch.lines().map(|l| matches!(l, Line::Event(_))).collect();
