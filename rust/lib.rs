@@ -879,6 +879,19 @@ fn ulid() -> String {
     next_ulid().to_string()
 }
 
+/// The activity_id of one fact keyed by one source key (`facts::fact_id`): the one
+/// implementation, for the Rust capture paths and Python's builders alike.
+#[pyfunction]
+#[pyo3(name = "fact_id")]
+fn py_fact_id(customer: &str, kind: &str, key: &str) -> PyResult<String> {
+    if key.is_empty() {
+        return Err(PyValueError::new_err(format!(
+            "a {kind} fact needs a non-empty source key"
+        )));
+    }
+    Ok(fact_id(customer, kind, key))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -902,5 +915,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         PyTuple::new(py, Kind::ALL.iter().map(|k| k.name()))?,
     )?;
     m.add_function(wrap_pyfunction!(self::ulid, m)?)?;
+    m.add_function(wrap_pyfunction!(py_fact_id, m)?)?;
     Ok(())
 }

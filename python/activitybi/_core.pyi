@@ -22,6 +22,7 @@ __all__ = [
     "Redactor",
     "TranscriptImporter",
     "__version__",
+    "fact_id",
     "ulid",
 ]
 
@@ -94,6 +95,11 @@ class Redactor:
         """The token ``hash`` writes for ``value``: ``hmac:`` and 32 hex digits."""
     def counts(self) -> dict[str, int]:
         """Redactions made so far (by every queue using this redactor), by kind."""
+
+def fact_id(customer: str, kind: str, key: str) -> str:
+    """The activity_id of a fact keyed by one source key: ``<kind>:<32 hex>``, the blake2b-128
+    of the JSON array ``[customer, kind, key]`` (``activitybi.capture.facts.fact_id`` of one
+    key part). Raises ``ValueError`` for an empty key."""
 
 def ulid() -> str:
     """A new ULID, monotonic within this process (26 Crockford base32 characters)."""

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import orjson
 
+from activitybi._core import fact_id as _id
+
 Source = Literal["mcp", "proxy", "hook", "otel", "transcript"]
 SOURCES: tuple[Source, ...] = ("mcp", "proxy", "hook", "otel", "transcript")
 
@@ -36,14 +38,13 @@ Stamp = dt.datetime | str
 """A fact's time: a datetime (naive is UTC), or a string already in the queue's form (from
 `iso_ts`), which high-volume paths make without a datetime."""
 
-_PREFIXES: dict[tuple[str, str], hashlib.blake2b] = {}
-"""(customer, kind) → the hash state of `["customer","kind",`, for `_id`."""
-
 
 def fact_id(customer: str, kind: str, *source_key: str) -> str:
     """The activity_id of one fact: `<kind>:<32 hex>`, a hash of the customer (so one
     customer's ids never collide with, or reveal, another's), the kind and the source key.
     Matches the queue's id pattern `[A-Za-z0-9_.:-]{1,128}`."""
+    if len(source_key) == 1:
+        return _id(customer, kind, source_key[0])  # the Rust capture paths' own function
     if not source_key or not all(source_key):
         raise ValueError(f"a {kind} fact needs a non-empty source key")
     # The JSON array of the three is what is hashed: ids already stored depend on it.
@@ -98,23 +99,6 @@ def _event(
         feature_json["session_id"] = session_id
         out["_session_id"] = session_id
     return out
-
-
-def _id(customer: str, kind: str, key: str) -> str:
-    """`fact_id` of one key part: the hash of `["customer","kind",` is kept and copied, which
-    is cheaper than hashing the whole array afresh (the same bytes are hashed)."""
-    if not key:
-        raise ValueError(f"a {kind} fact needs a non-empty source key")
-    prefix = _PREFIXES.get((customer, kind))
-    if prefix is None:
-        if len(_PREFIXES) >= 1024:  # unknown OpenTelemetry events make kinds of their own
-            _PREFIXES.clear()
-        head = orjson.dumps((customer, kind))[:-1] + b","
-        prefix = _PREFIXES[customer, kind] = hashlib.blake2b(head, digest_size=16)
-    digest = prefix.copy()
-    digest.update(orjson.dumps(key))
-    digest.update(b"]")
-    return kind + ":" + digest.hexdigest()
 
 
 def _with(feature_json: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
