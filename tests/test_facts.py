@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from pathlib import Path
+
+import orjson
+import pytest
 
 from activitybi import Queue
 from activitybi.capture import facts
@@ -21,6 +25,22 @@ def test_fact_id_is_deterministic_per_customer_and_kind() -> None:
     # The key parts are not simply concatenated: ("a", "bc") differs from ("ab", "c").
     assert facts.fact_id("c", "k", "a", "bc") != facts.fact_id("c", "k", "ab", "c")
     assert re.match(ID_PATTERN, a)
+
+
+def test_fact_id_hashes_the_json_array_ids_already_stored_depend_on() -> None:
+    """One key part goes to the Rust core's function, several are hashed in Python: both
+    must be the blake2b-128 of the array as orjson writes it, escapes and all."""
+    awkward = ["req_1", 'é ✓ "q" \\ \u2028', "\x00\x08\t\n\x0b\x0c\r\x1f\x7f </>", "😀"]
+    for customer in ("alice", 'ana "x"\n', ""):
+        for key in awkward:
+            array = orjson.dumps([customer, facts.CALLED_TOOL, key])
+            expected = hashlib.blake2b(array, digest_size=16).hexdigest()
+            assert facts.fact_id(customer, facts.CALLED_TOOL, key) == f"called_tool:{expected}"
+        two = hashlib.blake2b(orjson.dumps([customer, "k", "a", "b"]), digest_size=16).hexdigest()
+        assert facts.fact_id(customer, "k", "a", "b") == f"k:{two}"
+    for bad in ((), ("",), ("a", "")):
+        with pytest.raises(ValueError, match="non-empty source key"):
+            facts.fact_id("alice", "k", *bad)
 
 
 def test_builders_give_loadable_events(tmp_path: Path) -> None:
