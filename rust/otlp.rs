@@ -14,144 +14,24 @@
 //! repeated keys keep their first place and last value), then `_int`, `_float`, `_text`
 //! (Python's `str()`, `repr` for containers) and `datetime.fromisoformat` as Python does.
 //!
-//! The messages are declared here with prost's derive, with only the fields read, rather
-//! than taken from the `opentelemetry-proto` crate: that crate depends on the
-//! `opentelemetry` and `opentelemetry_sdk` crates whatever its features, and its messages
-//! build every field (events, links, trace state, a `String` per key and value). Here unread fields are skipped without being built, and strings are
-//! `Bytes` slices of the body (no copy), checked as UTF-8 when read.
+//! The messages are read by [`wire`], as views of the body, rather than decoded with the
+//! `opentelemetry-proto` crate or prost's derive: that crate depends on the `opentelemetry`
+//! and `opentelemetry_sdk` crates whatever its features, and both build every message,
+//! attribute and value before the first is read, which cost more than all the rest of the
+//! receiver. Strings are slices of the body, checked as UTF-8 when read.
+//!
+//! A request is written whole or not at all: its lines are made first, and handed to the
+//! caller's checks (size, redaction) only once the whole body has been read.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::ops::Range;
 
-use blake2::digest::consts::U12;
-use blake2::{Blake2b, Digest};
-use bytes::Bytes;
 use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, Timelike, Utc, Weekday};
-use prost::Message;
 
-use crate::facts::{push_hex, push_json_str, FactIds};
+use crate::facts::{blake2b, push_hex, push_json_str, FactIdBatch};
 
-mod wire {
-    //! The subset of opentelemetry-proto's messages the receiver reads.
-    use bytes::Bytes;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LogsRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_logs: Vec<ResourceLogs>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceLogs {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_logs: Vec<ScopeLogs>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeLogs {
-        #[prost(message, repeated, tag = "2")]
-        pub log_records: Vec<LogRecord>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct LogRecord {
-        #[prost(fixed64, tag = "1")]
-        pub time_unix_nano: u64,
-        #[prost(message, optional, tag = "5")]
-        pub body: Option<AnyValue>,
-        #[prost(message, repeated, tag = "6")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(fixed64, tag = "11")]
-        pub observed_time_unix_nano: u64,
-        #[prost(bytes = "bytes", tag = "12")]
-        pub event_name: Bytes,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TraceRequest {
-        #[prost(message, repeated, tag = "1")]
-        pub resource_spans: Vec<ResourceSpans>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ResourceSpans {
-        #[prost(message, optional, tag = "1")]
-        pub resource: Option<Resource>,
-        #[prost(message, repeated, tag = "2")]
-        pub scope_spans: Vec<ScopeSpans>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ScopeSpans {
-        #[prost(message, repeated, tag = "2")]
-        pub spans: Vec<Span>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Span {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub trace_id: Bytes,
-        #[prost(bytes = "bytes", tag = "2")]
-        pub span_id: Bytes,
-        #[prost(bytes = "bytes", tag = "5")]
-        pub name: Bytes,
-        #[prost(fixed64, tag = "7")]
-        pub start_time_unix_nano: u64,
-        #[prost(fixed64, tag = "8")]
-        pub end_time_unix_nano: u64,
-        #[prost(message, repeated, tag = "9")]
-        pub attributes: Vec<KeyValue>,
-        #[prost(message, optional, tag = "15")]
-        pub status: Option<Status>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Status {
-        #[prost(bytes = "bytes", tag = "2")]
-        pub message: Bytes,
-        #[prost(int32, tag = "3")]
-        pub code: i32,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct Resource {
-        #[prost(message, repeated, tag = "1")]
-        pub attributes: Vec<KeyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValue {
-        #[prost(bytes = "bytes", tag = "1")]
-        pub key: Bytes,
-        #[prost(message, optional, tag = "2")]
-        pub value: Option<AnyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct AnyValue {
-        #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5, 6, 7")]
-        pub value: Option<Value>,
-    }
-    #[derive(Clone, PartialEq, prost::Oneof)]
-    pub enum Value {
-        #[prost(bytes = "bytes", tag = "1")]
-        Str(Bytes),
-        #[prost(bool, tag = "2")]
-        Bool(bool),
-        #[prost(int64, tag = "3")]
-        Int(i64),
-        #[prost(double, tag = "4")]
-        Double(f64),
-        #[prost(message, tag = "5")]
-        Array(ArrayValue),
-        #[prost(message, tag = "6")]
-        KvList(KeyValueList),
-        #[prost(bytes = "bytes", tag = "7")]
-        Bytes(Bytes),
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ArrayValue {
-        #[prost(message, repeated, tag = "1")]
-        pub values: Vec<AnyValue>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    pub struct KeyValueList {
-        #[prost(message, repeated, tag = "1")]
-        pub values: Vec<KeyValue>,
-    }
-}
+mod wire;
 
 use wire::{KeyValue, Value};
 
@@ -181,8 +61,25 @@ pub struct Written<'a> {
     pub customer: Range<usize>,
 }
 
+/// Where one made line is in the staging buffer.
+struct Made {
+    line: Range<usize>,
+    /// The activity's name, in the staging buffer.
+    activity: Range<usize>,
+    /// The customer's JSON string, from the line's start.
+    customer: Range<usize>,
+}
+
+thread_local! {
+    /// The lines of the request being read, and where each is.
+    static MADE: std::cell::RefCell<(Vec<u8>, Vec<Made>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
+}
+
 /// Appends the line of every fact `body` reports to `buf`, calling `on_line` after each
-/// (which may take the line off again). Nothing is written when the body is malformed.
+/// (which may take the line off again). When the body is malformed, nothing is written and
+/// `on_line` is not called.
 pub fn write_events(
     signal: Signal,
     body: &[u8],
@@ -191,35 +88,42 @@ pub fn write_events(
     buf: &mut Vec<u8>,
     on_line: &mut dyn FnMut(&mut Vec<u8>, Written<'_>),
 ) -> Result<(), Malformed> {
-    let start = buf.len();
-    // SAFETY: the decoded request's strings are slices of `body` without a copy or a
-    // reference count; the request (private to this function) is dropped before it
-    // returns, so no slice outlives the borrow of `body`.
-    let bytes = Bytes::from_static(unsafe { std::mem::transmute::<&[u8], &'static [u8]>(body) });
-    let mut out = Out {
-        buf,
-        customer,
-        on_line,
-        seconds: (u64::MAX, String::new()),
-        ids: [ASKED_QUESTION, CALLED_MODEL, CALLED_TOOL].map(|kind| FactIds::new(customer, kind)),
-        scratch: Vec::new(),
-    };
-    let result = match signal {
-        Signal::Logs => wire::LogsRequest::decode(bytes)
-            .map_err(malformed_body)
-            .and_then(|r| out.logs(&r, capture_content)),
-        Signal::Traces => wire::TraceRequest::decode(bytes)
-            .map_err(malformed_body)
-            .and_then(|r| out.spans(&r)),
-    };
-    if result.is_err() {
-        out.buf.truncate(start);
-    }
-    result
-}
-
-fn malformed_body(e: prost::DecodeError) -> Malformed {
-    Malformed(e.to_string().chars().take(200).collect())
+    MADE.with_borrow_mut(|(lines, made)| {
+        lines.clear();
+        made.clear();
+        let mut out = Out {
+            buf: lines,
+            made,
+            customer,
+            seconds: (u64::MAX, String::new()),
+            ids: FactIdBatch::default(),
+        };
+        let result = match signal {
+            Signal::Logs => out.logs(body, capture_content),
+            Signal::Traces => out.spans(body),
+        };
+        if result.is_ok() {
+            out.ids.fill(lines);
+            for m in made.iter() {
+                let start = buf.len();
+                buf.extend_from_slice(&lines[m.line.clone()]);
+                let activity = std::str::from_utf8(&lines[m.activity.clone()]).unwrap_or("");
+                let customer = m.customer.clone();
+                on_line(
+                    buf,
+                    Written {
+                        start,
+                        activity,
+                        customer,
+                    },
+                );
+            }
+        }
+        if lines.capacity() > 2 << 20 {
+            *lines = Vec::new();
+        }
+        result
+    })
 }
 
 fn malformed_value(e: std::str::Utf8Error) -> Malformed {
@@ -229,18 +133,18 @@ fn malformed_value(e: std::str::Utf8Error) -> Malformed {
 // --- values as Python saw them ---------------------------------------------------------------
 
 /// An attribute's value; `None` for Python's None (absent, or an empty AnyValue).
-type V<'a> = Option<&'a Value>;
+type V<'a> = Option<&'a Value<'a>>;
 
-fn value_of(kv: &KeyValue) -> V<'_> {
-    kv.value.as_ref().and_then(|a| a.value.as_ref())
+fn value_of<'a>(kv: &'a KeyValue<'a>) -> V<'a> {
+    kv.value.as_ref()
 }
 
 /// The attribute `key`: the last one given (attributes were a map).
-fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> V<'a> {
+fn attr<'a>(attrs: &'a [KeyValue<'a>], key: &str) -> V<'a> {
     entry(attrs, key).and_then(value_of)
 }
 
-fn entry<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a KeyValue> {
+fn entry<'a>(attrs: &'a [KeyValue<'a>], key: &str) -> Option<&'a KeyValue<'a>> {
     attrs.iter().rev().find(|kv| kv.key == key.as_bytes())
 }
 
@@ -249,7 +153,7 @@ fn utf8(b: &[u8]) -> Result<&str, Malformed> {
 }
 
 /// A dict's entries: each key at its first place with its last value.
-fn dict(kvs: &[KeyValue]) -> Result<Vec<(&str, V<'_>)>, Malformed> {
+fn dict<'a>(kvs: &'a [KeyValue<'a>]) -> Result<Vec<(&'a str, V<'a>)>, Malformed> {
     let mut out = Vec::with_capacity(kvs.len());
     for (i, kv) in kvs.iter().enumerate() {
         if kvs[..i].iter().any(|k| k.key == kv.key) {
@@ -260,7 +164,7 @@ fn dict(kvs: &[KeyValue]) -> Result<Vec<(&str, V<'_>)>, Malformed> {
             .rev()
             .find(|k| k.key == kv.key)
             .unwrap_or(kv);
-        out.push((utf8(&kv.key)?, value_of(last)));
+        out.push((utf8(kv.key)?, value_of(last)));
     }
     Ok(out)
 }
@@ -287,8 +191,7 @@ fn truthy(v: V<'_>) -> bool {
         Some(Value::Bool(b)) => *b,
         Some(Value::Int(i)) => *i != 0,
         Some(Value::Double(f)) => *f != 0.0,
-        Some(Value::Array(a)) => !a.values.is_empty(),
-        Some(Value::KvList(l)) => !l.values.is_empty(),
+        Some(Value::Array(list) | Value::KvList(list)) => Value::has_items(list),
     }
 }
 
@@ -464,17 +367,18 @@ fn py_repr(out: &mut String, v: V<'_>, top: bool) -> Result<(), Malformed> {
         Some(Value::Double(f)) => py_float_repr(out, *f),
         Some(Value::Array(a)) => {
             out.push('[');
-            for (i, item) in a.values.iter().enumerate() {
+            for (i, item) in Value::items(a)?.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
-                py_repr(out, item.value.as_ref(), false)?;
+                py_repr(out, item.as_ref(), false)?;
             }
             out.push(']');
         }
         Some(Value::KvList(l)) => {
             out.push('{');
-            for (i, (k, item)) in dict(&l.values)?.into_iter().enumerate() {
+            let entries = Value::entries(l)?;
+            for (i, (k, item)) in dict(&entries)?.into_iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -558,15 +462,15 @@ fn write_json(buf: &mut Vec<u8>, v: V<'_>, floats: Floats) -> Result<(), Malform
         Some(Value::Double(f)) => write_json_float(buf, *f, floats),
         Some(Value::Array(a)) => {
             buf.push(b'[');
-            for (i, item) in a.values.iter().enumerate() {
+            for (i, item) in Value::items(a)?.iter().enumerate() {
                 if i > 0 {
                     buf.push(b',');
                 }
-                write_json(buf, item.value.as_ref(), floats)?;
+                write_json(buf, item.as_ref(), floats)?;
             }
             buf.push(b']');
         }
-        Some(Value::KvList(l)) => write_json_dict(buf, &dict(&l.values)?, floats)?,
+        Some(Value::KvList(l)) => write_json_dict(buf, &dict(&Value::entries(l)?)?, floats)?,
     }
     Ok(())
 }
@@ -873,13 +777,11 @@ enum F<'a> {
 
 struct Out<'a> {
     buf: &'a mut Vec<u8>,
+    made: &'a mut Vec<Made>,
     customer: &'a str,
-    on_line: &'a mut dyn FnMut(&mut Vec<u8>, Written<'_>),
     /// The last epoch second written by `ns_ts`, and its text.
     seconds: (u64, String),
-    /// Ids of the three facts' kinds, for this customer.
-    ids: [FactIds<'static>; 3],
-    scratch: Vec<u8>,
+    ids: FactIdBatch,
 }
 
 impl Out<'_> {
@@ -924,17 +826,14 @@ impl Out<'_> {
         let buf = &mut *self.buf;
         let start = buf.len();
         buf.extend_from_slice(b"{\"activity_id\":\"");
-        match activity {
-            ASKED_QUESTION => self.ids[0].push(buf, key, &mut self.scratch),
-            CALLED_MODEL => self.ids[1].push(buf, key, &mut self.scratch),
-            CALLED_TOOL => self.ids[2].push(buf, key, &mut self.scratch),
-            other => FactIds::new(self.customer, other).push(buf, key, &mut self.scratch),
-        }
+        self.ids.push(buf, self.customer, activity, key);
         buf.push(b'"');
         buf.extend_from_slice(b",\"ts\":");
         push_json_str(buf, ts);
         buf.extend_from_slice(b",\"activity\":");
+        let activity_at = buf.len() + 1;
         push_json_str(buf, activity);
+        let activity = activity_at..buf.len() - 1;
         buf.extend_from_slice(b",\"customer\":");
         let customer_at = buf.len() - start;
         push_json_str(buf, self.customer);
@@ -977,45 +876,24 @@ impl Out<'_> {
             push_json_str(buf, s);
         }
         buf.extend_from_slice(b"}\n");
-        (self.on_line)(
-            buf,
-            Written {
-                start,
-                activity,
-                customer,
-            },
-        );
+        self.made.push(Made {
+            line: start..buf.len(),
+            activity,
+            customer,
+        });
         Ok(())
     }
 
-    fn logs(
-        &mut self,
-        request: &wire::LogsRequest,
-        capture_content: bool,
-    ) -> Result<(), Malformed> {
-        for resource_logs in &request.resource_logs {
-            let resource = resource_logs
-                .resource
-                .as_ref()
-                .map(|r| &r.attributes[..])
-                .unwrap_or_default();
-            let resource_session = attr(resource, "session.id");
-            // Every resource attribute was decoded: a malformed one refused the request.
-            for kv in resource {
-                write_json(&mut Vec::new(), value_of(kv), Floats::Queue)?;
-            }
-            for scope_logs in &resource_logs.scope_logs {
-                for record in &scope_logs.log_records {
-                    self.log(record, resource_session, capture_content)?;
-                }
-            }
-        }
-        Ok(())
+    fn logs(&mut self, body: &[u8], capture_content: bool) -> Result<(), Malformed> {
+        let mut record = wire::LogRecord::default();
+        wire::each_log_record(body, &mut record, check_resource, |resource, record| {
+            self.log(record, attr(resource, "session.id"), capture_content)
+        })
     }
 
     fn log(
         &mut self,
-        record: &wire::LogRecord,
+        record: &wire::LogRecord<'_>,
         resource_session: V<'_>,
         capture_content: bool,
     ) -> Result<(), Malformed> {
@@ -1024,10 +902,10 @@ impl Out<'_> {
         let mut name: Cow<'_, str> = if truthy(named) {
             py_str(named)?.unwrap_or_default()
         } else {
-            Cow::Borrowed(utf8(&record.event_name)?)
+            Cow::Borrowed(utf8(record.event_name)?)
         };
         if name.is_empty() {
-            name = match py_str(record.body.as_ref().and_then(|b| b.value.as_ref()))? {
+            name = match py_str(record.body.as_ref())? {
                 Some(body) if !body.is_empty() => body,
                 _ => Cow::Borrowed("event"),
             };
@@ -1062,7 +940,7 @@ impl Out<'_> {
             array.push(b',');
             push_json_str(&mut array, &isoformat(ts_of(nanos, when.as_deref())));
             array.push(b']');
-            Ok(hex(&Blake2b::<U12>::digest(&array)))
+            Ok(hex(blake2b(12).hash(&array).as_bytes()))
         };
         let session = session.as_deref();
         let t = |key: &str| text(attr(attrs, key)).map(F::Text);
@@ -1188,27 +1066,14 @@ impl Out<'_> {
         }
     }
 
-    fn spans(&mut self, request: &wire::TraceRequest) -> Result<(), Malformed> {
-        for resource_spans in &request.resource_spans {
-            let resource = resource_spans
-                .resource
-                .as_ref()
-                .map(|r| &r.attributes[..])
-                .unwrap_or_default();
-            for kv in resource {
-                write_json(&mut Vec::new(), value_of(kv), Floats::Queue)?;
-            }
-            let resource_session = attr(resource, "session.id");
-            for scope_spans in &resource_spans.scope_spans {
-                for span in &scope_spans.spans {
-                    self.span(span, resource_session)?;
-                }
-            }
-        }
-        Ok(())
+    fn spans(&mut self, body: &[u8]) -> Result<(), Malformed> {
+        let mut span = wire::Span::default();
+        wire::each_span(body, &mut span, check_resource, |resource, span| {
+            self.span(span, attr(resource, "session.id"))
+        })
     }
 
-    fn span(&mut self, span: &wire::Span, resource_session: V<'_>) -> Result<(), Malformed> {
+    fn span(&mut self, span: &wire::Span<'_>, resource_session: V<'_>) -> Result<(), Malformed> {
         let attrs = &span.attributes[..];
         let operation = py_str(attr(attrs, "gen_ai.operation.name"))?;
         let Some(operation) = operation.as_deref() else {
@@ -1230,7 +1095,7 @@ impl Out<'_> {
         ))?;
         let agent = text(attr(attrs, "gen_ai.agent.name"))?;
         let t = |key: &str| text(attr(attrs, key)).map(F::Text);
-        let span_key = || format!("{}:{}", hex(&span.trace_id), hex(&span.span_id));
+        let span_key = || format!("{}:{}", hex(span.trace_id), hex(span.span_id));
         if model {
             let key = match text(attr(attrs, "gen_ai.response.id"))? {
                 Some(k) => k,
@@ -1287,12 +1152,10 @@ impl Out<'_> {
         };
         let tool = match text(attr(attrs, "gen_ai.tool.name"))? {
             Some(t) => t,
-            None => Cow::Borrowed(utf8(&span.name)?),
+            None => Cow::Borrowed(utf8(span.name)?),
         };
-        let status = span.status.as_ref();
-        let outcome = if status.is_some_and(|s| s.code == STATUS_CODE_ERROR) {
-            let message = utf8(status.map(|s| &s.message[..]).unwrap_or_default())?;
-            match message {
+        let outcome = if let Some((STATUS_CODE_ERROR, message)) = span.status {
+            match utf8(message)? {
                 "" => text(attr(attrs, "error.type"))?.unwrap_or(Cow::Borrowed("error")),
                 m => Cow::Borrowed(m),
             }
@@ -1316,6 +1179,14 @@ impl Out<'_> {
     }
 }
 
+/// Python decoded every resource attribute: a malformed one refused the request.
+fn check_resource(attrs: &[KeyValue<'_>]) -> Result<(), Malformed> {
+    for kv in attrs {
+        write_json(&mut Vec::new(), value_of(kv), Floats::Queue)?;
+    }
+    Ok(())
+}
+
 /// `str(value).lower()`.
 fn py_text_lower(v: V<'_>) -> Result<Option<String>, Malformed> {
     let mut s = String::new();
@@ -1334,9 +1205,12 @@ fn latency_ms(nanos: u64) -> f64 {
     ((nanos + 500) / 1000) as f64 / 1000.0
 }
 
+/// A feature's name (one of this module's, which JSON writes as it is) and its colon.
 fn push_key(buf: &mut Vec<u8>, name: &str) {
-    push_json_str(buf, name);
-    buf.push(b':');
+    debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    buf.push(b'"');
+    buf.extend_from_slice(name.as_bytes());
+    buf.extend_from_slice(b"\":");
 }
 
 #[cfg(test)]

@@ -1,0 +1,471 @@
+//! The OTLP messages the receiver reads, as views of the request body: every string and
+//! nested message is a slice of the body, and nothing is built per record or attribute.
+//!
+//! prost's wire-format functions (`decode_key`, `decode_varint`, `skip_field`) read the
+//! fields; what is here is which fields of opentelemetry-proto's messages are read, and
+//! protobuf's rules for reading them: fields in any order, unknown fields skipped, the last
+//! value of a scalar field winning, and a singular message field given twice merged (which
+//! for a serialized message is the same as reading its parts one after the other: a
+//! [`Msg`] keeps every part). A field of a known number with the wrong wire type, a length
+//! past the end and a nesting deeper than prost allows are malformed, as with prost.
+
+use prost::encoding::{decode_varint, skip_field, DecodeContext, WireType};
+
+use super::Malformed;
+
+/// How deep values may nest (prost's recursion limit).
+const MAX_DEPTH: u32 = 100;
+
+/// One field's value, by wire type.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    /// A 32-bit value or a group: never read here.
+    Skipped,
+}
+
+/// The fields of one serialized message, in order.
+struct Fields<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Self { buf }
+    }
+
+    /// A varint; one byte (every tag read here, most lengths) without a call.
+    #[inline(always)]
+    fn varint(&mut self) -> Result<u64, Bad> {
+        match self.buf.first() {
+            Some(&b) if b < 0x80 => {
+                self.buf = &self.buf[1..];
+                Ok(u64::from(b))
+            }
+            _ => decode_varint(&mut self.buf).map_err(decode_error),
+        }
+    }
+
+    #[inline(always)]
+    fn next(&mut self) -> Result<Option<(u32, Field<'a>)>, Bad> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let tag = (key >> 3) as u32;
+        if key > u64::from(u32::MAX) || tag == 0 {
+            return Err(Bad("invalid key"));
+        }
+        let field = match key & 7 {
+            0 => Field::Varint(self.varint()?),
+            1 => {
+                let Some((bytes, rest)) = self.buf.split_first_chunk::<8>() else {
+                    return Err(UNDERFLOW);
+                };
+                self.buf = rest;
+                Field::Fixed64(u64::from_le_bytes(*bytes))
+            }
+            2 => {
+                let len = self.varint()?;
+                if len > self.buf.len() as u64 {
+                    return Err(UNDERFLOW);
+                }
+                let (bytes, rest) = self.buf.split_at(len as usize);
+                self.buf = rest;
+                Field::Bytes(bytes)
+            }
+            wire => {
+                let wire_type = WireType::try_from(wire).map_err(decode_error)?;
+                skip_field(wire_type, tag, &mut self.buf, DecodeContext::default())
+                    .map_err(decode_error)?;
+                Field::Skipped
+            }
+        };
+        Ok(Some((tag, field)))
+    }
+}
+
+/// Why a body is malformed, small enough to be returned in registers on the hot path;
+/// [`Malformed`] says it to the client.
+#[derive(Clone, Copy, Debug)]
+pub struct Bad(&'static str);
+
+impl From<Bad> for Malformed {
+    fn from(bad: Bad) -> Self {
+        Malformed(format!("failed to decode Protobuf message: {}", bad.0))
+    }
+}
+
+fn decode_error(_: prost::DecodeError) -> Bad {
+    Bad("invalid varint")
+}
+
+const UNDERFLOW: Bad = Bad("buffer underflow");
+
+/// Calls `each` with every field of `part`. `each` returns `false` for a field whose number
+/// it knows with another wire type, which makes the message malformed (`wrong`).
+#[inline(always)]
+fn fields<'a, E: From<Bad>>(
+    part: &'a [u8],
+    wrong: &'static str,
+    mut each: impl FnMut(u32, Field<'a>) -> Result<bool, E>,
+) -> Result<(), E> {
+    let mut fields = Fields::new(part);
+    while let Some((tag, field)) = fields.next()? {
+        if !each(tag, field)? {
+            return Err(Bad(wrong).into());
+        }
+    }
+    Ok(())
+}
+
+/// A list or map value: its serialized message, in one part or more (given again, it
+/// merges). One part, as senders write them, is a slice; more are boxed, which keeps every
+/// value small.
+#[derive(Clone)]
+pub enum Msg<'a> {
+    One(&'a [u8]),
+    Parts(Box<[&'a [u8]]>),
+}
+
+impl<'a> Msg<'a> {
+    fn merged(self, part: &'a [u8]) -> Self {
+        let mut parts = match self {
+            Msg::One(first) => vec![first],
+            Msg::Parts(parts) => parts.into_vec(),
+        };
+        parts.push(part);
+        Msg::Parts(parts.into_boxed_slice())
+    }
+
+    /// Calls `each` with every part of the repeated field 1 (`ArrayValue.values`,
+    /// `KeyValueList.values`); the message was checked when it was read.
+    fn repeated(&self, mut each: impl FnMut(&'a [u8]) -> Result<(), Bad>) -> Result<(), Bad> {
+        let parts = match self {
+            Msg::One(part) => std::slice::from_ref(part),
+            Msg::Parts(parts) => &parts[..],
+        };
+        for part in parts {
+            fields(part, "invalid wire type in a list", |tag, f| {
+                match (tag, f) {
+                    (1, Field::Bytes(b)) => each(b).map(|()| true),
+                    (1, _) => Ok(false),
+                    _ => Ok(true),
+                }
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `AnyValue.value`: which of its oneof fields was given last, with its value.
+#[derive(Clone)]
+pub enum Value<'a> {
+    Str(&'a [u8]),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Array(Msg<'a>),
+    KvList(Msg<'a>),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Value<'a> {
+    /// `ArrayValue.values`: each item's value (None for an empty `AnyValue`).
+    pub fn items(list: &Msg<'a>) -> Result<Vec<Option<Value<'a>>>, Malformed> {
+        let mut out = Vec::new();
+        list.repeated(|b| {
+            out.push(any_value(b, 0)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// `KeyValueList.values`.
+    pub fn entries(list: &Msg<'a>) -> Result<Vec<KeyValue<'a>>, Malformed> {
+        let mut out = Vec::new();
+        list.repeated(|b| {
+            out.push(key_value(b, 0)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Whether a list or map has an item (Python's truth of the list or dict).
+    pub fn has_items(list: &Msg<'a>) -> bool {
+        let mut any = false;
+        let _ = list.repeated(|_| {
+            any = true;
+            Ok(())
+        });
+        any
+    }
+}
+
+/// A `KeyValue`: its key's bytes (UTF-8 is checked when read) and value (None when absent
+/// or empty).
+#[derive(Clone)]
+pub struct KeyValue<'a> {
+    pub key: &'a [u8],
+    pub value: Option<Value<'a>>,
+}
+
+/// Reads an `AnyValue` into `value`, merging as protobuf does: a later oneof field
+/// replaces an earlier one, except that a list or map given again is extended.
+#[inline(always)]
+fn merge_any_value<'a>(
+    value: &mut Option<Value<'a>>,
+    part: &'a [u8],
+    depth: u32,
+) -> Result<(), Bad> {
+    fields(part, "invalid wire type in an AnyValue", |tag, f| {
+        *value = Some(match (tag, f) {
+            (1, Field::Bytes(b)) => Value::Str(b),
+            (2, Field::Varint(n)) => Value::Bool(n != 0),
+            (3, Field::Varint(n)) => Value::Int(n as i64),
+            (4, Field::Fixed64(n)) => Value::Double(f64::from_bits(n)),
+            (5, Field::Bytes(b)) => {
+                check_list(b, false, depth + 1)?;
+                match value.take() {
+                    Some(Value::Array(m)) => Value::Array(m.merged(b)),
+                    _ => Value::Array(Msg::One(b)),
+                }
+            }
+            (6, Field::Bytes(b)) => {
+                check_list(b, true, depth + 1)?;
+                match value.take() {
+                    Some(Value::KvList(m)) => Value::KvList(m.merged(b)),
+                    _ => Value::KvList(Msg::One(b)),
+                }
+            }
+            (7, Field::Bytes(b)) => Value::Bytes(b),
+            (1..=7, _) => return Ok(false),
+            _ => return Ok(true),
+        });
+        Ok(true)
+    })
+}
+
+fn any_value(part: &[u8], depth: u32) -> Result<Option<Value<'_>>, Bad> {
+    let mut value = None;
+    merge_any_value(&mut value, part, depth)?;
+    Ok(value)
+}
+
+/// Checks an `ArrayValue` (`kv` false) or a `KeyValueList` and everything in it, as
+/// prost's decoding of the whole request would.
+fn check_list(part: &[u8], kv: bool, depth: u32) -> Result<(), Bad> {
+    if depth > MAX_DEPTH {
+        return Err(Bad("recursion limit reached"));
+    }
+    fields(part, "invalid wire type in a list", |tag, f| {
+        match (tag, f) {
+            (1, Field::Bytes(b)) if kv => key_value(b, depth).map(|_| true),
+            (1, Field::Bytes(b)) => any_value(b, depth).map(|_| true),
+            (1, _) => Ok(false),
+            _ => Ok(true),
+        }
+    })
+}
+
+#[inline(always)]
+fn key_value(part: &[u8], depth: u32) -> Result<KeyValue<'_>, Bad> {
+    let mut kv = KeyValue {
+        key: &[],
+        value: None,
+    };
+    fields(part, "invalid wire type in a KeyValue", |tag, f| {
+        match (tag, f) {
+            (1, Field::Bytes(b)) => kv.key = b,
+            (2, Field::Bytes(b)) => merge_any_value(&mut kv.value, b, depth)?,
+            (1 | 2, _) => return Ok(false),
+            _ => {}
+        }
+        Ok(true)
+    })?;
+    Ok(kv)
+}
+
+/// Called once with each resource's attributes, before its records.
+pub type OnResource = fn(&[KeyValue<'_>]) -> Result<(), Malformed>;
+
+/// Calls `each` with every part of the repeated message field `tag` of `part`.
+fn each_part<'a>(
+    part: &'a [u8],
+    wrong: &'static str,
+    tag: u32,
+    mut each: impl FnMut(&'a [u8]) -> Result<(), Malformed>,
+) -> Result<(), Malformed> {
+    fields(part, wrong, |t, f| match f {
+        Field::Bytes(b) if t == tag => each(b).map(|()| true),
+        _ => Ok(t != tag),
+    })
+}
+
+/// A `ResourceLogs` or `ResourceSpans`: its resource's attributes (field 1, merged when
+/// given again) to `on_resource`, then each part of its scope field (2) and of that
+/// scope's record field (`record_tag`) to `each`.
+fn resource_records<'a>(
+    part: &'a [u8],
+    record_tag: u32,
+    on_resource: OnResource,
+    mut each: impl FnMut(&[KeyValue<'a>], &'a [u8]) -> Result<(), Malformed>,
+) -> Result<(), Malformed> {
+    let mut attrs = Vec::new();
+    let resource = |tag, f| -> Result<bool, Bad> {
+        match (tag, f) {
+            (1, Field::Bytes(resource)) => {
+                fields(
+                    resource,
+                    "invalid wire type in a Resource",
+                    |tag, f| match (tag, f) {
+                        (1, Field::Bytes(b)) => {
+                            attrs.push(key_value(b, 0)?);
+                            Ok(true)
+                        }
+                        (1, _) => Ok(false),
+                        _ => Ok(true),
+                    },
+                )?;
+                Ok(true)
+            }
+            (2, Field::Bytes(_)) => Ok(true),
+            (1 | 2, _) => Ok(false),
+            _ => Ok(true),
+        }
+    };
+    fields(part, "invalid wire type in a resource's records", resource)?;
+    on_resource(&attrs)?;
+    each_part(
+        part,
+        "invalid wire type in a resource's records",
+        2,
+        |scope| {
+            each_part(
+                scope,
+                "invalid wire type in a scope's records",
+                record_tag,
+                |record| each(&attrs, record),
+            )
+        },
+    )
+}
+
+/// A `LogRecord`'s fields that are read.
+#[derive(Default)]
+pub struct LogRecord<'a> {
+    pub time_unix_nano: u64,
+    pub observed_time_unix_nano: u64,
+    pub body: Option<Value<'a>>,
+    pub event_name: &'a [u8],
+    pub attributes: Vec<KeyValue<'a>>,
+}
+
+/// A `Span`'s fields that are read.
+#[derive(Default)]
+pub struct Span<'a> {
+    pub trace_id: &'a [u8],
+    pub span_id: &'a [u8],
+    pub name: &'a [u8],
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    pub attributes: Vec<KeyValue<'a>>,
+    /// `Status.code` and `Status.message`, when a status was given.
+    pub status: Option<(i32, &'a [u8])>,
+}
+
+/// Calls `each` with every record of an `ExportLogsServiceRequest`, with its resource's
+/// attributes (given to `on_resource` first). `record` is reused from one record to the next.
+pub fn each_log_record<'a>(
+    body: &'a [u8],
+    record: &mut LogRecord<'a>,
+    on_resource: OnResource,
+    mut each: impl FnMut(&[KeyValue<'a>], &LogRecord<'a>) -> Result<(), Malformed>,
+) -> Result<(), Malformed> {
+    each_part(body, "invalid wire type in a request", 1, |resource_logs| {
+        resource_records(resource_logs, 2, on_resource, |resource, part| {
+            let r = &mut *record;
+            r.attributes.clear();
+            (r.time_unix_nano, r.observed_time_unix_nano) = (0, 0);
+            r.body = None;
+            r.event_name = &[];
+            fields(
+                part,
+                "invalid wire type in a LogRecord",
+                |tag, f| -> Result<_, Bad> {
+                    match (tag, f) {
+                        (1, Field::Fixed64(n)) => r.time_unix_nano = n,
+                        (11, Field::Fixed64(n)) => r.observed_time_unix_nano = n,
+                        (5, Field::Bytes(b)) => merge_any_value(&mut r.body, b, 0)?,
+                        (6, Field::Bytes(b)) => r.attributes.push(key_value(b, 0)?),
+                        (12, Field::Bytes(b)) => r.event_name = b,
+                        (1 | 5 | 6 | 11 | 12, _) => return Ok(false),
+                        _ => {}
+                    }
+                    Ok(true)
+                },
+            )?;
+            each(resource, r)
+        })
+    })
+}
+
+/// Calls `each` with every span of an `ExportTraceServiceRequest`, with its resource's
+/// attributes (given to `on_resource` first). `span` is reused from one span to the next.
+pub fn each_span<'a>(
+    body: &'a [u8],
+    span: &mut Span<'a>,
+    on_resource: OnResource,
+    mut each: impl FnMut(&[KeyValue<'a>], &Span<'a>) -> Result<(), Malformed>,
+) -> Result<(), Malformed> {
+    each_part(
+        body,
+        "invalid wire type in a request",
+        1,
+        |resource_spans| {
+            resource_records(resource_spans, 2, on_resource, |resource, part| {
+                let s = &mut *span;
+                s.attributes.clear();
+                (s.trace_id, s.span_id, s.name) = (&[], &[], &[]);
+                (s.start_time_unix_nano, s.end_time_unix_nano) = (0, 0);
+                s.status = None;
+                fields(
+                    part,
+                    "invalid wire type in a Span",
+                    |tag, f| -> Result<_, Bad> {
+                        match (tag, f) {
+                            (1, Field::Bytes(b)) => s.trace_id = b,
+                            (2, Field::Bytes(b)) => s.span_id = b,
+                            (5, Field::Bytes(b)) => s.name = b,
+                            (7, Field::Fixed64(n)) => s.start_time_unix_nano = n,
+                            (8, Field::Fixed64(n)) => s.end_time_unix_nano = n,
+                            (9, Field::Bytes(b)) => s.attributes.push(key_value(b, 0)?),
+                            (15, Field::Bytes(b)) => s.status = Some(status(b, s.status)?),
+                            (1 | 2 | 5 | 7 | 8 | 9 | 15, _) => return Ok(false),
+                            _ => {}
+                        }
+                        Ok(true)
+                    },
+                )?;
+                each(resource, s)
+            })
+        },
+    )
+}
+
+/// A `Status` part merged into what earlier parts gave.
+fn status<'a>(part: &'a [u8], before: Option<(i32, &'a [u8])>) -> Result<(i32, &'a [u8]), Bad> {
+    let (mut code, mut message) = before.unwrap_or((0, &[]));
+    fields(part, "invalid wire type in a Status", |tag, f| {
+        match (tag, f) {
+            (2, Field::Bytes(b)) => message = b,
+            (3, Field::Varint(n)) => code = n as i32,
+            (2 | 3, _) => return Ok(false),
+            _ => {}
+        }
+        Ok(true)
+    })?;
+    Ok((code, message))
+}
