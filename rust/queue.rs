@@ -59,7 +59,7 @@ impl Default for Config {
 
 /// Appends of at least this many bytes are written with `pwrite` (see the module's doc);
 /// chosen by `cargo bench --bench core -- append_path` (docs/benchmarks.md).
-const PWRITE_FROM: usize = 16 * 1024;
+const PWRITE_FROM: usize = 8 * 1024;
 
 /// A framing buffer grown past this is freed after use rather than kept for the next one.
 const FRAME_KEEP: usize = 4 * 1024 * 1024;
