@@ -761,7 +761,10 @@ mod tests {
         }
 
         fn write_at(&self, file: &File, data: &[u8], at: u64) -> io::Result<()> {
-            if self.failing_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            if self
+                .failing_writes
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
                 OsFiles.write_at(file, &data[..data.len() / 2], at)?;
                 return Err(io::Error::from_raw_os_error(libc::ENOSPC));
             }
@@ -872,8 +875,11 @@ mod tests {
     fn batch(from: usize, n: usize) -> Vec<u8> {
         (from..from + n)
             .flat_map(|i| {
-                format!("{{\"activity\":\"a\",\"i\":{i},\"p\":\"{}\"}}\n", "y".repeat(60 + i % 150))
-                    .into_bytes()
+                format!(
+                    "{{\"activity\":\"a\",\"i\":{i},\"p\":\"{}\"}}\n",
+                    "y".repeat(60 + i % 150)
+                )
+                .into_bytes()
             })
             .collect()
     }
@@ -950,7 +956,9 @@ mod tests {
         q.append(&big, 200).unwrap();
         set(&disk.failing_writes, true);
         let torn = batch(203, 300);
-        assert!(matches!(q.append(&torn, 300), Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ENOSPC)));
+        assert!(
+            matches!(q.append(&torn, 300), Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ENOSPC))
+        );
         set(&disk.failing_writes, false);
         assert!(q.failure().unwrap().contains("writing"));
         assert_eq!(q.pending(), 203);
@@ -965,7 +973,7 @@ mod tests {
         assert_eq!(read_back(dir.path()), before);
         // The handle takes nothing more, small or large, until reopened.
         assert!(matches!(q.append(&line(9), 1), Err(Error::PreviousIo(_))));
-        assert!(matches!(q.try_append(&line(9), 1), None));
+        assert!(q.try_append(&line(9), 1).is_none());
         assert!(matches!(q.append(&big, 200), Err(Error::PreviousIo(_))));
         assert!(matches!(q.flush(), Err(Error::PreviousIo(_))));
         assert!(q.close().is_err());
