@@ -399,7 +399,7 @@ impl QueueCore {
             if let Err(e) = written {
                 // Bytes of it may be in the file: nothing more goes into this segment.
                 st.active = None;
-                return Err(self.fail("writing to the open segment", e));
+                return Err(self.fail("write to the open segment", e));
             }
             framed
         } else if self.cfg.checksums {
@@ -960,7 +960,7 @@ mod tests {
             matches!(q.append(&torn, 300), Err(Error::Io(e)) if e.raw_os_error() == Some(libc::ENOSPC))
         );
         set(&disk.failing_writes, false);
-        assert!(q.failure().unwrap().contains("writing"));
+        assert!(q.failure().unwrap().starts_with("write to the open segment failed"));
         assert_eq!(q.pending(), 203);
         assert_eq!(LocalCounters::get(&q.local.rejected), 300);
         assert_eq!(LocalCounters::get(&q.local.appended), 203);
