@@ -1,5 +1,6 @@
 //! criterion benchmarks of the Rust core without Python: the bytes path of an append (with
-//! and without line checksums, and their ratio), ULID generation, LRU get/put.
+//! and without line checksums, and their ratio), appends by memcpy against `pwrite` by
+//! size, ULID generation, LRU get/put.
 //! Run: cargo bench --bench core
 use std::hint::black_box;
 use std::num::NonZeroUsize;
@@ -66,6 +67,9 @@ fn append(c: &mut Criterion) {
 /// on new segment pages count; the median of the rounds' ratios), as printed.
 /// Run alone: cargo bench --bench core -- checksum_ratio
 fn checksum_ratio(_: &mut Criterion) {
+    if !selected("checksum_ratio") {
+        return;
+    }
     const ROUNDS: usize = 61;
     const ROUND: usize = 10_000;
     let dir = tempfile::tempdir().unwrap();
@@ -116,6 +120,90 @@ fn checksum_ratio(_: &mut Criterion) {
     );
 }
 
+/// The appending thread's CPU time per byte through the map against through `pwrite`, for
+/// batches of 1 to 1,024 lines (~200 bytes each): the median, over `ROUNDS` interleaved
+/// rounds, of the ratio map / pwrite, each round appending `ROUND_BYTES` into a fresh
+/// segment with the default background fdatasync (every 50 ms). Picks `PWRITE_FROM`.
+/// Run alone: cargo bench --bench core -- append_path
+fn append_path(_: &mut Criterion) {
+    if !selected("append_path") {
+        return;
+    }
+    const ROUNDS: usize = 15;
+    const ROUND_BYTES: usize = 8 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut ts = TsFormatter::default();
+    let thread_cpu = || {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes the timespec it is given.
+        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+        t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+    };
+    let mut k = 0;
+    for lines in [1, 4, 16, 32, 64, 128, 256, 1024] {
+        let mut batch = Vec::new();
+        for _ in 0..lines {
+            encode_json_bytes(EVENT, &mut batch, &mut ts, 1 << 20).unwrap();
+        }
+        // (cpu, wall) seconds per byte of one round, through the map or through pwrite.
+        let mut round = |pwrite: bool| {
+            k += 1;
+            let cfg = config(true).with_pwrite_from(if pwrite { 0 } else { usize::MAX });
+            let q = QueueCore::open(&dir.path().join(k.to_string()), cfg).unwrap();
+            let n = ROUND_BYTES / batch.len();
+            let (c, w) = (thread_cpu(), Instant::now());
+            for _ in 0..n {
+                black_box(q.append(&batch, lines).unwrap());
+            }
+            let per = (n * batch.len()) as f64;
+            let r = ((thread_cpu() - c) / per, w.elapsed().as_secs_f64() / per);
+            q.close().unwrap();
+            std::fs::remove_dir_all(dir.path().join(k.to_string())).unwrap();
+            r
+        };
+        let (mut cpu, mut wall, mut map_cpu, mut pw_cpu) = (vec![], vec![], vec![], vec![]);
+        for i in 0..ROUNDS {
+            let (m, p) = if i % 2 == 0 {
+                let m = round(false);
+                (m, round(true))
+            } else {
+                let p = round(true);
+                (round(false), p)
+            };
+            cpu.push(m.0 / p.0);
+            wall.push(m.1 / p.1);
+            map_cpu.push(m.0);
+            pw_cpu.push(p.0);
+        }
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "append_path {lines} lines ({} bytes): map {:.0} MB/s, pwrite {:.0} MB/s of CPU \
+             time; map / pwrite: CPU time {:.2}x, wall {:.2}x (medians of {ROUNDS} rounds)",
+            batch.len(),
+            1e-6 / median(map_cpu),
+            1e-6 / median(pw_cpu),
+            median(cpu),
+            median(wall),
+        );
+    }
+}
+
+/// Whether the command line's filter (criterion's, `cargo bench -- FILTER`) picks `name`,
+/// for the measurements that print instead of going through criterion.
+fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn ulid(c: &mut Criterion) {
     c.bench_function("ulid", |b| b.iter(|| black_box(next_ulid())));
     c.bench_function("ulid_to_string", |b| {
@@ -150,5 +238,5 @@ fn lru(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, append, checksum_ratio, ulid, lru);
+criterion_group!(benches, append, checksum_ratio, append_path, ulid, lru);
 criterion_main!(benches);

@@ -19,7 +19,12 @@ rounds, the first four taken in turn within each round so that they see the same
 
 Ratios receiver / baseline are printed (target: at least 0.5 of decode alone).
 
-Run: python benches/otlp_receive.py [--requests N] [--records M] [--repeat R]
+With ``--baseline-core SO``, only ``Queue.append_otlp`` of this build against another build
+of ``activitybi._core`` loaded into the same process (e.g. main's installed one), in
+interleaved rounds on queues that keep filling (so that background fdatasyncs and rotations
+happen as in a long-running receiver): medians and best rounds, CPU and wall time.
+
+Run: python benches/otlp_receive.py [--requests N] [--records M] [--repeat R] [--baseline-core SO]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,6 +51,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1 import logs_pb2
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1 import trace_pb2
+from queue_append import load_core
 
 from activitybi import Queue, QueueReader
 from activitybi.capture.otlp import Receiver, SeriesState
@@ -265,6 +272,41 @@ def in_cpu_time(logs: list[bytes], spans: list[bytes], n: int, repeat: int) -> N
         shutil.rmtree(home, ignore_errors=True)
 
 
+def against_build(logs: list[bytes], spans: list[bytes], n: int, so: Path, rounds: int) -> None:
+    """`Queue.append_otlp` of this build against the build at `so`, in interleaved rounds."""
+    builds = {"this build": Queue, "baseline": load_core(so).Queue}
+    home = Path(tempfile.mkdtemp(prefix="otlp-ab-"))
+    try:
+        for kind, payloads in (("logs", logs), ("traces", spans)):
+            queues = {
+                k: cls(str(home / f"{kind}-{i}"), max_pending=n * rounds)
+                for i, (k, cls) in enumerate(builds.items())
+            }
+            cpu: dict[str, list[float]] = {k: [] for k in builds}
+            wall: dict[str, list[float]] = {k: [] for k in builds}
+            for r in range(rounds):
+                for k in list(queues) if r % 2 == 0 else list(queues)[::-1]:
+                    append_otlp = queues[k].append_otlp
+                    c, w = time.thread_time(), time.perf_counter()
+                    for p in payloads:
+                        append_otlp(kind, p, "bench@example.com")
+                    cpu[k].append(time.thread_time() - c)
+                    wall[k].append(time.perf_counter() - w)
+            for q in queues.values():
+                q.close()
+            for what, t in (("CPU", cpu), ("wall", wall)):
+                base, this = t["baseline"], t["this build"]
+                ratio = statistics.median(b / x for b, x in zip(base, this, strict=True))
+                print(
+                    f"{kind}, {what} time: this build {n / statistics.median(this):,.0f} records/s "
+                    f"(best round {n / min(this):,.0f}), baseline {n / statistics.median(base):,.0f} "
+                    f"(best {n / min(base):,.0f}); baseline / this build: {ratio:.2f}x "
+                    f"(median of {rounds} rounds' ratios)"
+                )
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--requests", type=int, default=20)
@@ -275,12 +317,17 @@ def main() -> None:
         action="store_true",
         help="only Queue.append_otlp against decoding alone, in CPU time (and for perf record)",
     )
+    p.add_argument(
+        "--baseline-core", type=Path, help="a build of activitybi._core to compare append_otlp with"
+    )
     a = p.parse_args()
     logs = [log_payload(r, a.records) for r in range(a.requests)]
     spans = [span_payload(r, a.records) for r in range(a.requests)]
     n = a.requests * a.records
     if a.cpu:
         return in_cpu_time(logs, spans, n, a.repeat)
+    if a.baseline_core is not None:
+        return against_build(logs, spans, n, a.baseline_core, max(a.repeat, 21))
     home = Path(tempfile.mkdtemp(prefix="otlp-bench-"))
     try:
         queue = Queue(str(home / "queue"), max_pending=100 * n)

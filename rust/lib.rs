@@ -184,8 +184,8 @@ struct Queue {
 }
 
 impl Queue {
-    /// Writes encoded lines: without releasing the GIL when the segment has room and
-    /// the lock is free (a memcpy), otherwise with it released.
+    /// Writes encoded lines: without releasing the GIL when they are small (a memcpy into
+    /// the map), the segment has room and the lock is free, otherwise with it released.
     fn write(&self, py: Python<'_>, bytes: &[u8], lines: u64, durable: bool) -> PyResult<()> {
         let core = &self.core;
         if durable {

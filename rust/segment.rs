@@ -3,8 +3,9 @@
 //!
 //! A segment is `<STEM>.open` while a live writer holds an exclusive `flock` on it, and
 //! `<STEM>.ndjson` once sealed (fdatasync, truncate to its data, atomic rename, directory
-//! fsync). Open segments are preallocated and filled through a memory map, so their data
-//! ends at the last newline before the first zero byte; JSON lines never contain a zero.
+//! fsync). Open segments are preallocated and filled in order (small appends through a
+//! memory map, large ones with `pwrite`: see the queue module), so their data ends at the
+//! last newline before the first zero byte; JSON lines never contain a zero.
 //!
 //! # Line format
 //!
@@ -52,6 +53,8 @@ pub type Checkpoint = BTreeMap<String, u64>;
 /// The file operations that durability rests on, so that tests can make them fail.
 pub(crate) trait FileBackend: Send + Sync {
     fn sync_data(&self, file: &File) -> io::Result<()>;
+    /// Writes all of `data` at offset `at` (an error may come after part of it was written).
+    fn write_at(&self, file: &File, data: &[u8], at: u64) -> io::Result<()>;
 }
 
 /// The operating system's file operations.
@@ -60,6 +63,10 @@ pub(crate) struct OsFiles;
 impl FileBackend for OsFiles {
     fn sync_data(&self, file: &File) -> io::Result<()> {
         file.sync_data()
+    }
+
+    fn write_at(&self, file: &File, data: &[u8], at: u64) -> io::Result<()> {
+        std::os::unix::fs::FileExt::write_all_at(file, data, at)
     }
 }
 

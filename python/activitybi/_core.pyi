@@ -47,7 +47,8 @@ class MalformedBody(ActivitybiError):
 class QueueIOError(ActivitybiError, OSError):
     """A queue write, fdatasync or seal failed (``errno`` as the system gave it). After a
     failed fdatasync or seal the handle refuses durable appends, ``flush`` and sealing
-    with this error until the queue is reopened; ``Queue.stats()["io_error"]`` says why."""
+    with this error until the queue is reopened, after a failed write every append;
+    ``Queue.stats()["io_error"]`` says why."""
 
 @type_check_only
 class QueueStats(TypedDict):
@@ -63,7 +64,7 @@ class QueueStats(TypedDict):
     """Unacknowledged events in the whole directory, every process."""
     max_pending: int
     io_error: str | None
-    """Why this handle refuses durable work (a failed fdatasync or seal), or None."""
+    """Why this handle refuses durable work (a failed fdatasync, seal or write), or None."""
     redactions: dict[str, int]
     """Values its redactor changed, by kind (every kind of ``REDACTION_KINDS``, zeros
     included; all zero without a redactor)."""
