@@ -186,10 +186,7 @@ impl<'a> Value<'a> {
     /// `KeyValueList.values`.
     pub fn entries(list: &Msg<'a>) -> Result<Vec<KeyValue<'a>>, Malformed> {
         let mut out = Vec::new();
-        list.repeated(|b| {
-            out.push(key_value(b, 0)?);
-            Ok(())
-        })?;
+        list.repeated(|b| push_key_value(&mut out, b, 0))?;
         Ok(out)
     }
 
@@ -270,12 +267,21 @@ fn check_list(part: &[u8], kv: bool, depth: u32) -> Result<(), Bad> {
     })
 }
 
-#[inline(always)]
 fn key_value(part: &[u8], depth: u32) -> Result<KeyValue<'_>, Bad> {
-    let mut kv = KeyValue {
+    let mut out = Vec::with_capacity(1);
+    push_key_value(&mut out, part, depth)?;
+    Ok(out.swap_remove(0))
+}
+
+/// Reads a `KeyValue` onto the end of `out`, in place (moving a read value into the vector
+/// cost more than reading it).
+#[inline(always)]
+fn push_key_value<'a>(out: &mut Vec<KeyValue<'a>>, part: &'a [u8], depth: u32) -> Result<(), Bad> {
+    out.push(KeyValue {
         key: &[],
         value: None,
-    };
+    });
+    let kv = out.last_mut().expect("just pushed");
     fields(part, "invalid wire type in a KeyValue", |tag, f| {
         match (tag, f) {
             (1, Field::Bytes(b)) => kv.key = b,
@@ -284,8 +290,7 @@ fn key_value(part: &[u8], depth: u32) -> Result<KeyValue<'_>, Bad> {
             _ => {}
         }
         Ok(true)
-    })?;
-    Ok(kv)
+    })
 }
 
 /// Called once with each resource's attributes, before its records.
@@ -322,7 +327,7 @@ fn resource_records<'a>(
                     "invalid wire type in a Resource",
                     |tag, f| match (tag, f) {
                         (1, Field::Bytes(b)) => {
-                            attrs.push(key_value(b, 0)?);
+                            push_key_value(&mut attrs, b, 0)?;
                             Ok(true)
                         }
                         (1, _) => Ok(false),
@@ -399,7 +404,7 @@ pub fn each_log_record<'a>(
                         (1, Field::Fixed64(n)) => r.time_unix_nano = n,
                         (11, Field::Fixed64(n)) => r.observed_time_unix_nano = n,
                         (5, Field::Bytes(b)) => merge_any_value(&mut r.body, b, 0)?,
-                        (6, Field::Bytes(b)) => r.attributes.push(key_value(b, 0)?),
+                        (6, Field::Bytes(b)) => push_key_value(&mut r.attributes, b, 0)?,
                         (12, Field::Bytes(b)) => r.event_name = b,
                         (1 | 5 | 6 | 11 | 12, _) => return Ok(false),
                         _ => {}
@@ -441,7 +446,7 @@ pub fn each_span<'a>(
                             (5, Field::Bytes(b)) => s.name = b,
                             (7, Field::Fixed64(n)) => s.start_time_unix_nano = n,
                             (8, Field::Fixed64(n)) => s.end_time_unix_nano = n,
-                            (9, Field::Bytes(b)) => s.attributes.push(key_value(b, 0)?),
+                            (9, Field::Bytes(b)) => push_key_value(&mut s.attributes, b, 0)?,
                             (15, Field::Bytes(b)) => s.status = Some(status(b, s.status)?),
                             (1 | 2 | 5 | 7 | 8 | 9 | 15, _) => return Ok(false),
                             _ => {}
