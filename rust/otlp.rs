@@ -96,7 +96,7 @@ pub fn write_events(
             made,
             customer,
             seconds: (u64::MAX, String::new()),
-            ids: FactIdBatch::default(),
+            ids: FactIdBatch::new(customer),
         };
         let result = match signal {
             Signal::Logs => out.logs(body, capture_content),
@@ -732,6 +732,41 @@ fn iso_ts(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
+/// An event's `ts` text, kept inline: records are many, and each would allocate one.
+struct Ts {
+    bytes: [u8; Ts::CAP],
+    len: usize,
+}
+
+impl Ts {
+    /// Enough for any time `iso_ts` writes (`+262143-12-31T23:59:59.999Z` at the most).
+    const CAP: usize = 32;
+
+    fn new(text: &str) -> Self {
+        let mut ts = Ts {
+            bytes: [0; Ts::CAP],
+            len: 0,
+        };
+        for &b in text.as_bytes() {
+            ts.push(b);
+        }
+        ts
+    }
+
+    fn push(&mut self, b: u8) {
+        self.bytes[self.len] = b;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Ts {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len]).expect("ASCII")
+    }
+}
+
 /// `datetime.isoformat()`.
 fn isoformat(t: NaiveDateTime) -> String {
     let mut s = t.format("%Y-%m-%dT%H:%M:%S").to_string();
@@ -786,27 +821,26 @@ struct Out<'a> {
 
 impl Out<'_> {
     /// `facts.ns_ts`.
-    fn ns_ts(&mut self, nanos: u64) -> String {
+    fn ns_ts(&mut self, nanos: u64) -> Ts {
         let seconds = nanos / 1_000_000_000;
         if self.seconds.0 != seconds {
             let t = from_nanos(seconds * 1_000_000_000);
             self.seconds = (seconds, t.format("%Y-%m-%dT%H:%M:%S").to_string());
         }
         let ms = nanos % 1_000_000_000 / 1_000_000;
-        let mut out = String::with_capacity(24);
-        out.push_str(&self.seconds.1);
-        out.push('.');
+        let mut out = Ts::new(&self.seconds.1);
+        out.push(b'.');
         for d in [ms / 100, ms / 10 % 10, ms % 10] {
-            out.push(char::from(b'0' + d as u8));
+            out.push(b'0' + d as u8);
         }
-        out.push('Z');
+        out.push(b'Z');
         out
     }
 
     /// `_stamp`.
-    fn stamp(&mut self, nanos: u64, stamp: Option<&str>) -> String {
+    fn stamp(&mut self, nanos: u64, stamp: Option<&str>) -> Ts {
         if nanos == 0 || stamp.is_some() {
-            iso_ts(ts_of(nanos, stamp))
+            Ts::new(&iso_ts(ts_of(nanos, stamp)))
         } else {
             self.ns_ts(nanos)
         }
@@ -826,7 +860,7 @@ impl Out<'_> {
         let buf = &mut *self.buf;
         let start = buf.len();
         buf.extend_from_slice(b"{\"activity_id\":\"");
-        self.ids.push(buf, self.customer, activity, key);
+        self.ids.push(buf, activity, key);
         buf.push(b'"');
         buf.extend_from_slice(b",\"ts\":");
         push_json_str(buf, ts);

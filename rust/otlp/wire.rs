@@ -282,6 +282,17 @@ fn push_key_value<'a>(out: &mut Vec<KeyValue<'a>>, part: &'a [u8], depth: u32) -
         value: None,
     });
     let kv = out.last_mut().expect("just pushed");
+    match plain_key_value(part) {
+        Some((key, value)) => {
+            (kv.key, kv.value) = (key, Some(value));
+            Ok(())
+        }
+        None => read_key_value(kv, part, depth),
+    }
+}
+
+/// A `KeyValue` as protobuf reads it, in any form.
+fn read_key_value<'a>(kv: &mut KeyValue<'a>, part: &'a [u8], depth: u32) -> Result<(), Bad> {
     fields(part, "invalid wire type in a KeyValue", |tag, f| {
         match (tag, f) {
             (1, Field::Bytes(b)) => kv.key = b,
@@ -291,6 +302,32 @@ fn push_key_value<'a>(out: &mut Vec<KeyValue<'a>>, part: &'a [u8], depth: u32) -
         }
         Ok(true)
     })
+}
+
+/// The `KeyValue` exporters write (a key, then a string or integer value, each with a
+/// one-byte length and nothing after), read without the general loop; None for any other.
+#[inline(always)]
+fn plain_key_value(part: &[u8]) -> Option<(&[u8], Value<'_>)> {
+    let [0x0a, key_len, rest @ ..] = part else {
+        return None;
+    };
+    let (key, rest) = rest.split_at_checked(usize::from(*key_len))?;
+    let [0x12, value_len, value @ ..] = rest else {
+        return None;
+    };
+    if *key_len >= 0x80 || *value_len >= 0x80 || usize::from(*value_len) != value.len() {
+        return None;
+    }
+    match value {
+        [0x0a, len, s @ ..] if usize::from(*len) == s.len() && *len < 0x80 => {
+            Some((key, Value::Str(s)))
+        }
+        [0x18, n] if *n < 0x80 => Some((key, Value::Int(i64::from(*n)))),
+        [0x18, lo, hi] if *lo >= 0x80 && *hi < 0x80 => {
+            Some((key, Value::Int(i64::from(lo & 0x7f) | i64::from(*hi) << 7)))
+        }
+        _ => None,
+    }
 }
 
 /// Called once with each resource's attributes, before its records.
@@ -473,4 +510,72 @@ fn status<'a>(part: &'a [u8], before: Option<(i32, &'a [u8])>) -> Result<(i32, &
         Ok(true)
     })?;
     Ok((code, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::encoding::encode_varint;
+
+    fn field(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
+        out.push(tag << 3 | 2);
+        encode_varint(bytes.len() as u64, out);
+        out.extend_from_slice(bytes);
+    }
+
+    fn show(kv: &KeyValue<'_>) -> String {
+        let value = match &kv.value {
+            None => "none".to_string(),
+            Some(Value::Str(s)) => format!("str {s:?}"),
+            Some(Value::Int(i)) => format!("int {i}"),
+            Some(_) => "other".to_string(),
+        };
+        format!("{:?} {value}", kv.key)
+    }
+
+    /// The shortcut for the usual `KeyValue` reads what protobuf's rules read, and leaves
+    /// every other form (long lengths, big or negative integers, extra fields) to them.
+    #[test]
+    fn plain_key_values_read_as_the_general_reader_reads_them() {
+        let mut values: Vec<Vec<u8>> = Vec::new();
+        for len in [0, 1, 126, 127, 128, 300] {
+            let mut v = Vec::new();
+            field(&mut v, 1, &vec![b's'; len]);
+            values.push(v);
+        }
+        for n in [0i64, 1, 127, 128, 16_383, 16_384, -1] {
+            let mut v = vec![0x18];
+            encode_varint(n as u64, &mut v);
+            values.push(v);
+        }
+        let mut two = Vec::new();
+        field(&mut two, 1, b"a");
+        field(&mut two, 7, b"b");
+        values.push(two);
+        let (mut plain, mut general) = (0, 0);
+        for key_len in [0, 3, 127, 128, 200] {
+            for value in &values {
+                let mut part = Vec::new();
+                field(&mut part, 1, &vec![b'k'; key_len]);
+                field(&mut part, 2, value);
+                let mut want = KeyValue {
+                    key: &[],
+                    value: None,
+                };
+                read_key_value(&mut want, &part, 0).unwrap();
+                let mut got = Vec::new();
+                push_key_value(&mut got, &part, 0).unwrap();
+                assert_eq!(show(&got[0]), show(&want), "{part:?}");
+                if plain_key_value(&part).is_some() {
+                    plain += 1;
+                } else {
+                    general += 1;
+                }
+            }
+        }
+        assert!(
+            plain > 10 && general > 10,
+            "{plain} plain, {general} general"
+        );
+    }
 }
