@@ -9,6 +9,16 @@ use blake2b_simd::Params;
 /// Bytes of an id's digest (blake2b-128), written as twice as many hex digits.
 const ID_BYTES: usize = 16;
 const HEX: &[u8; 16] = b"0123456789abcdef";
+/// The two hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut pairs = [[0; 2]; 256];
+    let mut b = 0;
+    while b < 256 {
+        pairs[b] = [HEX[b >> 4], HEX[b & 15]];
+        b += 1;
+    }
+    pairs
+};
 
 /// The blake2b parameters of a digest of `bytes` bytes.
 pub(crate) fn blake2b(bytes: usize) -> Params {
@@ -90,9 +100,9 @@ impl FactIdBatch {
             .collect();
         hash_many(jobs.iter_mut());
         for ((at, _), job) in self.ids.iter().zip(&jobs) {
-            for (i, b) in job.to_hash().as_bytes().iter().enumerate() {
-                out[at + 2 * i] = HEX[usize::from(b >> 4)];
-                out[at + 2 * i + 1] = HEX[usize::from(b & 15)];
+            let hex = &mut out[*at..at + 2 * ID_BYTES];
+            for (pair, &b) in hex.chunks_exact_mut(2).zip(job.to_hash().as_bytes()) {
+                pair.copy_from_slice(&HEX_PAIRS[usize::from(b)]);
             }
         }
         self.inputs.clear();

@@ -458,7 +458,7 @@ fn write_json(buf: &mut Vec<u8>, v: V<'_>, floats: Floats) -> Result<(), Malform
         Some(Value::Str(b)) => push_json_str(buf, utf8(b)?),
         Some(Value::Bytes(b)) => push_json_str(buf, &hex(b)),
         Some(Value::Bool(b)) => buf.extend_from_slice(if *b { b"true" } else { b"false" }),
-        Some(Value::Int(i)) => push_display(buf, i),
+        Some(Value::Int(i)) => push_int(buf, *i),
         Some(Value::Double(f)) => write_json_float(buf, *f, floats),
         Some(Value::Array(a)) => {
             buf.push(b'[');
@@ -497,7 +497,9 @@ fn write_json_float(buf: &mut Vec<u8>, f: f64, floats: Floats) {
     if !f.is_finite() {
         buf.extend_from_slice(b"null");
     } else if floats == Floats::Queue {
-        let _ = serde_json::to_writer(&mut *buf, &f);
+        if !push_thousandths(buf, f) {
+            let _ = serde_json::to_writer(&mut *buf, &f);
+        }
     } else {
         let mut s = String::new();
         let exp = digits(f).2;
@@ -506,9 +508,26 @@ fn write_json_float(buf: &mut Vec<u8>, f: f64, floats: Floats) {
     }
 }
 
-fn push_display(buf: &mut Vec<u8>, v: impl std::fmt::Display) {
-    use std::io::Write as _;
-    let _ = write!(buf, "{v}");
+/// `f` as serde_json writes it when it is a whole number of thousandths from 0 to 10^12
+/// (latencies, costs): those digits, trailing zeros cut, without the float formatter.
+/// Such a number has at most 15 significant digits, so they are its shortest form.
+fn push_thousandths(buf: &mut Vec<u8>, f: f64) -> bool {
+    let m = (f * 1000.0).round();
+    if !((0.0..1e15).contains(&m) && m / 1000.0 == f && f.is_sign_positive()) {
+        return false;
+    }
+    let m = m as u64;
+    push_int(buf, m / 1000);
+    buf.push(b'.');
+    let fraction = m % 1000;
+    let digits = [fraction / 100, fraction / 10 % 10, fraction % 10];
+    let keep = digits.iter().rposition(|&d| d != 0).map_or(1, |i| i + 1);
+    buf.extend(digits[..keep].iter().map(|&d| b'0' + d as u8));
+    true
+}
+
+fn push_int(buf: &mut Vec<u8>, i: impl itoa::Integer) {
+    buf.extend_from_slice(itoa::Buffer::new().format(i).as_bytes());
 }
 
 // --- time ------------------------------------------------------------------------------------
@@ -885,11 +904,11 @@ impl Out<'_> {
                 }
                 F::Int(Some(Int::Signed(i))) => {
                     push_key(buf, name);
-                    push_display(buf, i);
+                    push_int(buf, *i);
                 }
                 F::Int(Some(Int::Unsigned(u))) => {
                     push_key(buf, name);
-                    push_display(buf, u);
+                    push_int(buf, *u);
                 }
                 F::Float(Some(f)) => {
                     push_key(buf, name);
@@ -1301,6 +1320,39 @@ mod tests {
         ] {
             assert_eq!(orjson(f), want);
         }
+    }
+
+    #[test]
+    fn thousandths_are_written_as_serde_json_writes_them() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.001,
+            0.1,
+            0.5,
+            1.0,
+            5.0,
+            2100.0,
+            999_999_999_999.999,
+        ];
+        for _ in 0..20_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let m = rng % 10u64.pow(1 + (rng >> 60) as u32 % 15);
+            values.push(m as f64 / 1000.0);
+            values.push(f64::from_bits(rng >> 2)); // any float: mostly not thousandths
+        }
+        let mut fast = 0;
+        for f in values.into_iter().filter(|f| f.is_finite()) {
+            let mut got = Vec::new();
+            write_json_float(&mut got, f, Floats::Queue);
+            let want = serde_json::to_string(&f).unwrap();
+            assert_eq!(String::from_utf8(got).unwrap(), want, "{f:e}");
+            fast += usize::from(push_thousandths(&mut Vec::new(), f));
+        }
+        assert!(fast > 15_000, "{fast}");
     }
 
     #[test]
