@@ -326,7 +326,7 @@ impl Queue {
                         let info = LineInfo {
                             activity: line.activity.to_owned(),
                             customer: Some(line.customer),
-                            generated: 1,
+                            generated: line.generated,
                         };
                         r.redact_line(buf, line.start, &info);
                     }

@@ -59,6 +59,9 @@ pub struct Written<'a> {
     pub activity: &'a str,
     /// The customer's JSON string (quotes included), in the line.
     pub customer: Range<usize>,
+    /// The line's first bytes, up to the end of its ts: the fact's id (a digest) and a time
+    /// written here, where the redactor has nothing to find.
+    pub generated: usize,
 }
 
 /// Where one made line is in the staging buffer.
@@ -68,6 +71,8 @@ struct Made {
     activity: Range<usize>,
     /// The customer's JSON string, from the line's start.
     customer: Range<usize>,
+    /// Where the id and ts end, from the line's start.
+    generated: usize,
 }
 
 thread_local! {
@@ -108,13 +113,14 @@ pub fn write_events(
                 let start = buf.len();
                 buf.extend_from_slice(&lines[m.line.clone()]);
                 let activity = std::str::from_utf8(&lines[m.activity.clone()]).unwrap_or("");
-                let customer = m.customer.clone();
+                let (customer, generated) = (m.customer.clone(), m.generated);
                 on_line(
                     buf,
                     Written {
                         start,
                         activity,
                         customer,
+                        generated,
                     },
                 );
             }
@@ -883,6 +889,7 @@ impl Out<'_> {
         buf.push(b'"');
         buf.extend_from_slice(b",\"ts\":");
         push_json_str(buf, ts);
+        let generated = buf.len() - start;
         buf.extend_from_slice(b",\"activity\":");
         let activity_at = buf.len() + 1;
         push_json_str(buf, activity);
@@ -933,6 +940,7 @@ impl Out<'_> {
             line: start..buf.len(),
             activity,
             customer,
+            generated,
         });
         Ok(())
     }

@@ -703,8 +703,9 @@ pub struct Redactor {
 pub struct LineInfo {
     pub activity: String,
     pub customer: Option<Range<usize>>,
-    /// The line's first bytes that the queue generated (`{` and the `activity_id`/`ts` it
-    /// filled in): nothing to find there.
+    /// The line's first bytes that were generated rather than given (`{`, and the
+    /// `activity_id` and `ts` the queue filled in or a capture path wrote: a digest and a
+    /// formatted time): nothing to find there.
     pub generated: usize,
 }
 

@@ -567,6 +567,7 @@ impl<H: Host> Out<'_, H> {
         push_json_str(buf, &fact_id(customer, activity, key));
         buf.extend_from_slice(b",\"ts\":");
         push_json_str(buf, ts);
+        let generated = buf.len() - start;
         buf.extend_from_slice(b",\"activity\":\"");
         buf.extend_from_slice(activity.as_bytes());
         buf.extend_from_slice(b"\",\"customer\":");
@@ -587,7 +588,7 @@ impl<H: Host> Out<'_, H> {
         let info = LineInfo {
             activity: activity.to_owned(),
             customer: Some(customer_at),
-            generated: 1,
+            generated,
         };
         self.host.seal(&mut self.buf, start, &info)?;
         self.lines += 1;
