@@ -526,11 +526,182 @@ mod tests {
     fn show(kv: &KeyValue<'_>) -> String {
         let value = match &kv.value {
             None => "none".to_string(),
-            Some(Value::Str(s)) => format!("str {s:?}"),
+            Some(Value::Str(s)) => format!("str {}", String::from_utf8_lossy(s)),
             Some(Value::Int(i)) => format!("int {i}"),
             Some(_) => "other".to_string(),
         };
-        format!("{:?} {value}", kv.key)
+        format!("{}: {value}", String::from_utf8_lossy(kv.key))
+    }
+
+    fn varint_field(out: &mut Vec<u8>, tag: u8, n: u64) {
+        out.push(tag << 3);
+        encode_varint(n, out);
+    }
+
+    fn kv(key: &[u8], value: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        field(&mut out, 1, key);
+        field(&mut out, 2, value);
+        out
+    }
+
+    fn string_value(s: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        field(&mut out, 1, s);
+        out
+    }
+
+    /// An `ExportTraceServiceRequest` of one resource (in `resource_parts`) and `spans`.
+    fn trace_request(resource_parts: &[Vec<u8>], spans: &[Vec<u8>]) -> Vec<u8> {
+        let mut scope = Vec::new();
+        for span in spans {
+            field(&mut scope, 2, span);
+        }
+        let mut resource_spans = Vec::new();
+        field(&mut resource_spans, 2, &scope);
+        for part in resource_parts {
+            field(&mut resource_spans, 1, part); // after the scopes: order does not matter
+        }
+        let mut body = Vec::new();
+        field(&mut body, 1, &resource_spans);
+        body
+    }
+
+    fn read_spans(body: &[u8]) -> Result<Vec<String>, Malformed> {
+        let mut out = Vec::new();
+        let mut span = Span::default();
+        let on_resource: OnResource = |attrs| {
+            assert!(attrs.len() <= 2);
+            Ok(())
+        };
+        each_span(body, &mut span, on_resource, |resource, s| {
+            let attrs: Vec<String> = s.attributes.iter().map(show_deep).collect();
+            let resource: Vec<String> = resource.iter().map(show_deep).collect();
+            let (code, message) = s.status.unwrap_or_default();
+            out.push(format!(
+                "{} {code} {} {} {} / {}",
+                String::from_utf8_lossy(s.trace_id),
+                String::from_utf8_lossy(message),
+                s.start_time_unix_nano,
+                attrs.join(", "),
+                resource.join(", ")
+            ));
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn show_deep(kv: &KeyValue<'_>) -> String {
+        match &kv.value {
+            Some(Value::Array(list)) => {
+                let items = Value::items(list).unwrap();
+                let shown: Vec<String> = items
+                    .into_iter()
+                    .map(|v| show(&KeyValue { key: b"", value: v }))
+                    .collect();
+                format!(
+                    "{}: array [{}]",
+                    String::from_utf8_lossy(kv.key),
+                    shown.join(" ")
+                )
+            }
+            _ => show(kv),
+        }
+    }
+
+    /// Fields in any order, unknown fields of every wire type skipped, the last scalar
+    /// winning and a message given twice merged, as protobuf reads them.
+    #[test]
+    fn protobuf_rules_for_repeated_and_unknown_fields() {
+        let mut status_a = Vec::new();
+        field(&mut status_a, 2, b"first");
+        varint_field(&mut status_a, 3, 2);
+        let mut status_b = Vec::new();
+        field(&mut status_b, 2, b"second");
+        let mut list_a = Vec::new();
+        field(&mut list_a, 1, &string_value(b"x"));
+        let mut list_b = Vec::new();
+        field(&mut list_b, 1, &string_value(b"y"));
+        let (mut array_a, mut array_b) = (Vec::new(), Vec::new());
+        field(&mut array_a, 5, &list_a);
+        field(&mut array_b, 5, &list_b);
+        let mut twice = Vec::new(); // a value given twice: a string, then an integer
+        field(&mut twice, 1, b"k");
+        field(&mut twice, 2, &string_value(b"s"));
+        field(&mut twice, 2, &[0x18, 7]);
+        let mut span = Vec::new();
+        field(&mut span, 1, b"old");
+        field(&mut span, 15, &status_a);
+        span.extend_from_slice(&[0x39, 1, 0, 0, 0, 0, 0, 0, 0]); // start_time_unix_nano (7) = 1
+        span.extend_from_slice(&[0xa5, 0x06, 9, 9, 9, 9]); // field 100, fixed32: skipped
+        span.extend_from_slice(&[0xa3, 0x06, 0x08, 1, 0xa4, 0x06]); // field 100, a group: skipped
+        field(&mut span, 9, &kv(b"list", &array_a));
+        field(&mut span, 9, &twice);
+        field(&mut span, 15, &status_b);
+        field(&mut span, 1, b"new");
+        // The list attribute's value, given again, extends it.
+        let mut again = Vec::new();
+        field(&mut again, 1, b"list2");
+        field(&mut again, 2, &array_a);
+        field(&mut again, 2, &array_b);
+        field(&mut span, 9, &again);
+        let resource_a = {
+            let mut r = Vec::new();
+            field(&mut r, 1, &kv(b"service.name", &string_value(b"a")));
+            r
+        };
+        let resource_b = {
+            let mut r = Vec::new();
+            field(&mut r, 1, &kv(b"session.id", &string_value(b"s1")));
+            r
+        };
+        let got = read_spans(&trace_request(&[resource_a, resource_b], &[span])).unwrap();
+        assert_eq!(
+            got,
+            [
+                "new 2 second 1 list: array [: str x], k: int 7, list2: array [: str x : str y] \
+              / service.name: str a, session.id: str s1"
+            ]
+        );
+    }
+
+    /// What prost refused is refused: a length past the end, a known field with another
+    /// wire type, tag 0, an end of group never opened, values nested past prost's limit.
+    #[test]
+    fn malformed_bodies_are_refused() {
+        let good = trace_request(&[], &[b"\x0a\x01a".to_vec()]);
+        assert_eq!(read_spans(&good).unwrap().len(), 1);
+        let mut nested = string_value(b"deep");
+        for _ in 0..120 {
+            let mut list = Vec::new();
+            field(&mut list, 1, &nested);
+            nested = Vec::new();
+            field(&mut nested, 5, &list);
+        }
+        let too_deep = {
+            let mut span = Vec::new();
+            field(&mut span, 9, &kv(b"k", &nested));
+            span
+        };
+        for (why, body) in [
+            ("truncated", good[..good.len() - 1].to_vec()),
+            (
+                "start time as a varint",
+                trace_request(&[], &[vec![0x38, 1]]),
+            ),
+            (
+                "attributes as a varint",
+                trace_request(&[], &[vec![0x48, 1]]),
+            ),
+            ("tag 0", trace_request(&[], &[vec![0x00, 1]])),
+            (
+                "end of a group never opened",
+                trace_request(&[], &[vec![0x0c]]),
+            ),
+            ("nested past the limit", trace_request(&[], &[too_deep])),
+        ] {
+            assert!(read_spans(&body).is_err(), "{why}");
+        }
     }
 
     /// The shortcut for the usual `KeyValue` reads what protobuf's rules read, and leaves
