@@ -325,15 +325,17 @@ def test_another_user_cannot_read_a_segment() -> None:
                 await a.call_tool("log_event", {"activity": "shared_secret", "feature_json": {"pin": 1234}})
 
         anyio.run(run)
+        # While the server runs, its segment is open: once it stops, the owner may have
+        # loaded and removed the sealed segment.
+        segments = [p for p in (home / "queue").iterdir() if p.suffix in (".ndjson", ".open")]
+        assert segments
+        as_other = subprocess.run(
+            ["runuser", "-u", user, "--", "cat", str(segments[0])], capture_output=True, text=True
+        )
+        assert as_other.returncode != 0 and "Permission denied" in as_other.stderr
+        assert b"1234" in segments[0].read_bytes()  # the owner reads it
     finally:
         server.stop()
-    segments = [p for p in (home / "queue").iterdir() if p.suffix in (".ndjson", ".open")]
-    assert segments
-    as_other = subprocess.run(
-        ["runuser", "-u", user, "--", "cat", str(segments[0])], capture_output=True, text=True
-    )
-    assert as_other.returncode != 0 and "Permission denied" in as_other.stderr
-    assert b"1234" in segments[0].read_bytes()  # the owner reads it
 
 
 # --- 7: deep nesting silenced the stdio server ---------------------------------------------
