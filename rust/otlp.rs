@@ -99,7 +99,11 @@ pub fn write_events(
         let mut out = Out {
             buf: lines,
             made,
-            customer,
+            customer_json: {
+                let mut json = Vec::new();
+                push_json_str(&mut json, customer);
+                json
+            },
             seconds: (u64::MAX, String::new()),
             ids: FactIdBatch::new(customer),
         };
@@ -838,7 +842,8 @@ enum F<'a> {
 struct Out<'a> {
     buf: &'a mut Vec<u8>,
     made: &'a mut Vec<Made>,
-    customer: &'a str,
+    /// The customer as a JSON string.
+    customer_json: Vec<u8>,
     /// The last epoch second written by `ns_ts`, and its text.
     seconds: (u64, String),
     ids: FactIdBatch,
@@ -887,16 +892,22 @@ impl Out<'_> {
         buf.extend_from_slice(b"{\"activity_id\":\"");
         self.ids.push(buf, activity, key);
         buf.push(b'"');
-        buf.extend_from_slice(b",\"ts\":");
-        push_json_str(buf, ts);
-        let generated = buf.len() - start;
-        buf.extend_from_slice(b",\"activity\":");
-        let activity_at = buf.len() + 1;
-        push_json_str(buf, activity);
-        let activity = activity_at..buf.len() - 1;
-        buf.extend_from_slice(b",\"customer\":");
+        // The ts and the activity (made here, `[a-z0-9_]`) need no escape; the customer's
+        // JSON string was made once.
+        debug_assert!(ts
+            .bytes()
+            .chain(activity.bytes())
+            .all(|b| b > 0x20 && b != b'"' && b != b'\\'));
+        buf.extend_from_slice(b",\"ts\":\"");
+        buf.extend_from_slice(ts.as_bytes());
+        let generated = buf.len() + 1 - start;
+        buf.extend_from_slice(b"\",\"activity\":\"");
+        let activity_at = buf.len();
+        buf.extend_from_slice(activity.as_bytes());
+        let activity = activity_at..buf.len();
+        buf.extend_from_slice(b"\",\"customer\":");
         let customer_at = buf.len() - start;
-        push_json_str(buf, self.customer);
+        buf.extend_from_slice(&self.customer_json);
         let customer = customer_at..buf.len() - start;
         buf.extend_from_slice(b",\"feature_json\":{");
         if let Some(write) = raw_features {
