@@ -277,18 +277,15 @@ fn key_value(part: &[u8], depth: u32) -> Result<KeyValue<'_>, Bad> {
 /// cost more than reading it).
 #[inline(always)]
 fn push_key_value<'a>(out: &mut Vec<KeyValue<'a>>, part: &'a [u8], depth: u32) -> Result<(), Bad> {
+    if let Some(kv) = plain_key_value(part) {
+        out.push(kv);
+        return Ok(());
+    }
     out.push(KeyValue {
         key: &[],
         value: None,
     });
-    let kv = out.last_mut().expect("just pushed");
-    match plain_key_value(part) {
-        Some((key, value)) => {
-            (kv.key, kv.value) = (key, Some(value));
-            Ok(())
-        }
-        None => read_key_value(kv, part, depth),
-    }
+    read_key_value(out.last_mut().expect("just pushed"), part, depth)
 }
 
 /// A `KeyValue` as protobuf reads it, in any form.
@@ -307,7 +304,7 @@ fn read_key_value<'a>(kv: &mut KeyValue<'a>, part: &'a [u8], depth: u32) -> Resu
 /// The `KeyValue` exporters write (a key, then a string or integer value, each with a
 /// one-byte length and nothing after), read without the general loop; None for any other.
 #[inline(always)]
-fn plain_key_value(part: &[u8]) -> Option<(&[u8], Value<'_>)> {
+fn plain_key_value(part: &[u8]) -> Option<KeyValue<'_>> {
     let [0x0a, key_len, rest @ ..] = part else {
         return None;
     };
@@ -318,16 +315,18 @@ fn plain_key_value(part: &[u8]) -> Option<(&[u8], Value<'_>)> {
     if *key_len >= 0x80 || *value_len >= 0x80 || usize::from(*value_len) != value.len() {
         return None;
     }
-    match value {
-        [0x0a, len, s @ ..] if usize::from(*len) == s.len() && *len < 0x80 => {
-            Some((key, Value::Str(s)))
-        }
-        [0x18, n] if *n < 0x80 => Some((key, Value::Int(i64::from(*n)))),
+    let value = match value {
+        [0x0a, len, s @ ..] if usize::from(*len) == s.len() && *len < 0x80 => Value::Str(s),
+        [0x18, n] if *n < 0x80 => Value::Int(i64::from(*n)),
         [0x18, lo, hi] if *lo >= 0x80 && *hi < 0x80 => {
-            Some((key, Value::Int(i64::from(lo & 0x7f) | i64::from(*hi) << 7)))
+            Value::Int(i64::from(lo & 0x7f) | i64::from(*hi) << 7)
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(KeyValue {
+        key,
+        value: Some(value),
+    })
 }
 
 /// Called once with each resource's attributes, before its records.
