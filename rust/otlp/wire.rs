@@ -1,7 +1,7 @@
 //! The OTLP messages the receiver reads, as views of the request body: every string and
 //! nested message is a slice of the body, and nothing is built per record or attribute.
 //!
-//! prost's wire-format functions (`decode_key`, `decode_varint`, `skip_field`) read the
+//! prost's wire-format functions (`decode_varint`, `skip_field`) read the
 //! fields; what is here is which fields of opentelemetry-proto's messages are read, and
 //! protobuf's rules for reading them: fields in any order, unknown fields skipped, the last
 //! value of a scalar field winning, and a singular message field given twice merged (which
@@ -44,7 +44,7 @@ impl<'a> Fields<'a> {
                 self.buf = &self.buf[1..];
                 Ok(u64::from(b))
             }
-            _ => decode_varint(&mut self.buf).map_err(decode_error),
+            _ => decode_varint(&mut self.buf).map_err(|_| Bad("invalid varint")),
         }
     }
 
@@ -77,9 +77,9 @@ impl<'a> Fields<'a> {
                 Field::Bytes(bytes)
             }
             wire => {
-                let wire_type = WireType::try_from(wire).map_err(decode_error)?;
+                let wire_type = WireType::try_from(wire).map_err(|_| Bad("invalid wire type"))?;
                 skip_field(wire_type, tag, &mut self.buf, DecodeContext::default())
-                    .map_err(decode_error)?;
+                    .map_err(|_| Bad("invalid group"))?;
                 Field::Skipped
             }
         };
@@ -96,10 +96,6 @@ impl From<Bad> for Malformed {
     fn from(bad: Bad) -> Self {
         Malformed(format!("failed to decode Protobuf message: {}", bad.0))
     }
-}
-
-fn decode_error(_: prost::DecodeError) -> Bad {
-    Bad("invalid varint")
 }
 
 const UNDERFLOW: Bad = Bad("buffer underflow");
