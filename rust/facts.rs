@@ -32,7 +32,8 @@ pub(crate) fn blake2b(bytes: usize) -> Params {
 /// [`push_json_str`]).
 pub fn fact_id(customer: &str, kind: &str, key: &str) -> String {
     let mut array = Vec::new();
-    push_id_input(&mut array, customer, kind, key);
+    push_id_head(&mut array, customer);
+    push_id_tail(&mut array, kind, key);
     let mut id = String::with_capacity(kind.len() + 1 + 2 * ID_BYTES);
     id.push_str(kind);
     id.push(':');
@@ -40,11 +41,15 @@ pub fn fact_id(customer: &str, kind: &str, key: &str) -> String {
     id
 }
 
-/// The JSON array an id is the digest of.
-fn push_id_input(out: &mut Vec<u8>, customer: &str, kind: &str, key: &str) {
+/// The JSON array an id is the digest of, to its customer: `["<customer>",`.
+fn push_id_head(out: &mut Vec<u8>, customer: &str) {
     out.push(b'[');
     push_json_str(out, customer);
     out.push(b',');
+}
+
+/// The rest of the array: `"<kind>","<key>"]`.
+fn push_id_tail(out: &mut Vec<u8>, kind: &str, key: &str) {
     push_json_str(out, kind);
     out.push(b',');
     push_json_str(out, key);
@@ -65,9 +70,8 @@ pub(crate) struct FactIdBatch {
 
 impl FactIdBatch {
     pub(crate) fn new(customer: &str) -> Self {
-        let mut head = vec![b'['];
-        push_json_str(&mut head, customer);
-        head.push(b',');
+        let mut head = Vec::new();
+        push_id_head(&mut head, customer);
         Self {
             head,
             inputs: Vec::new(),
@@ -82,10 +86,7 @@ impl FactIdBatch {
         out.push(b':');
         let start = self.inputs.len();
         self.inputs.extend_from_slice(&self.head);
-        push_json_str(&mut self.inputs, kind);
-        self.inputs.push(b',');
-        push_json_str(&mut self.inputs, key);
-        self.inputs.push(b']');
+        push_id_tail(&mut self.inputs, kind, key);
         self.ids.push((out.len(), start..self.inputs.len()));
         out.resize(out.len() + 2 * ID_BYTES, b'0');
     }

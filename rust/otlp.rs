@@ -201,7 +201,7 @@ fn truthy(v: V<'_>) -> bool {
         Some(Value::Bool(b)) => *b,
         Some(Value::Int(i)) => *i != 0,
         Some(Value::Double(f)) => *f != 0.0,
-        Some(Value::Array(list) | Value::KvList(list)) => Value::has_items(list),
+        Some(Value::Array(list) | Value::KvList(list)) => list.has_items(),
     }
 }
 
@@ -377,7 +377,7 @@ fn py_repr(out: &mut String, v: V<'_>, top: bool) -> Result<(), Malformed> {
         Some(Value::Double(f)) => py_float_repr(out, *f),
         Some(Value::Array(a)) => {
             out.push('[');
-            for (i, item) in Value::items(a)?.iter().enumerate() {
+            for (i, item) in a.items()?.iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
                 }
@@ -387,7 +387,7 @@ fn py_repr(out: &mut String, v: V<'_>, top: bool) -> Result<(), Malformed> {
         }
         Some(Value::KvList(l)) => {
             out.push('{');
-            let entries = Value::entries(l)?;
+            let entries = l.entries()?;
             for (i, (k, item)) in dict(&entries)?.into_iter().enumerate() {
                 if i > 0 {
                     out.push_str(", ");
@@ -472,7 +472,7 @@ fn write_json(buf: &mut Vec<u8>, v: V<'_>, floats: Floats) -> Result<(), Malform
         Some(Value::Double(f)) => write_json_float(buf, *f, floats),
         Some(Value::Array(a)) => {
             buf.push(b'[');
-            for (i, item) in Value::items(a)?.iter().enumerate() {
+            for (i, item) in a.items()?.iter().enumerate() {
                 if i > 0 {
                     buf.push(b',');
                 }
@@ -480,7 +480,7 @@ fn write_json(buf: &mut Vec<u8>, v: V<'_>, floats: Floats) -> Result<(), Malform
             }
             buf.push(b']');
         }
-        Some(Value::KvList(l)) => write_json_dict(buf, &dict(&Value::entries(l)?)?, floats)?,
+        Some(Value::KvList(l)) => write_json_dict(buf, &dict(&l.entries()?)?, floats)?,
     }
     Ok(())
 }

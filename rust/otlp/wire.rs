@@ -136,6 +136,33 @@ impl<'a> Msg<'a> {
         Msg::Parts(parts.into_boxed_slice())
     }
 
+    /// `ArrayValue.values`: each item's value (None for an empty `AnyValue`).
+    pub fn items(&self) -> Result<Vec<Option<Value<'a>>>, Malformed> {
+        let mut out = Vec::new();
+        self.repeated(|b| {
+            out.push(any_value(b, 0)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// `KeyValueList.values`.
+    pub fn entries(&self) -> Result<Vec<KeyValue<'a>>, Malformed> {
+        let mut out = Vec::new();
+        self.repeated(|b| push_key_value(&mut out, b, 0))?;
+        Ok(out)
+    }
+
+    /// Whether a list or map has an item (Python's truth of the list or dict).
+    pub fn has_items(&self) -> bool {
+        let mut any = false;
+        let _ = self.repeated(|_| {
+            any = true;
+            Ok(())
+        });
+        any
+    }
+
     /// Calls `each` with every part of the repeated field 1 (`ArrayValue.values`,
     /// `KeyValueList.values`); the message was checked when it was read.
     fn repeated(&self, mut each: impl FnMut(&'a [u8]) -> Result<(), Bad>) -> Result<(), Bad> {
@@ -166,35 +193,6 @@ pub enum Value<'a> {
     Array(Msg<'a>),
     KvList(Msg<'a>),
     Bytes(&'a [u8]),
-}
-
-impl<'a> Value<'a> {
-    /// `ArrayValue.values`: each item's value (None for an empty `AnyValue`).
-    pub fn items(list: &Msg<'a>) -> Result<Vec<Option<Value<'a>>>, Malformed> {
-        let mut out = Vec::new();
-        list.repeated(|b| {
-            out.push(any_value(b, 0)?);
-            Ok(())
-        })?;
-        Ok(out)
-    }
-
-    /// `KeyValueList.values`.
-    pub fn entries(list: &Msg<'a>) -> Result<Vec<KeyValue<'a>>, Malformed> {
-        let mut out = Vec::new();
-        list.repeated(|b| push_key_value(&mut out, b, 0))?;
-        Ok(out)
-    }
-
-    /// Whether a list or map has an item (Python's truth of the list or dict).
-    pub fn has_items(list: &Msg<'a>) -> bool {
-        let mut any = false;
-        let _ = list.repeated(|_| {
-            any = true;
-            Ok(())
-        });
-        any
-    }
 }
 
 /// A `KeyValue`: its key's bytes (UTF-8 is checked when read) and value (None when absent
@@ -589,7 +587,7 @@ mod tests {
     fn show_deep(kv: &KeyValue<'_>) -> String {
         match &kv.value {
             Some(Value::Array(list)) => {
-                let items = Value::items(list).unwrap();
+                let items = list.items().unwrap();
                 let shown: Vec<String> = items
                     .into_iter()
                     .map(|v| show(&KeyValue { key: b"", value: v }))
